@@ -1,0 +1,176 @@
+"""The module-level API: one active experiment per process, exit and signal handling, fork safety."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any
+
+from tracelet.backends.base import KILLED
+from tracelet.backends.registry import get_backend_class
+from tracelet.config import resolve
+from tracelet.errors import ExperimentActiveError
+from tracelet.experiment import Experiment
+from tracelet.report import DeliveryReport
+
+log = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+_active: Experiment | None = None
+_previous_handlers: dict[int, Any] = {}
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _rank() -> int:
+    """This process's distributed rank: torch.distributed if initialized, else ``RANK``, else 0."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def start_logging(
+    exp_name: str | None = None,
+    project: str | None = None,
+    backend: str | Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Experiment:
+    """Start a run on one or several backends and make it the active experiment.
+
+    ``backend`` is a name or a list of names; when omitted, ``TRACELET_BACKEND``
+    (comma separated) is used, and failing that the ``local`` backend. ``config``
+    is logged as params, ``tags`` as user tags. ``backend_options`` holds
+    per-backend options, e.g. ``{"mlflow": {"tracking_uri": "sqlite:///m.db"}}``.
+
+    Raises :class:`~tracelet.errors.BackendNotInstalledError` (naming the
+    ``pip install`` extra) for an absent backend package, and
+    :class:`~tracelet.errors.ExperimentActiveError` if a run is already active.
+    """
+    global _active
+    with _lock:
+        if _active is not None:
+            raise ExperimentActiveError(
+                f"experiment {_active.name!r} is still active; call tracelet.stop_logging() first"
+            )
+        settings = resolve(
+            exp_name=exp_name, project=project, backend=backend, backend_options=backend_options
+        )
+        if _rank() != 0:
+            log.info("tracelet: rank %d does not log (only rank 0 does)", _rank())
+            return Experiment(settings, [], enabled=False)
+        classes = [get_backend_class(name) for name in settings.backends]
+        for cls in classes:
+            cls.ensure_installed()
+        backends = [cls(settings.backend_options.get(cls.name)) for cls in classes]
+        experiment = Experiment(settings, backends)
+        try:
+            if config:
+                experiment.log_params(config)
+            if tags:
+                experiment.set_tags(tags)
+        except Exception:
+            experiment.stop(status="failed")
+            raise
+        _active = experiment
+        # Registered after the backends started, so it runs before their own exit hooks (LIFO).
+        atexit.register(_flush_at_exit)
+        if settings.handle_signals and threading.current_thread() is threading.main_thread():
+            _install_signal_handlers()
+        return experiment
+
+
+def stop_logging(status: str | None = None, flush_timeout: float | None = None) -> DeliveryReport:
+    """Flush and close the active experiment; returns its :class:`DeliveryReport`."""
+    experiment = _active
+    if experiment is None:
+        raise RuntimeError("no active tracelet experiment; call tracelet.start_logging() first")
+    return experiment.stop(status=status, flush_timeout=flush_timeout)
+
+
+def get_active_experiment() -> Experiment | None:
+    """The experiment started by :func:`start_logging` and not yet stopped, if any."""
+    return _active
+
+
+def _forget(experiment: Experiment) -> None:
+    """Called by ``Experiment.stop``: drop the hooks that belonged to this run."""
+    global _active
+    with _lock:
+        if _active is experiment:
+            _active = None
+            atexit.unregister(_flush_at_exit)
+            _restore_signal_handlers()
+
+
+def _flush_at_exit() -> None:
+    experiment = _active
+    if experiment is None or experiment.closed:
+        return
+    status = experiment._exit_status()
+    log.info("tracelet: stop_logging() was not called; flushing %r at exit (%s)", experiment.name, status)
+    try:
+        experiment.stop(status=status)
+    except Exception as exc:  # at exit, an error can only be reported
+        log.error("tracelet: flush at exit failed: %s", exc)
+
+
+def _handle_signal(signum: int, frame: FrameType | None) -> None:
+    """Mark the run killed, wake the writers, and pass the signal on. Never flushes here."""
+    experiment = _active
+    if experiment is not None:
+        experiment._signal_status = KILLED
+        for writer in experiment._writers:
+            writer.wake()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:
+        # The default action would end the process without running exit hooks, losing what
+        # is queued; exiting with the conventional status lets the atexit flush run.
+        raise SystemExit(128 + signum)
+
+
+def _install_signal_handlers() -> None:
+    for signum in HANDLED_SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous is _handle_signal:
+            continue
+        _previous_handlers[signum] = previous
+        signal.signal(signum, _handle_signal)
+
+
+def _restore_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in list(_previous_handlers.items()):
+        if signal.getsignal(signum) is _handle_signal:
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        del _previous_handlers[signum]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (e.g. a DataLoader worker) must not log through its parent's dead threads."""
+    global _active
+    experiment = _active
+    if experiment is not None:
+        experiment._inactive = True
+        experiment._disabled = True
+        experiment._writers = []
+    _active = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

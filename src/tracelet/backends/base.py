@@ -1,0 +1,96 @@
+"""The one small interface every backend implements.
+
+A backend object lives for one run. ``start`` runs on the caller's thread inside
+``start_logging`` (so ``Experiment.runs`` knows every run id at once); ``write``
+and ``finish`` run only on that backend's own writer thread, so a backend never
+needs locks of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tracelet.errors import BackendNotInstalledError
+from tracelet.events import Event
+
+#: Run statuses, as tracelet names them. Each backend maps them to its own.
+FINISHED = "finished"
+FAILED = "failed"
+KILLED = "killed"
+RUNNING = "running"
+STATUSES = (FINISHED, FAILED, KILLED)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a backend needs to open a run."""
+
+    project: str
+    run_name: str
+    #: tracelet's own tags (``tracelet.*``), kept apart from user tags.
+    system_tags: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One experiment-tracking store.
+
+    Subclasses set ``name``, ``package`` (the module that must be importable),
+    ``extra`` (the ``pip install "tracelet[extra]"`` name) and ``option_keys``
+    (the keys ``backend_options[name]`` may hold; anything else is a ``TypeError``).
+    """
+
+    name: ClassVar[str]
+    package: ClassVar[str | None] = None
+    extra: ClassVar[str | None] = None
+    option_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        unknown = sorted(set(options) - self.option_keys)
+        if unknown:
+            raise TypeError(
+                f"backend_options[{self.name!r}] got unknown key(s) {unknown}; "
+                f"accepted: {sorted(self.option_keys)}"
+            )
+        self.options: dict[str, Any] = options
+        self.run_id: str | None = None
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        """True when the backend's package can be imported (checked without importing it)."""
+        return cls.package is None or importlib.util.find_spec(cls.package) is not None
+
+    @classmethod
+    def ensure_installed(cls) -> None:
+        """Raise :class:`BackendNotInstalledError` naming the extra when the package is absent."""
+        if not cls.is_installed():
+            assert cls.package is not None
+            raise BackendNotInstalledError(cls.name, cls.package, cls.extra or cls.name)
+
+    def param_value_limit(self) -> int | None:
+        """Longest param value the store accepts (read from the package at runtime), or None."""
+        return None
+
+    @abstractmethod
+    def start(self, info: RunInfo) -> str:
+        """Open a run and return its id. Runs on the caller's thread."""
+
+    @abstractmethod
+    def write(self, events: Sequence[Event]) -> None:
+        """Deliver a batch, in order, with the store's bulk API. Raise on failure."""
+
+    @abstractmethod
+    def finish(self, status: str) -> None:
+        """Close the run with one of :data:`STATUSES`."""
+
+    def spool_options(self) -> dict[str, Any]:
+        """JSON-able options that let ``tracelet sync`` reopen this run later."""
+        return dict(self.options)
+
+    def attach(self, run_id: str) -> None:
+        """Reopen an existing run for ``tracelet sync``. Backends that cannot, raise."""
+        raise NotImplementedError(f"backend {self.name!r} cannot reopen a run for `tracelet sync`")

@@ -1,0 +1,328 @@
+"""ClearML backend: one ``clearml.Task`` per run, online or in ClearML's offline mode.
+
+ClearML's defaults suit a script that hands the whole process to ClearML: it patches
+frameworks and argparse, captures stdout/stderr, samples machine resources, reuses the
+last task of the same name, scans the git repository and pip environment (and asks
+``updates.clear.ml`` for a newer release while doing so), and ships every report through
+a separate subprocess. tracelet only wants the calls it makes itself, so :meth:`start`
+turns every one of those off. ``clearml`` is imported inside the methods only: importing
+tracelet must never import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
+from tracelet.backends.naming import label_to_tag, split_clearml, tag_to_label
+from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+#: Hyperparameter section tracelet's params live in. ``General`` is the section ClearML
+#: itself uses for ``task.connect(dict)``, so params show up where ClearML users look.
+#: ClearML splits ``"<section>/<name>"`` at the first ``/`` only, so a flattened key such
+#: as ``model/depth`` is stored whole as the name and reads back unchanged.
+PARAMS_SECTION = "General"
+
+#: Private class attribute of ``clearml.Task`` that decides whether reports go through a
+#: separate reporting subprocess (config ``sdk.development.report_use_subprocess``,
+#: default on for Linux). That subprocess makes ``report_scalar`` ~70x slower and
+#: ``close()`` take seconds, so tracelet turns it off. A unit test guards that it exists.
+REPORT_SUBPROCESS_ATTR = "_report_subprocess_enabled"
+
+#: Private ``Task`` method that edits task fields; in offline mode it writes ``task.json``.
+#: ClearML's offline session has no run status at all (``mark_failed`` and friends are
+#: server requests, dropped offline), so tracelet stores the status through it.
+OFFLINE_EDIT_ATTR = "_edit"
+
+#: Everything ``Task.init(auto_connect_frameworks=...)`` knows, switched off. Keys missing
+#: from the mapping default to *on*, and only an explicit ``detect_repository: False``
+#: skips the repository/requirements scan, which is also where ClearML starts its
+#: update-check thread (a request to ``updates.clear.ml``).
+_FRAMEWORKS_OFF: dict[str, bool] = {
+    "hydra": False,
+    "scikit": False,
+    "joblib": False,
+    "matplotlib": False,
+    "tensorflow": False,
+    "tensorboard": False,
+    "tfdefines": False,
+    "pytorch": False,
+    "megengine": False,
+    "xgboost": False,
+    "catboost": False,
+    "fastai": False,
+    "lightgbm": False,
+    "gradio": False,
+    "detect_repository": False,
+}
+
+#: tracelet status -> ClearML task status (``Task.TaskStatusEnum`` values).
+STATUS_TO_CLEARML: dict[str, str] = {FINISHED: "completed", FAILED: "failed", KILLED: "stopped"}
+
+_TRUE_STRINGS = frozenset({"1", "true", "yes", "y", "on", "t"})
+_OFFLINE_ENV_VARS = ("CLEARML_OFFLINE_MODE", "TRAINS_OFFLINE_MODE")
+
+
+class _FrameworksOff(dict):  # type: ignore[type-arg]
+    """``auto_connect_frameworks`` mapping that answers *off* for keys it has never heard of.
+
+    ClearML treats a missing key as *on*; a framework binding added in a later ClearML
+    release would otherwise switch itself on behind tracelet's back.
+    """
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(key, False)
+
+
+def disable_report_subprocess(task_cls: Any) -> Callable[[], None]:
+    """Make ClearML report from in-process threads instead of its reporting subprocess.
+
+    This is the one place that touches the private ``Task._report_subprocess_enabled``
+    (see :data:`REPORT_SUBPROCESS_ATTR`). If a ClearML release drops the attribute this
+    logs a warning and changes nothing, rather than failing the run. Returns a callable
+    that puts the previous value back, so a user's own ClearML tasks keep their setting.
+    """
+    if not hasattr(task_cls, REPORT_SUBPROCESS_ATTR):
+        logger.warning(
+            "clearml.Task has no %s attribute any more; ClearML's reporting subprocess stays on "
+            "(slower reporting and close)",
+            REPORT_SUBPROCESS_ATTR,
+        )
+        return lambda: None
+    own = REPORT_SUBPROCESS_ATTR in vars(task_cls)
+    previous = vars(task_cls).get(REPORT_SUBPROCESS_ATTR)
+    setattr(task_cls, REPORT_SUBPROCESS_ATTR, False)
+
+    def restore() -> None:
+        if own:
+            setattr(task_cls, REPORT_SUBPROCESS_ATTR, previous)
+        elif REPORT_SUBPROCESS_ATTR in vars(task_cls):
+            delattr(task_cls, REPORT_SUBPROCESS_ATTR)
+
+    return restore
+
+
+def record_offline_status(task: Any, clearml_status: str, reason: str) -> bool:
+    """Write the final status into an offline session's ``task.json``.
+
+    Offline, ClearML drops every status request, so the session would not say how the
+    run ended. This is the one place that calls the private ``Task._edit`` (see
+    :data:`OFFLINE_EDIT_ATTR`), which in offline mode sets the fields and rewrites
+    ``task.json``. Logs a warning and returns False if the method is gone.
+    """
+    edit = getattr(task, OFFLINE_EDIT_ATTR, None)
+    if not callable(edit):
+        logger.warning(
+            "clearml.Task has no %s method any more; the offline session will not record status %r",
+            OFFLINE_EDIT_ATTR,
+            clearml_status,
+        )
+        return False
+    edit(status=clearml_status, status_reason=reason, status_message=reason)
+    return True
+
+
+def _env_offline() -> bool | None:
+    """Offline mode as the user set it in the environment (read now, not at clearml import)."""
+    for name in _OFFLINE_ENV_VARS:
+        raw = os.environ.get(name)
+        if raw is not None and raw.strip() != "":
+            return raw.strip().lower() in _TRUE_STRINGS
+    return None
+
+
+class ClearMLBackend(Backend):
+    """Logs a run as a ClearML task (``project`` -> project, ``run_name`` -> task name).
+
+    Options: ``offline`` (bool; overrides ``CLEARML_OFFLINE_MODE``), ``task_type`` (a
+    ``Task.TaskTypes`` name, default ``training``) and ``output_uri`` (passed to
+    ``Task.init``; ClearML ignores it offline).
+    """
+
+    name = "clearml"
+    package = "clearml"
+    extra = "clearml"
+    option_keys = frozenset({"offline", "task_type", "output_uri"})
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self._task: Any = None
+        self._offline = False
+        self._restore_report_subprocess: Callable[[], None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, info: RunInfo) -> str:
+        """Create a fresh task with every ClearML side effect off and return its id."""
+        from clearml import Task
+
+        if Task.current_task() is not None:
+            # Task.init would hand back that task (or raise on a name mismatch), and
+            # finish() would then close a task tracelet does not own.
+            raise RuntimeError(
+                "a ClearML task is already running in this process; close it (task.close()) "
+                "before starting a tracelet run with the clearml backend"
+            )
+        self._apply_offline_mode(Task)
+        self._restore_report_subprocess = disable_report_subprocess(Task)
+        labels = [tag_to_label(k, v) for k, v in info.system_tags.items()]
+        try:
+            task = Task.init(
+                project_name=info.project,
+                task_name=info.run_name,
+                task_type=self.options.get("task_type") or Task.TaskTypes.training,
+                tags=labels or None,
+                reuse_last_task_id=False,
+                continue_last_task=False,
+                output_uri=self.options.get("output_uri"),
+                auto_connect_arg_parser=False,
+                auto_connect_frameworks=_FrameworksOff(_FRAMEWORKS_OFF),
+                auto_resource_monitoring=False,
+                auto_connect_streams=False,
+                deferred_init=False,
+            )
+        except BaseException:
+            self._restore_settings()
+            raise
+        self._task = task
+        self._offline = bool(Task.is_offline())
+        self.run_id = str(task.id)
+        return self.run_id
+
+    def _apply_offline_mode(self, task_cls: Any) -> None:
+        """Switch ClearML's offline mode to what the option, else the environment, asks for.
+
+        ClearML reads ``CLEARML_OFFLINE_MODE`` once, when it is imported; reading it here
+        honours a variable set later too. With neither set, ClearML's own state stands.
+        """
+        wanted = self.options.get("offline")
+        offline = bool(wanted) if wanted is not None else _env_offline()
+        if offline is not None and offline != bool(task_cls.is_offline()):
+            task_cls.set_offline(offline_mode=offline)
+
+    def write(self, events: Sequence[Event]) -> None:
+        """Deliver events in order; images are waited for so their snapshot files may go."""
+        task = self._require_task()
+        clearml_logger = task.get_logger()
+        uploads_pending = False
+        for event in events:
+            if isinstance(event, Metric):
+                title, series = split_clearml(event.name)
+                clearml_logger.report_scalar(title, series, value=event.value, iteration=event.step)
+            elif isinstance(event, Params):
+                if event.values:
+                    task.update_parameters({f"{PARAMS_SECTION}/{k}": v for k, v in event.values.items()})
+            elif isinstance(event, Tags):
+                self._set_tags(task, event.values)
+            elif isinstance(event, Artifact):
+                self._upload_artifact(task, event)
+            elif isinstance(event, Image):
+                title, series = split_clearml(event.name)
+                # max_image_history=-1: keep every image (ClearML otherwise recycles file
+                # names after `file_history_size`, overwriting earlier steps).
+                clearml_logger.report_image(
+                    title,
+                    series,
+                    iteration=event.step,
+                    local_path=event.local_path,
+                    max_image_history=-1,
+                )
+                uploads_pending = True
+            else:  # pragma: no cover - the Event union is closed
+                raise TypeError(f"unknown event type {type(event).__name__}")
+        if uploads_pending:
+            # report_image copies the file in a background thread; the caller may delete
+            # the snapshot as soon as write() returns.
+            task.flush(wait_for_uploads=True)
+
+    def _set_tags(self, task: Any, values: Mapping[str, str]) -> None:
+        """Set ``key=value`` labels, replacing an earlier label of the same key.
+
+        ``Task.add_tags`` only ever adds, so a re-set key would keep both values.
+        """
+        if not values:
+            return
+        new_labels = [tag_to_label(k, v) for k, v in values.items()]
+        current = list(task.get_tags() or [])
+        kept = [label for label in current if label_to_tag(label)[0] not in values]
+        merged = kept + [label for label in new_labels if label not in kept]
+        if merged != current:
+            task.set_tags(merged)
+
+    def _upload_artifact(self, task: Any, event: Artifact) -> None:
+        """Copy the snapshot into the task's artifacts under the name ``artifact_path``.
+
+        ClearML names the stored file after the local file, so a snapshot whose file name
+        differs is hard-linked (or copied) under the artifact's own file name first.
+        """
+        source = Path(event.local_path)
+        wanted_name = PurePosixPath(event.artifact_path).name or source.name
+        with tempfile.TemporaryDirectory(prefix="tracelet-clearml-") as tmp:
+            if source.name != wanted_name:
+                staged = Path(tmp) / wanted_name
+                try:
+                    os.link(source, staged)
+                except OSError:
+                    shutil.copyfile(source, staged)
+                source = staged
+            ok = task.upload_artifact(
+                name=event.artifact_path,
+                artifact_object=source,
+                metadata={"sha256": event.sha256, "size": event.size},
+                wait_on_upload=True,
+            )
+        if not ok:
+            raise RuntimeError(f"ClearML failed to store artifact {event.artifact_path!r}")
+
+    def finish(self, status: str) -> None:
+        """Flush everything, close the task and leave it with ``status``.
+
+        Online, ``close()`` itself marks the task completed, so a failed or killed run is
+        marked afterwards with ``force=True`` (the server would refuse completed -> failed
+        otherwise). Offline, where status requests are dropped, the status goes into
+        ``task.json`` before closing.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        task = self._require_task()
+        clearml_status = STATUS_TO_CLEARML[status]
+        reason = f"tracelet: run {status}"
+        try:
+            task.flush(wait_for_uploads=True)
+            if self._offline:
+                record_offline_status(task, clearml_status, reason)
+                task.close()
+            else:
+                task.close()
+                if status == FAILED:
+                    task.mark_failed(status_reason=reason, status_message=reason, force=True)
+                elif status == KILLED:
+                    task.mark_stopped(force=True, status_message=reason)
+        finally:
+            self._task = None
+            self._restore_settings()
+
+    def _restore_settings(self) -> None:
+        if self._restore_report_subprocess is not None:
+            self._restore_report_subprocess()
+            self._restore_report_subprocess = None
+
+    def _require_task(self) -> Any:
+        if self._task is None:
+            raise RuntimeError("the ClearML backend has no open task; call start() first")
+        return self._task
+
+    def param_value_limit(self) -> int | None:
+        """ClearML documents no length limit for hyperparameter values."""
+        return None

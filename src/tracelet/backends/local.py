@@ -1,0 +1,106 @@
+"""The ``local`` backend: one JSONL file per run, needing no optional package.
+
+Layout: ``<root>/<project>/<run_id>/`` with ``run.json`` (project, run name, status),
+``events.jsonl`` (one event per line, the spool's format) and ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tracelet.backends.base import RUNNING, Backend, RunInfo
+from tracelet.events import Artifact, Event, Image, Tags, to_json
+
+ENV_ROOT = "TRACELET_LOCAL_DIR"
+DEFAULT_ROOT = "tracelet-runs"
+
+
+def local_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The directory runs are written under: the option, ``TRACELET_LOCAL_DIR``, or ``./tracelet-runs``."""
+    return Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).resolve()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` in one step, so a crash never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class LocalBackend(Backend):
+    """Writes every event as one JSON line; artifacts and images are copied beside it."""
+
+    name = "local"
+    option_keys = frozenset({"root"})
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self._dir: Path | None = None
+        self._events: TextIO | None = None
+        self._meta: dict[str, Any] = {}
+
+    def _open(self, run_dir: Path) -> None:
+        self._dir = run_dir
+        (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def start(self, info: RunInfo) -> str:
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        run_dir = local_root(self.options.get("root")) / info.project / run_id
+        self._open(run_dir)
+        self._meta = {
+            "run_id": run_id,
+            "project": info.project,
+            "run_name": info.run_name,
+            "status": RUNNING,
+            "start_time": time.time(),
+        }
+        write_json_atomic(run_dir / "run.json", self._meta)
+        self.run_id = run_id
+        if info.system_tags:
+            self.write([Tags(dict(info.system_tags), system=True)])
+        return run_id
+
+    def attach(self, run_id: str) -> None:
+        root = local_root(self.options.get("root"))
+        matches = [p for p in root.glob(f"*/{run_id}") if (p / "run.json").is_file()]
+        if not matches:
+            raise FileNotFoundError(f"no local run {run_id!r} under {root}")
+        self._open(matches[0])
+        self._meta = json.loads((matches[0] / "run.json").read_text())
+        self.run_id = run_id
+
+    def write(self, events: Sequence[Event]) -> None:
+        assert self._events is not None and self._dir is not None, "start() was not called"
+        lines = []
+        for event in events:
+            data = to_json(event)
+            if isinstance(event, Artifact):
+                target = self._dir / "artifacts" / event.artifact_path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(event.local_path, target)
+                data["local_path"] = str(target.relative_to(self._dir))
+            elif isinstance(event, Image):
+                target = self._dir / "images" / event.name / f"{event.step}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(event.local_path, target)
+                data["local_path"] = str(target.relative_to(self._dir))
+            lines.append(json.dumps(data))
+        if lines:
+            self._events.write("\n".join(lines) + "\n")
+        self._events.flush()
+
+    def finish(self, status: str) -> None:
+        assert self._events is not None and self._dir is not None
+        self._events.flush()
+        os.fsync(self._events.fileno())
+        self._events.close()
+        self._meta.update(status=status, end_time=time.time())
+        write_json_atomic(self._dir / "run.json", self._meta)

@@ -1,0 +1,263 @@
+"""The Weights & Biases backend: one ``wandb`` run per tracelet run, history rows keyed by our own step.
+
+Mapping: ``project`` and ``exp_name`` are the W&B project and run name; params are
+the run config; user tags and tracelet's ``tracelet.*`` tags are W&B tags spelled
+``key=value`` (see :mod:`tracelet.backends.naming`); artifacts are files in the run's
+``files/`` folder at their relative path; images are ``wandb.Image`` values in history.
+
+Steps: W&B's own ``_step`` must only grow, and ``run.log(step=...)`` silently drops
+any point whose step is lower than the last one. This backend therefore never passes
+``step=``: every history row carries a ``tracelet/step`` column, and
+``define_metric("*", step_metric="tracelet/step")`` makes it the x-axis of every
+chart. ``_step`` then just counts rows, so no point is ever dropped, whatever order
+the steps come in.
+
+``wandb`` is imported inside the methods only: importing tracelet never imports it.
+W&B's own environment variables (``WANDB_MODE``, ``WANDB_DIR``, ``WANDB_ENTITY``, ...)
+keep working because wandb reads them itself; ``backend_options["wandb"]`` overrides them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tracelet.backends.base import Backend, RunInfo
+from tracelet.backends.naming import EXIT_CODES, label_to_tag, tag_to_label
+from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
+
+log = logging.getLogger(__name__)
+
+#: The history column that holds tracelet's step (W&B's ``_step`` only counts rows).
+STEP_KEY = "tracelet/step"
+
+#: W&B rejects tags outside 1..64 characters (``Settings.validate_run_tags``); setting
+#: ``run.tags`` with one only warns and keeps the old tags, so we check first.
+MAX_TAG_LENGTH = 64
+
+#: Settings tracelet needs (users may still override them through ``settings``):
+#: no system-metrics sampler, no stdout/stderr capture, no copy of the user's code.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "x_disable_stats": True,
+    "console": "off",
+    "save_code": False,
+}
+
+
+class WandbBackend(Backend):
+    """Writes a run with the ``wandb`` SDK (offline, online or shared mode alike).
+
+    Options: ``mode`` and ``dir`` and ``entity`` are passed to ``wandb.init``;
+    ``settings`` is a dict of extra ``wandb.Settings`` fields.
+    """
+
+    name = "wandb"
+    package = "wandb"
+    extra = "wandb"
+    option_keys = frozenset({"mode", "dir", "entity", "settings"})
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self._run: Any = None
+
+    def param_value_limit(self) -> int | None:
+        """W&B config values have no documented length limit."""
+        return None
+
+    def start(self, info: RunInfo) -> str:
+        """Open the run and make ``tracelet/step`` the x-axis of every metric."""
+        import wandb
+
+        settings = dict(DEFAULT_SETTINGS)
+        settings.update(self.options.get("settings") or {})
+        init_kwargs: dict[str, Any] = {}
+        for key in ("mode", "dir", "entity"):
+            if self.options.get(key) is not None:
+                init_kwargs[key] = self.options[key]
+        labels = []
+        for key, value in info.system_tags.items():
+            label = tag_to_label(key, value)
+            if _tag_problem(label):
+                # Failing ``start`` would lose the whole run for one tag; say so instead.
+                log.warning("tracelet: W&B cannot store tag %r (%s); left out", label, _tag_problem(label))
+            else:
+                labels.append(label)
+        run = wandb.init(
+            project=info.project,
+            name=info.run_name,
+            tags=labels,
+            # Several runs, one after another or side by side, in one process; the
+            # user's own ``wandb.run`` is left alone.
+            reinit="create_new",
+            settings=wandb.Settings(**settings),
+            **init_kwargs,
+        )
+        self._run = run
+        run.define_metric(STEP_KEY)
+        run.define_metric("*", step_metric=STEP_KEY)
+        self.run_id = str(run.id)
+        return self.run_id
+
+    def write(self, events: Sequence[Event]) -> None:
+        """Deliver events in order; every event that can land does, then raise if any could not.
+
+        Consecutive metrics with the same step share one history row; a new row starts
+        when the step changes or a key would repeat, so no point is merged or reordered.
+        An event W&B cannot take (a reserved name, an unsafe path, an over-long tag) is
+        skipped and reported in the exception raised at the end.
+        """
+        run = self._require_run()
+        row: dict[str, Any] = {}
+        row_step: int | None = None
+        problems: list[str] = []
+
+        def flush() -> None:
+            nonlocal row, row_step
+            if row:
+                row[STEP_KEY] = row_step
+                run.log(row)
+            row, row_step = {}, None
+
+        def add(name: str, value: Any, step: int) -> None:
+            nonlocal row_step
+            if row and (step != row_step or name in row):
+                flush()
+            row[name] = value
+            row_step = step
+
+        for event in events:
+            if isinstance(event, Metric):
+                problem = _name_problem(event.name)
+                if problem:
+                    problems.append(f"metric {event.name!r}: {problem}")
+                    continue
+                add(event.name, event.value, event.step)
+            elif isinstance(event, Image):
+                problem = _name_problem(event.name)
+                if problem:
+                    problems.append(f"image {event.name!r}: {problem}")
+                    continue
+                try:
+                    image = self._image(event)
+                except Exception as exc:  # e.g. Pillow missing: wandb.Image needs it
+                    problems.append(f"image {event.name!r}: {exc!r}")
+                    continue
+                add(event.name, image, event.step)
+            elif isinstance(event, Params):
+                if event.values:
+                    run.config.update(dict(event.values), allow_val_change=True)
+            elif isinstance(event, Tags):
+                problems.extend(self._add_tags(event.values))
+            elif isinstance(event, Artifact):
+                try:
+                    self._save_file(event)
+                except (OSError, ValueError) as exc:
+                    problems.append(f"artifact {event.artifact_path!r}: {exc}")
+        flush()
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError(
+                f"W&B could not take {len(problems)} event(s): {'; '.join(problems[:3])}{more}"
+            )
+
+    def finish(self, status: str) -> None:
+        """Close the run; W&B keeps an exit code, which the reader maps back to the status."""
+        run = self._require_run()
+        run.finish(exit_code=EXIT_CODES[status])
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _require_run(self) -> Any:
+        if self._run is None:
+            raise RuntimeError("the W&B run was never started")
+        return self._run
+
+    @staticmethod
+    def _image(event: Image) -> Any:
+        """``wandb.Image`` copies the PNG into the run's ``media/`` folder when it is logged."""
+        import wandb
+
+        return wandb.Image(event.local_path)
+
+    def _add_tags(self, values: dict[str, str]) -> list[str]:
+        """Set tags as ``key=value`` labels: a key's old label is replaced, other labels kept."""
+        run = self._run
+        labels = list(run.tags or ())
+        problems = []
+        changed = False
+        for key, value in values.items():
+            label = tag_to_label(key, value)
+            problem = _tag_problem(label)
+            if problem:
+                problems.append(f"tag {label!r}: {problem}")
+                continue
+            if [old for old in labels if label_to_tag(old)[0] == key] == [label]:
+                continue
+            labels = [*(old for old in labels if label_to_tag(old)[0] != key), label]
+            changed = True
+        if changed:
+            run.tags = tuple(labels)
+            if tuple(run.tags or ()) != tuple(labels):  # wandb only warns when it refuses
+                raise RuntimeError(f"W&B refused the tags {labels}")
+        return problems
+
+    def _save_file(self, event: Artifact) -> None:
+        """Copy the snapshot into the run's ``files/`` folder and register it with ``run.save``.
+
+        The bytes are copied (not linked: the snapshot is tracelet's and may be removed)
+        to ``files/<artifact_path>``; a file already inside ``files/`` is registered as is,
+        so it is uploaded once, in online mode, and readable in place in offline mode.
+        """
+        run = self._run
+        files_dir = Path(run.settings.files_dir)
+        relative = _safe_relative(event.artifact_path)
+        target = files_dir.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(event.local_path, target)
+        run.save(os.fspath(target), base_path=os.fspath(files_dir), policy="now", glob=False)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a history key cannot carry a tracelet series, or None."""
+    if not name:
+        return "empty name"
+    if name == STEP_KEY:
+        return f"{STEP_KEY!r} is the step column tracelet writes itself"
+    if name.startswith("_"):
+        return "W&B reserves names starting with '_'"
+    return None
+
+
+def _tag_problem(label: str) -> str | None:
+    """Why W&B would refuse a tag label, or None."""
+    if not 1 <= len(label) <= MAX_TAG_LENGTH:
+        return f"W&B tags must be 1 to {MAX_TAG_LENGTH} characters, this one has {len(label)}"
+    return None
+
+
+def _safe_relative(artifact_path: str) -> PurePosixPath:
+    """The artifact path as a clean relative path inside ``files/``, never over W&B's own files."""
+    path = PurePosixPath(artifact_path.replace("\\", "/"))
+    if not artifact_path or path.is_absolute() or ".." in path.parts or str(path) in ("", "."):
+        raise ValueError("artifact paths must be relative and stay inside the run")
+    if len(path.parts) == 1 and _is_wandb_file(path.name):
+        raise ValueError(f"{path.name!r} is a file W&B writes itself in the run's files")
+    return path
+
+
+def _is_wandb_file(name: str) -> bool:
+    """W&B's own list of the files it keeps at the top of ``files/`` (config, summary, logs)."""
+    try:
+        from wandb.sdk.lib.filenames import is_wandb_file
+    except ImportError:  # moved in some release: fall back to the names it has always used
+        return name.startswith("wandb") or name in {
+            "config.yaml",
+            "output.log",
+            "diff.patch",
+            "requirements.txt",
+            "conda-environment.yaml",
+        }
+    return bool(is_wandb_file(name))

@@ -1,0 +1,124 @@
+"""Settings: the call's arguments first, then ``TRACELET_*`` variables, then documented defaults.
+
+==========================  ==============================================  ============
+variable                    meaning                                          default
+==========================  ==============================================  ============
+TRACELET_BACKEND            backend name(s), comma separated                ``local``
+TRACELET_PROJECT            project (MLflow experiment, W&B/ClearML project) ``default``
+TRACELET_EXPERIMENT_NAME    run name                                         generated
+TRACELET_LOG_LEVEL          level of the ``tracelet`` logger                 unchanged
+TRACELET_STRICT             ``1``: ``stop_logging`` raises unless all landed ``0``
+TRACELET_HANDLE_SIGNALS     ``0``: do not install SIGTERM/SIGINT handlers    ``1``
+TRACELET_FLUSH_TIMEOUT      seconds ``stop_logging`` waits for delivery      ``60``
+TRACELET_SPOOL_DIR          where overflow and leftovers are spooled         user cache
+==========================  ==============================================  ============
+
+The default backend is ``local`` (a JSONL directory, ``./tracelet-runs``): it needs
+no optional package, so a run with nothing configured still lands somewhere visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BACKEND = "local"
+DEFAULT_PROJECT = "default"
+DEFAULT_FLUSH_TIMEOUT = 60.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A boolean variable; anything but a clear yes/no is a ``ValueError`` naming it."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
+
+
+def parse_backends(value: str | Sequence[str] | None) -> list[str]:
+    """``"mlflow, wandb"`` or ``["mlflow", "wandb"]`` → ``["mlflow", "wandb"]`` (order kept, no repeats)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"backend names must be strings, got {type(item).__name__}")
+        name = item.strip().lower()
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def default_run_name() -> str:
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``start_logging`` resolved, ready to build the backends."""
+
+    backends: list[str]
+    project: str
+    run_name: str
+    strict: bool
+    handle_signals: bool
+    flush_timeout: float
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def resolve(
+    *,
+    exp_name: str | None,
+    project: str | None,
+    backend: str | Sequence[str] | None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None,
+) -> Settings:
+    """Merge the call with the environment. Bad values raise errors that name them."""
+    names = parse_backends(backend) or parse_backends(os.environ.get("TRACELET_BACKEND"))
+    if not names:
+        names = [DEFAULT_BACKEND]
+    options: dict[str, dict[str, Any]] = {}
+    for name, opts in (backend_options or {}).items():
+        if name not in names:
+            raise TypeError(
+                f"backend_options has key {name!r}, which is not one of the selected backends {names}"
+            )
+        if not isinstance(opts, Mapping):
+            raise TypeError(f"backend_options[{name!r}] must be a mapping, not {type(opts).__name__}")
+        options[name] = dict(opts)
+    project = project or os.environ.get("TRACELET_PROJECT") or DEFAULT_PROJECT
+    run_name = exp_name or os.environ.get("TRACELET_EXPERIMENT_NAME") or default_run_name()
+    for arg, value in (("project", project), ("exp_name", run_name)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{arg} must be a non-empty string, got {value!r}")
+    level = os.environ.get("TRACELET_LOG_LEVEL")
+    if level:
+        logging.getLogger("tracelet").setLevel(level.upper())
+    raw_timeout = os.environ.get("TRACELET_FLUSH_TIMEOUT")
+    try:
+        flush_timeout = float(raw_timeout) if raw_timeout else DEFAULT_FLUSH_TIMEOUT
+    except ValueError:
+        raise ValueError(f"TRACELET_FLUSH_TIMEOUT={raw_timeout!r} is not a number of seconds") from None
+    return Settings(
+        backends=names,
+        project=project,
+        run_name=run_name,
+        strict=env_flag("TRACELET_STRICT", False),
+        handle_signals=env_flag("TRACELET_HANDLE_SIGNALS", True),
+        flush_timeout=flush_timeout,
+        backend_options=options,
+    )

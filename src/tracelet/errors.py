@@ -1,0 +1,46 @@
+"""Exceptions raised by tracelet's public API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tracelet.report import DeliveryReport
+
+
+class TraceletError(RuntimeError):
+    """Base class for tracelet's own runtime errors."""
+
+
+class BackendNotInstalledError(ImportError):
+    """A backend was requested whose optional package is not importable.
+
+    It subclasses :class:`ImportError` so code that already guards optional
+    imports keeps working; the message always names the ``pip install`` extra.
+    """
+
+    def __init__(self, backend: str, package: str, extra: str) -> None:
+        self.backend = backend
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"backend {backend!r} needs the package {package!r}, which is not installed; "
+            f'install it with: pip install "tracelet[{extra}]"',
+            name=package,
+        )
+
+
+class UnknownBackendError(ValueError):
+    """A backend name that no built-in module or entry point provides."""
+
+
+class ExperimentActiveError(TraceletError):
+    """``start_logging`` was called while another experiment is still active."""
+
+
+class DeliveryError(TraceletError):
+    """Raised by ``stop_logging`` in strict mode when anything failed or is still pending."""
+
+    def __init__(self, report: DeliveryReport) -> None:
+        self.report = report
+        super().__init__(f"tracelet strict mode: not everything was delivered\n{report.format()}")

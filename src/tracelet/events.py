@@ -1,0 +1,102 @@
+"""The events that flow from an :class:`~tracelet.experiment.Experiment` to the backends.
+
+The caller's thread builds plain tuples (cheapest to create); the writer thread
+turns them into these typed events right before handing a batch to a backend.
+The same events are the lines of the JSONL spool and of the ``local`` backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One point of one metric series."""
+
+    name: str
+    value: float
+    step: int
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Params:
+    """Hyperparameters, already flattened (``a/b``) and stringified."""
+
+    values: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Tags:
+    """User tags (``system=False``) or tracelet's own tags (``system=True``)."""
+
+    values: dict[str, str]
+    system: bool = False
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file snapshot taken at call time.
+
+    ``local_path`` is tracelet's private copy of the bytes as they were when
+    ``log_artifact`` was called; ``artifact_path`` is the relative path it lands at.
+    """
+
+    local_path: str
+    artifact_path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image snapshot, encoded as PNG at call time (``local_path``)."""
+
+    name: str
+    local_path: str
+    step: int
+    width: int
+    height: int
+
+
+Event = Union[Metric, Params, Tags, Artifact, Image]
+
+_KINDS: dict[str, type[Any]] = {
+    "metric": Metric,
+    "params": Params,
+    "tags": Tags,
+    "artifact": Artifact,
+    "image": Image,
+}
+_KIND_OF: dict[type[Any], str] = {cls: kind for kind, cls in _KINDS.items()}
+
+
+def from_raw(raw: tuple[Any, ...]) -> Event:
+    """Build a typed event from the tuple the caller's thread enqueued.
+
+    Metric values may still be tensors here: ``.item()`` runs on the writer thread.
+    """
+    kind = raw[0]
+    if kind == "metric":
+        value = raw[2]
+        if not isinstance(value, (int, float)):
+            value = value.item()
+        return Metric(raw[1], float(value), raw[3], raw[4])
+    cls = _KINDS[kind]
+    return cls(*raw[1:])  # type: ignore[no-any-return]
+
+
+def to_json(event: Event) -> dict[str, Any]:
+    """Serialize an event to one JSON object (a spool or ``local`` line)."""
+    data = dict(event.__dict__)
+    data["kind"] = _KIND_OF[type(event)]
+    return data
+
+
+def from_json(data: dict[str, Any]) -> Event:
+    """Inverse of :func:`to_json`."""
+    data = dict(data)
+    cls = _KINDS[data.pop("kind")]
+    return cls(**data)  # type: ignore[no-any-return]

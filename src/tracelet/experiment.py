@@ -1,0 +1,343 @@
+"""The :class:`Experiment`: validation on the caller's thread, then fan-out to one writer per backend."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
+from tracelet.config import Settings
+from tracelet.errors import DeliveryError, TraceletError
+from tracelet.images import png_size, to_png
+from tracelet.pipeline import BackendWriter
+from tracelet.report import DeliveryReport
+from tracelet.spool import Spool, spool_root
+from tracelet.validation import check_name, check_step, coerce_value, flatten_params
+
+log = logging.getLogger(__name__)
+
+_COPY_CHUNK = 1 << 20
+
+
+def _system_tags() -> dict[str, str]:
+    from tracelet import __version__
+
+    return {
+        "tracelet.version": __version__,
+        "tracelet.python": platform.python_version(),
+    }
+
+
+class Experiment:
+    """One run, sent to one or several backends.
+
+    Every ``log_*`` method validates on the caller's thread and raises there
+    (``ValueError``/``TypeError`` naming the argument); delivery happens on each
+    backend's writer thread. Use :func:`tracelet.start_logging` to create one.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: list[Backend],
+        *,
+        enabled: bool = True,
+        maxsize: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.project = settings.project
+        self.name = settings.run_name
+        self.settings = settings
+        self.status: str = "running"
+        #: backend name -> its run id (``None`` for a backend whose run failed to open).
+        self.runs: dict[str, str | None] = {}
+        self._backends = backends
+        self._writers: list[BackendWriter] = []
+        self._params: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._image_steps: dict[str, int] = {}
+        self._valid_names: set[str] = set()
+        self._signal_status: str | None = None
+        self._report: DeliveryReport | None = None
+        self._inactive = not enabled
+        self._disabled = not enabled
+        self._lock = threading.Lock()
+        self._seq = 0
+        key = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.spool_dir = spool_root() / key
+        self._staging = self.spool_dir / "staging"
+        if not enabled:
+            return
+        info = RunInfo(self.project, self.name, _system_tags())
+        limits = []
+        for backend in backends:
+            error: BaseException | None = None
+            try:
+                self.runs[backend.name] = backend.start(info)
+            except Exception as exc:
+                error = exc
+                self.runs[backend.name] = None
+                log.warning("tracelet: %s could not open a run: %r", backend.name, exc)
+            limit = None
+            if error is None:
+                try:
+                    limit = backend.param_value_limit()
+                except Exception as exc:
+                    log.warning("tracelet: %s param limit unknown: %r", backend.name, exc)
+            if limit is not None:
+                limits.append((limit, backend.name))
+            meta = {
+                "backend": backend.name,
+                "run_id": backend.run_id,
+                "project": self.project,
+                "run_name": self.name,
+                "options": backend.spool_options(),
+            }
+            kwargs: dict[str, Any] = {}
+            if maxsize is not None:
+                kwargs["maxsize"] = maxsize
+            if batch_size is not None:
+                kwargs["batch_size"] = batch_size
+            writer = BackendWriter(
+                backend, Spool(self.spool_dir / backend.name, meta), start_error=error, **kwargs
+            )
+            self._writers.append(writer)
+        self._param_limit = min(limits) if limits else None
+        for writer in self._writers:
+            writer.start()
+
+    # -- metrics ---------------------------------------------------------------------------
+    def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
+        """Log one point. ``iteration=None`` is one past this key's previous step (0 at first)."""
+        if self._inactive:
+            self._check_active()
+            return
+        if name not in self._valid_names:
+            self._valid_names.add(check_name(name, "metric"))
+        kind = type(value)
+        if kind is not float and kind is not int:
+            value = coerce_value(name, value)
+        if iteration is None:
+            iteration = self._last_step.get(name, -1) + 1
+        elif type(iteration) is not int or iteration < 0:
+            iteration = check_step(iteration)
+        self._last_step[name] = iteration
+        item = ("metric", name, value, iteration, time.time())
+        for writer in self._writers:
+            writer.put(item)
+
+    def log_metrics(self, metrics: Mapping[str, Any], iteration: int | None = None) -> None:
+        """Log several metrics at one step. All are validated before any is sent."""
+        if self._inactive:
+            self._check_active()
+            return
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a dict, not {type(metrics).__name__}")
+        step = None if iteration is None else check_step(iteration)
+        checked = [(check_name(k, "metric"), coerce_value(k, v)) for k, v in metrics.items()]
+        now = time.time()
+        for name, value in checked:
+            self._valid_names.add(name)
+            point = self._last_step.get(name, -1) + 1 if step is None else step
+            self._last_step[name] = point
+            self._put(("metric", name, value, point, now))
+
+    # -- params and tags -------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log hyperparameters; nested dicts are flattened with ``/``. Values are immutable."""
+        if self._inactive:
+            self._check_active()
+            return
+        flat = flatten_params(params)
+        new: dict[str, str] = {}
+        for key, value in flat.items():
+            old = self._params.get(key)
+            if old is not None and old != value:
+                raise ValueError(f"param {key!r} was already logged as {old!r}; it cannot change to {value!r}")
+            if self._param_limit is not None and len(value) > self._param_limit[0]:
+                limit, backend = self._param_limit
+                raise ValueError(
+                    f"param {key!r} is {len(value)} characters long; {backend} accepts at most {limit}"
+                )
+            if old is None:
+                new[key] = value
+        if new:
+            self._params.update(new)
+            self._put(("params", new))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set user tags (string values). Keys follow the metric-name rules."""
+        if self._inactive:
+            self._check_active()
+            return
+        if not isinstance(tags, Mapping):
+            raise TypeError(f"tags must be a dict, not {type(tags).__name__}")
+        checked = {check_name(k, "tag"): str(v) for k, v in tags.items()}
+        if checked:
+            self._put(("tags", checked, False))
+
+    # -- files -----------------------------------------------------------------------------
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Log a file or a directory (one entry per file) under ``artifact_path``.
+
+        The bytes are copied now, so a file overwritten later does not change what lands.
+        """
+        if self._inactive:
+            self._check_active()
+            return
+        source = Path(path)
+        if not source.exists():
+            raise FileNotFoundError(f"log_artifact: path {str(path)!r} does not exist")
+        prefix = _clean_artifact_path(artifact_path)
+        if source.is_dir():
+            files = sorted(p for p in source.rglob("*") if p.is_file())
+            if not files:
+                raise ValueError(f"log_artifact: directory {str(path)!r} holds no files")
+            targets = [(f, f.relative_to(source).as_posix()) for f in files]
+        else:
+            targets = [(source, source.name)]
+        items = []
+        for file, relative in targets:
+            dest = f"{prefix}/{relative}" if prefix else relative
+            local, digest, size = self._snapshot(file, dest.rpartition("/")[2])
+            items.append(("artifact", local, dest, digest, size))
+        for item in items:
+            self._put(item)
+
+    def log_image(self, name: str, image: Any, iteration: int | None = None) -> None:
+        """Log an image (numpy array, tensor or matplotlib figure), encoded as PNG now."""
+        if self._inactive:
+            self._check_active()
+            return
+        check_name(name, "image")
+        step = self._image_steps.get(name, -1) + 1 if iteration is None else check_step(iteration)
+        data = to_png(image)
+        width, height = png_size(data)
+        local = self._stage_dir() / f"{step}.png"
+        local.write_bytes(data)
+        self._image_steps[name] = step
+        self._put(("image", name, str(local), step, width, height))
+
+    def _stage_dir(self) -> Path:
+        with self._lock:
+            self._seq += 1
+            directory = self._staging / str(self._seq)
+        directory.mkdir(parents=True)
+        return directory
+
+    def _snapshot(self, source: Path, filename: str) -> tuple[str, str, int]:
+        """Copy ``source`` into the staging area, hashing as it goes."""
+        target = self._stage_dir() / filename
+        digest = hashlib.sha256()
+        size = 0
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(_COPY_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+                size += len(chunk)
+        return str(target), digest.hexdigest(), size
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _put(self, item: tuple[Any, ...]) -> None:
+        for writer in self._writers:
+            writer.put(item)
+
+    def _check_active(self) -> None:
+        if self._disabled:
+            return
+        raise TraceletError(f"experiment {self.name!r} is stopped; start a new one with start_logging()")
+
+    @property
+    def closed(self) -> bool:
+        return self._report is not None or self._disabled
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything logged so far has been delivered (or failed). False on timeout."""
+        deadline = time.monotonic() + (self.settings.flush_timeout if timeout is None else timeout)
+        return all(w.flush(max(0.0, deadline - time.monotonic())) for w in self._writers)
+
+    def stop(self, status: str | None = None, flush_timeout: float | None = None) -> DeliveryReport:
+        """Flush (bounded by ``flush_timeout``), close every run, and report what landed."""
+        from tracelet import api
+
+        if self._report is not None:
+            return self._report
+        status = status or self._signal_status or FINISHED
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        self._inactive = True
+        timeout = self.settings.flush_timeout if flush_timeout is None else flush_timeout
+        deadline = time.monotonic() + timeout
+        for writer in self._writers:
+            writer.begin_stop(status)
+        reports = {
+            w.backend.name: w.stop(status, max(0.0, deadline - time.monotonic())) for w in self._writers
+        }
+        self.status = status
+        self._report = DeliveryReport(status=status, backends=reports)
+        if self._disabled:
+            pass
+        elif self._report.ok:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+            log.info("tracelet: run %r delivered\n%s", self.name, self._report.format())
+        else:
+            log.warning("tracelet: run %r did not deliver everything\n%s", self.name, self._report.format())
+        api._forget(self)
+        if self.settings.strict and not self._report.ok:
+            raise DeliveryError(self._report)
+        return self._report
+
+    def _exit_status(self) -> str:
+        """The status an exiting interpreter implies: killed by a signal, failed by an uncaught error."""
+        if self._signal_status:
+            return self._signal_status
+        last = getattr(sys, "last_value", None)
+        if isinstance(last, KeyboardInterrupt):
+            return KILLED
+        return FAILED if last is not None else FINISHED
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.stop()
+            return
+        if isinstance(exc, KeyboardInterrupt) or self._signal_status:
+            status = KILLED
+        elif isinstance(exc, SystemExit) and exc.code in (0, None):
+            status = FINISHED
+        else:
+            status = FAILED
+        try:
+            self.stop(status)
+        except DeliveryError as err:  # never hide the user's own exception behind ours
+            log.error("%s", err)
+
+    def __repr__(self) -> str:
+        return f"Experiment(name={self.name!r}, project={self.project!r}, runs={self.runs!r})"
+
+
+def _clean_artifact_path(artifact_path: str | None) -> str:
+    if artifact_path is None:
+        return ""
+    if not isinstance(artifact_path, str):
+        raise TypeError(f"artifact_path must be a str or None, not {type(artifact_path).__name__}")
+    cleaned = artifact_path.replace("\\", "/").strip("/")
+    parts = [p for p in cleaned.split("/") if p not in ("", ".")]
+    if os.path.isabs(artifact_path) or ".." in parts:
+        raise ValueError(f"artifact_path must be a relative path inside the run, got {artifact_path!r}")
+    return "/".join(parts)

@@ -1,0 +1,60 @@
+"""What ``stop_logging`` returns: per backend, how many events were sent, delivered, failed or pending."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """Delivery counts for one backend; ``sent == delivered + failed + pending`` always holds.
+
+    ``pending`` events are not lost: they wait in ``spool_path``, and
+    ``tracelet sync <spool_path>`` replays them.
+    """
+
+    backend: str
+    run_id: str | None
+    sent: int
+    delivered: int
+    failed: int
+    pending: int
+    spool_path: str | None = None
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.pending == 0
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """One :class:`BackendReport` per backend, plus the status the run ended with."""
+
+    status: str
+    backends: dict[str, BackendReport]
+
+    @property
+    def ok(self) -> bool:
+        """True when every backend delivered everything."""
+        return all(r.ok for r in self.backends.values())
+
+    def __getitem__(self, backend: str) -> BackendReport:
+        return self.backends[backend]
+
+    def format(self) -> str:
+        """A small table, one line per backend, for logs and error messages."""
+        lines = [f"run status: {self.status}"]
+        for r in self.backends.values():
+            line = (
+                f"  {r.backend:<10} sent={r.sent} delivered={r.delivered} failed={r.failed} "
+                f"pending={r.pending}"
+            )
+            if r.spool_path:
+                line += f" spool={r.spool_path}"
+            lines.append(line)
+            lines.extend(f"    error: {e}" for e in r.errors)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()

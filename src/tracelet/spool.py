@@ -1,0 +1,186 @@
+"""A durable JSONL spool per backend: the overflow of a full queue, and what a stop left undelivered.
+
+Layout of one backend's spool directory::
+
+    spool.json     backend name, options, run id, and how many lines were delivered
+    events.jsonl   one event per line (the ``local`` backend's format)
+
+The writer thread reads the spool from the committed offset on; ``tracelet sync``
+replays what is left into the same run, exactly once (a replayed spool is marked
+``synced`` and refuses a second replay).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tracelet.events import Event, from_json, from_raw, to_json
+
+log = logging.getLogger(__name__)
+
+ENV_SPOOL_DIR = "TRACELET_SPOOL_DIR"
+EVENTS = "events.jsonl"
+META = "spool.json"
+
+
+def spool_root() -> Path:
+    """``TRACELET_SPOOL_DIR``, else the user cache (``$XDG_CACHE_HOME/tracelet/spool``)."""
+    configured = os.environ.get(ENV_SPOOL_DIR)
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "tracelet" / "spool"
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class Spool:
+    """One backend's spool. Not thread-safe: the pipeline serializes access with its lock."""
+
+    def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
+        self.directory = directory
+        self.meta = meta
+        self._file: Any = None
+        self._read_offset = 0  # bytes of events.jsonl already handed to the writer
+        self.unread = 0  # lines written but not yet handed to the writer
+
+    @property
+    def events_path(self) -> Path:
+        return self.directory / EVENTS
+
+    def _open(self) -> Any:
+        if self._file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _write_meta(self.directory / META, self.meta)
+            self._file = open(self.events_path, "a+", encoding="utf-8")  # noqa: SIM115
+        return self._file
+
+    def append(self, raws: list[tuple[Any, ...]]) -> None:
+        """Write events (the caller's raw tuples) at the end, flushed to the OS at once."""
+        f = self._open()
+        f.seek(0, os.SEEK_END)
+        f.write("".join(json.dumps(to_json(from_raw(raw))) + "\n" for raw in raws))
+        f.flush()
+        self.unread += len(raws)
+
+    def prepend(self, raws: list[tuple[Any, ...]]) -> None:
+        """Put events *before* everything unread (used when a stop times out with items in memory)."""
+        f = self._open()
+        f.seek(self._read_offset)
+        rest = f.read()
+        f.seek(0)
+        f.truncate()
+        head = "".join(json.dumps(to_json(from_raw(raw))) + "\n" for raw in raws)
+        f.write(head + rest)
+        f.flush()
+        self._read_offset = 0
+        self.unread += len(raws)
+        self.commit(0)
+
+    def read(self, limit: int) -> list[Event]:
+        """Up to ``limit`` unread events, in order."""
+        if self._file is None or self.unread == 0:
+            return []
+        f = self._file
+        f.seek(self._read_offset)
+        events: list[Event] = []
+        while len(events) < limit:
+            line = f.readline()
+            if not line:
+                break
+            events.append(from_json(json.loads(line)))
+        self._read_offset = f.tell()
+        self.unread -= len(events)
+        return events
+
+    def commit(self, delivered_lines: int | None = None) -> None:
+        """Record the read offset, so a later ``tracelet sync`` starts after what was delivered."""
+        self.meta["offset"] = self._read_offset if delivered_lines is None else delivered_lines
+        _write_meta(self.directory / META, self.meta)
+
+    def reset(self) -> None:
+        """Everything was delivered: empty the file so the spool can be reused or removed."""
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.flush()
+        self._read_offset = 0
+        self.unread = 0
+        self.commit()
+
+    def close(self, remove_if_empty: bool) -> None:
+        """Close the file; remove the directory when nothing is left in it to replay."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        if remove_if_empty and self.unread == 0 and self.directory.exists():
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def find_spools(path: Path) -> list[Path]:
+    """The backend spool directories at or below ``path`` (a run's spool dir holds one per backend)."""
+    if (path / META).is_file():
+        return [path]
+    return sorted(p.parent for p in path.glob(f"*/{META}"))
+
+
+def sync(path: Path, batch_size: int = 1000) -> dict[str, int]:
+    """Replay every spool under ``path`` into its backend's run, exactly once.
+
+    Returns the number of events replayed per spool directory. A spool already
+    synced is skipped with a warning; progress is committed after every batch.
+    """
+    from tracelet.backends.registry import get_backend_class
+
+    replayed: dict[str, int] = {}
+    spools = find_spools(path)
+    if not spools:
+        raise FileNotFoundError(f"no tracelet spool under {path}")
+    for directory in spools:
+        meta = json.loads((directory / META).read_text())
+        if meta.get("synced"):
+            log.warning("spool %s was already synced; skipping it", directory)
+            replayed[str(directory)] = 0
+            continue
+        cls = get_backend_class(meta["backend"])
+        cls.ensure_installed()
+        backend = cls(meta.get("options") or {})
+        backend.attach(meta["run_id"])
+        count = 0
+        with open(directory / EVENTS, encoding="utf-8") as f:
+            f.seek(int(meta.get("offset", 0)))
+            while True:
+                batch = [from_json(json.loads(line)) for line in _take_lines(f, batch_size)]
+                if not batch:
+                    break
+                backend.write(batch)
+                count += len(batch)
+                meta["offset"] = f.tell()
+                _write_meta(directory / META, meta)
+        if meta.get("finish_status"):
+            backend.finish(meta["finish_status"])
+        meta["synced"] = True
+        _write_meta(directory / META, meta)
+        replayed[str(directory)] = count
+    return replayed
+
+
+def _take_lines(f: Any, limit: int) -> list[str]:
+    lines = []
+    for _ in range(limit):
+        line = f.readline()
+        if not line:
+            break
+        lines.append(line)
+    return lines

@@ -1,0 +1,205 @@
+"""Read a ClearML offline session back into a :class:`RunRecord`, straight from its files.
+
+An offline session is a folder ``<cache>/offline/<task id>/`` (and, once the task is
+closed, ``<task id>.zip`` next to it) holding:
+
+* ``task.json`` - the task: ``name``, ``project_name``, ``tags``, ``hyperparams``
+  (``{section: {name: {value, type, ...}}}``), ``execution.artifacts`` (``key``, ``uri``)
+  and, when tracelet closed it, ``status``;
+* ``metrics.jsonl`` - one JSON *list* of events per line; scalars are
+  ``training_stats_scalar`` (``metric``, ``variant``, ``iter``, ``value``), debug images
+  are ``training_debug_image`` (``metric``, ``variant``, ``iter``, ``url``, ``key``);
+* ``data/`` - the artifact and image files; ``uri``/``url`` are absolute paths under the
+  folder named by ``task.json``'s ``offline_folder``.
+
+The reader recomputes sizes and sha256 from the stored bytes and image sizes from the PNG
+header, so it reports what actually landed rather than what ClearML says about it. It
+needs no ClearML import except to find ClearML's cache folder when none is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tracelet.backends.clearml import PARAMS_SECTION
+from tracelet.backends.naming import SYSTEM_TAG_PREFIX, join_clearml, label_to_tag
+from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
+
+#: ClearML task status -> tracelet status. Offline sessions carry no status unless
+#: tracelet wrote one at finish, so a missing status means the run never finished.
+STATUS_FROM_CLEARML: dict[str, str] = {
+    "completed": "finished",
+    "published": "finished",
+    "publishing": "finished",
+    "closed": "finished",
+    "failed": "failed",
+    "stopped": "killed",
+    "created": "running",
+    "queued": "running",
+    "in_progress": "running",
+}
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _Session:
+    """Files of one offline session, whether unpacked in a folder or still in its zip."""
+
+    def __init__(self, location: Path) -> None:
+        self.folder: Path | None = None
+        self.zip: zipfile.ZipFile | None = None
+        if location.is_dir():
+            self.folder = location
+        else:
+            self.zip = zipfile.ZipFile(location)
+
+    def read(self, relative: str) -> bytes:
+        if self.folder is not None:
+            return (self.folder / relative).read_bytes()
+        assert self.zip is not None
+        return self.zip.read(relative)
+
+    def exists(self, relative: str) -> bool:
+        if self.folder is not None:
+            return (self.folder / relative).is_file()
+        assert self.zip is not None
+        try:
+            self.zip.getinfo(relative)
+        except KeyError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def default_offline_root() -> Path:
+    """ClearML's offline folder: ``<cache dir>/offline``.
+
+    Asks ClearML when it is installed (that honours a ``clearml.conf`` cache setting);
+    otherwise mirrors its rule: ``CLEARML_CACHE_DIR`` (or ``TRAINS_CACHE_DIR``), else
+    ``~/.clearml/cache``.
+    """
+    try:
+        from clearml.config import get_offline_dir
+    except ImportError:
+        base = os.environ.get("CLEARML_CACHE_DIR") or os.environ.get("TRAINS_CACHE_DIR") or "~/.clearml/cache"
+        return Path(os.path.expandvars(os.path.expanduser(base))) / "offline"
+    return Path(get_offline_dir())
+
+
+def _locate(task_id: str, offline_dir: str | os.PathLike[str] | None) -> Path:
+    """The session folder (preferred: it is complete even before close) or its zip."""
+    given = Path(offline_dir) if offline_dir is not None else default_offline_root()
+    if given.is_file():
+        return given
+    if (given / "task.json").is_file():
+        return given
+    candidates = [given / task_id, given / f"{task_id}.zip"]
+    for candidate in candidates:
+        if (candidate / "task.json").is_file() or candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no ClearML offline session for task {task_id!r} in {given} "
+        f"(looked for {', '.join(str(c) for c in candidates)})"
+    )
+
+
+def _relative_data_path(uri: str, offline_folder: str, key: str | None = None) -> str:
+    """Path inside the session of a file ClearML recorded by absolute ``uri``."""
+    prefix = offline_folder.rstrip("/") + "/"
+    if offline_folder and uri.startswith(prefix):
+        return uri[len(prefix) :]
+    if key:
+        return f"data/{key}"
+    raise ValueError(f"stored file {uri!r} is not inside the offline session {offline_folder!r}")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ValueError("stored image is not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def _events(session: _Session) -> Iterator[dict[str, Any]]:
+    if not session.exists("metrics.jsonl"):
+        return
+    for line in session.read("metrics.jsonl").decode("utf-8").splitlines():
+        if line.strip():
+            yield from json.loads(line)
+
+
+def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = None) -> RunRecord:
+    """What ClearML stored offline for ``task_id``.
+
+    ``offline_dir`` may be ClearML's offline folder (holding ``<task id>/`` and
+    ``<task id>.zip``), the session folder itself, or the session's ``.zip``; by default
+    it is ClearML's offline folder under its cache dir.
+    """
+    session = _Session(_locate(task_id, offline_dir))
+    try:
+        task = json.loads(session.read("task.json").decode("utf-8"))
+        if task.get("id") != task_id:
+            raise ValueError(f"session holds task {task.get('id')!r}, not {task_id!r}")
+        offline_folder = str(task.get("offline_folder") or "")
+
+        params = {
+            name: "" if item.get("value") is None else str(item.get("value"))
+            for name, item in (task.get("hyperparams") or {}).get(PARAMS_SECTION, {}).items()
+        }
+
+        tags: dict[str, str] = {}
+        system_tags: dict[str, str] = {}
+        for label in task.get("tags") or []:
+            key, value = label_to_tag(label)
+            (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value
+
+        artifacts = []
+        for item in (task.get("execution") or {}).get("artifacts") or []:
+            data = session.read(_relative_data_path(item["uri"], offline_folder))
+            artifacts.append(
+                ArtifactRecord(path=item["key"], size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            )
+
+        metrics: dict[str, list[tuple[int, float]]] = {}
+        images: list[ImageRecord] = []
+        for event in _events(session):
+            kind = event.get("type")
+            if kind == "training_stats_scalar":
+                name = join_clearml(event["metric"], event["variant"])
+                metrics.setdefault(name, []).append((int(event["iter"]), float(event["value"])))
+            elif kind == "training_debug_image":
+                relative = _relative_data_path(event["url"], offline_folder, event.get("key"))
+                width, height = _png_size(session.read(relative))
+                name = join_clearml(event["metric"], event["variant"])
+                images.append(ImageRecord(name=name, step=int(event["iter"]), width=width, height=height))
+
+        status = STATUS_FROM_CLEARML.get(str(task.get("status") or "in_progress"), "running")
+        return RunRecord(
+            backend="clearml",
+            run_id=task_id,
+            project=str(task.get("project_name") or ""),
+            run_name=str(task.get("name") or ""),
+            status=status,
+            params=params,
+            metrics=metrics,
+            tags=tags,
+            system_tags=system_tags,
+            artifacts=artifacts,
+            images=images,
+        )
+    finally:
+        session.close()
+
+
+__all__ = ["STATUS_FROM_CLEARML", "default_offline_root", "read_clearml_run"]

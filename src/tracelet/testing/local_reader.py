@@ -1,0 +1,48 @@
+"""Read a ``local`` backend run back from its JSONL directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from tracelet.backends.local import local_root
+from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
+
+
+def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
+    """What ``<root>/<project>/<run_id>/`` holds (root: option, ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``)."""
+    base = local_root(root)
+    matches = [p for p in base.glob(f"*/{run_id}") if (p / "run.json").is_file()]
+    if not matches:
+        raise FileNotFoundError(f"no local run {run_id!r} under {base}")
+    run_dir: Path = matches[0]
+    meta = json.loads((run_dir / "run.json").read_text())
+    record = RunRecord(
+        backend="local",
+        run_id=run_id,
+        project=meta["project"],
+        run_name=meta["run_name"],
+        status=meta["status"],
+    )
+    with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+        for line in f:
+            event = json.loads(line)
+            kind = event["kind"]
+            if kind == "metric":
+                record.metrics.setdefault(event["name"], []).append((event["step"], event["value"]))
+            elif kind == "params":
+                record.params.update(event["values"])
+            elif kind == "tags":
+                (record.system_tags if event["system"] else record.tags).update(event["values"])
+            elif kind == "artifact":
+                data = (run_dir / event["local_path"]).read_bytes()
+                record.artifacts.append(
+                    ArtifactRecord(event["artifact_path"], len(data), hashlib.sha256(data).hexdigest())
+                )
+            elif kind == "image":
+                record.images.append(ImageRecord(event["name"], event["step"], event["width"], event["height"]))
+    record.artifacts.sort(key=lambda a: a.path)
+    record.images.sort(key=lambda i: (i.name, i.step))
+    return record

@@ -1,0 +1,63 @@
+"""Read an MLflow run back through ``MlflowClient``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from typing import Any
+
+from tracelet.backends.naming import SYSTEM_TAG_PREFIX
+from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
+
+IMAGE_DIR = "tracelet-images"
+_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
+
+
+def _walk(client: Any, run_id: str, path: str | None = None) -> list[Any]:
+    files = []
+    for info in client.list_artifacts(run_id, path):
+        files.extend(_walk(client, run_id, info.path) if info.is_dir else [info])
+    return files
+
+
+def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
+    """What the MLflow store at ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``) holds for ``run_id``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    metrics = {
+        key: [(int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)]
+        for key in sorted(run.data.metrics)
+    }
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", SYSTEM_TAG_PREFIX))}
+    system_tags = {k: v for k, v in run.data.tags.items() if k.startswith(SYSTEM_TAG_PREFIX)}
+    artifacts: list[ArtifactRecord] = []
+    images: list[ImageRecord] = []
+    with tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp:
+        for info in _walk(client, run_id):
+            local = client.download_artifacts(run_id, info.path, tmp)
+            with open(local, "rb") as f:
+                data = f.read()
+            if info.path.startswith(IMAGE_DIR + "/"):
+                name, _, filename = info.path[len(IMAGE_DIR) + 1 :].rpartition("/")
+                width, height = struct.unpack(">II", data[16:24])
+                images.append(ImageRecord(name, int(filename.removesuffix(".png")), width, height))
+            else:
+                artifacts.append(ArtifactRecord(info.path, len(data), hashlib.sha256(data).hexdigest()))
+    return RunRecord(
+        backend="mlflow",
+        run_id=run_id,
+        project=experiment.name,
+        run_name=run.info.run_name,
+        status=_STATUS.get(run.info.status, run.info.status.lower()),
+        params=dict(run.data.params),
+        metrics=metrics,
+        tags=tags,
+        system_tags=system_tags,
+        artifacts=sorted(artifacts, key=lambda a: a.path),
+        images=sorted(images, key=lambda i: (i.name, i.step)),
+    )

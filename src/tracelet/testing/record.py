@@ -1,0 +1,53 @@
+"""The normalized view of what landed in a store, shared by every reader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One stored file: its path relative to the run's artifact root, size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One stored image: the name it was logged under, its step and pixel size."""
+
+    name: str
+    step: int
+    width: int
+    height: int
+
+
+@dataclass
+class RunRecord:
+    """What one backend holds for one run, read back through that backend's own client or files.
+
+    ``metrics`` maps each key to its ``(step, value)`` points in the order the store
+    keeps them. ``params`` values are strings. ``tags`` are the user's tags;
+    ``system_tags`` are tracelet's own (``tracelet.*``).
+    """
+
+    backend: str
+    run_id: str
+    project: str
+    run_name: str
+    status: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    system_tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
+
+    def artifact(self, path: str) -> ArtifactRecord:
+        """The artifact stored at ``path``; ``KeyError`` names what is there instead."""
+        for item in self.artifacts:
+            if item.path == path:
+                return item
+        raise KeyError(f"no artifact {path!r}; stored: {[a.path for a in self.artifacts]}")

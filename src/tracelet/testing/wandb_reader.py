@@ -1,0 +1,266 @@
+"""Read a W&B run back from its local ``run-<id>.wandb`` file, with no server and no wandb service.
+
+The file is what ``wandb sync`` uploads, so it is the ground truth of what W&B got.
+Its framing is LevelDB's log format: a 7-byte file header (``:W&B``, a magic number and
+a version), then 32 KiB blocks of records, each with a 7-byte header (CRC-32 of type
+and data, length, type) and a FULL/FIRST/MIDDLE/LAST fragment type; a block tail too
+short for a header is padding. The framing is parsed here (it is small and stable)
+rather than through wandb's internal reader classes, which move between releases; only
+the payloads are decoded with wandb's own protobuf ``Record``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tracelet.backends.naming import SYSTEM_TAG_PREFIX, label_to_tag, status_from_exit_code
+from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
+
+log = logging.getLogger(__name__)
+
+STEP_KEY = "tracelet/step"  # the step column WandbBackend writes (kept in step with it)
+
+FILE_IDENT = b":W&B"
+FILE_MAGIC = 0xBEE1
+FILE_HEADER = struct.Struct("<4sHB")
+BLOCK_SIZE = 32 * 1024
+RECORD_HEADER = struct.Struct("<IHB")
+ZERO, FULL, FIRST, MIDDLE, LAST = 0, 1, 2, 3, 4
+
+#: ``FilesItem.type`` of files wandb registers for itself (requirements.txt, ...).
+FILE_TYPE_WANDB = 1
+
+
+def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None) -> RunRecord:
+    """Everything the W&B SDK recorded for ``run_id`` under ``wandb_dir``.
+
+    ``wandb_dir`` is what ``WANDB_DIR`` / ``dir=`` was (default: ``WANDB_DIR``, else the
+    current directory); its ``wandb/`` (or ``.wandb/``) folder, the run folder itself, or
+    the folder holding run folders are all accepted. A resumed run has one folder per
+    session; they are read oldest first, as one run.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    state = _State(run_id)
+    for run_dir in _find_run_dirs(run_id, wandb_dir):
+        state.run_dir = run_dir
+        for payload in read_records(run_dir / f"run-{run_id}.wandb"):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            state.apply(record)
+    return state.to_record()
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """The record payloads of one ``.wandb`` file, in order.
+
+    A record cut short at the end of the file (the run is still being written) ends the
+    iteration; damage anywhere else raises ``ValueError``.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < FILE_HEADER.size:
+        return
+    ident, magic, version = FILE_HEADER.unpack_from(data)
+    if ident != FILE_IDENT or magic != FILE_MAGIC or version != 0:
+        raise ValueError(f"{path}: not a W&B transaction log (header {data[:FILE_HEADER.size]!r})")
+    pos = FILE_HEADER.size
+    pending: bytearray | None = None
+    while pos < len(data):
+        room = BLOCK_SIZE - pos % BLOCK_SIZE
+        if room < RECORD_HEADER.size:  # block trailer: padding
+            pos += room
+            continue
+        if pos + RECORD_HEADER.size > len(data):
+            log.debug("%s: header cut short at byte %d", path, pos)
+            return
+        crc, length, kind = RECORD_HEADER.unpack_from(data, pos)
+        if kind == ZERO and length == 0:  # pre-allocated zeros: the rest of the block is empty
+            pos += room
+            continue
+        if length > room - RECORD_HEADER.size:
+            raise ValueError(f"{path}: record at byte {pos} overruns its block")
+        start, end = pos + RECORD_HEADER.size, pos + RECORD_HEADER.size + length
+        if end > len(data):
+            log.debug("%s: record cut short at byte %d", path, pos)
+            return
+        chunk = data[start:end]
+        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
+            if end == len(data):  # a tail still being written
+                log.debug("%s: bad checksum in the last record; ignored", path)
+                return
+            raise ValueError(f"{path}: bad checksum at byte {pos}")
+        pos = end
+        if kind == FULL:
+            if pending is not None:
+                raise ValueError(f"{path}: FULL record at byte {pos} inside a fragmented record")
+            yield chunk
+        elif kind == FIRST:
+            if pending is not None:
+                raise ValueError(f"{path}: FIRST record at byte {pos} inside a fragmented record")
+            pending = bytearray(chunk)
+        elif kind in (MIDDLE, LAST):
+            if pending is None:
+                raise ValueError(f"{path}: fragment at byte {pos} with no FIRST")
+            pending += chunk
+            if kind == LAST:
+                yield bytes(pending)
+                pending = None
+        else:
+            raise ValueError(f"{path}: unknown record type {kind} at byte {pos}")
+
+
+def _find_run_dirs(run_id: str, wandb_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """The folders holding ``run-<id>.wandb``, oldest first (their names start with the time)."""
+    root = Path(wandb_dir if wandb_dir is not None else os.environ.get("WANDB_DIR") or os.getcwd())
+    filename = f"run-{run_id}.wandb"
+    candidates = [root]
+    for base in (root / "wandb", root / ".wandb", root):
+        if base.is_dir():
+            candidates.extend(base.iterdir())
+    # ``latest-run`` is a symlink to a run folder: resolving keeps one copy, under its real name.
+    found = {path.resolve() for path in candidates if (path / filename).is_file()}
+    if not found:
+        raise FileNotFoundError(f"no W&B run {run_id!r} ({filename}) under {root}")
+    return sorted(found, key=_folder_time)
+
+
+def _folder_time(path: Path) -> str:
+    """``offline-run-20240101_120000-<id>`` -> ``20240101_120000`` (sorts by time)."""
+    match = re.search(r"\d{8}_\d{6}", path.name)
+    return match.group(0) if match else path.name
+
+
+class _State:
+    """The run as the records build it up, one record at a time."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.run_dir: Path | None = None
+        self.project = ""
+        self.run_name = ""
+        self.seen_run = False
+        self.exit_code: int | None = None
+        self.labels: list[str] = []
+        self.params: dict[str, str] = {}
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.images: list[ImageRecord] = []
+        self.image_paths: set[str] = set()
+        self.files: dict[str, Path] = {}
+
+    def apply(self, record: Any) -> None:
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            self.seen_run = True
+            self.project = run.project or self.project
+            self.run_name = run.display_name or self.run_name
+            # Each run record carries the full tag list as of then: the last one wins.
+            self.labels = list(run.tags)
+            self._config(run.config)
+        elif kind == "config":
+            self._config(record.config)
+        elif kind == "history":
+            self._history(record.history)
+        elif kind == "files":
+            assert self.run_dir is not None
+            for item in record.files.files:
+                if item.type != FILE_TYPE_WANDB:
+                    self.files[item.path] = self.run_dir  # saved again later: the later bytes
+        elif kind == "exit":
+            self.exit_code = int(record.exit.exit_code)
+
+    def _config(self, config: Any) -> None:
+        for item in config.update:
+            key = _key(item)
+            if key == "_wandb":
+                continue
+            value = json.loads(item.value_json) if item.value_json else None
+            self.params[key] = value if isinstance(value, str) else json.dumps(value)
+        for item in config.remove:
+            self.params.pop(_key(item), None)
+
+    def _history(self, history: Any) -> None:
+        """One row: scalar columns become points; ``image-file`` columns become images."""
+        scalars: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for item in history.item:
+            path = [item.key] if item.key else list(item.nested_key)
+            if not path:
+                continue
+            value = _history_value(item)
+            if len(path) == 1:
+                scalars[path[0]] = value
+            else:
+                nested.setdefault(path[0], {})[path[1]] = value
+        step_value = scalars.get(STEP_KEY, scalars.get("_step"))
+        if step_value is None:
+            return
+        step = int(step_value)
+        for key, value in scalars.items():
+            if key == STEP_KEY or key.startswith("_"):
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.metrics.setdefault(key, []).append((step, float(value)))
+        for key, fields in nested.items():
+            if fields.get("_type") == "image-file":
+                self.images.append(ImageRecord(key, step, int(fields["width"]), int(fields["height"])))
+                if isinstance(fields.get("path"), str):
+                    self.image_paths.add(fields["path"])
+
+    def to_record(self) -> RunRecord:
+        if not self.seen_run:
+            raise ValueError(f"W&B run {self.run_id!r} has no run record")
+        tags: dict[str, str] = {}
+        system_tags: dict[str, str] = {}
+        for label in self.labels:
+            key, value = label_to_tag(label)
+            (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value
+        artifacts = []
+        for path, run_dir in self.files.items():
+            if path in self.image_paths:
+                continue
+            file = run_dir / "files" / path
+            if not file.is_file():  # registered, but its bytes never landed
+                log.debug("W&B run %s: %s is registered but missing", self.run_id, file)
+                continue
+            data = file.read_bytes()
+            artifacts.append(ArtifactRecord(path, len(data), hashlib.sha256(data).hexdigest()))
+        return RunRecord(
+            backend="wandb",
+            run_id=self.run_id,
+            project=self.project,
+            run_name=self.run_name,
+            status="running" if self.exit_code is None else status_from_exit_code(self.exit_code),
+            params=self.params,
+            metrics=self.metrics,
+            tags=tags,
+            system_tags=system_tags,
+            artifacts=artifacts,
+            images=self.images,
+        )
+
+
+def _key(item: Any) -> str:
+    """A config or history key: flat ``key``, or ``nested_key`` parts joined the tracelet way."""
+    return str(item.key) if item.key else "/".join(item.nested_key)
+
+
+def _history_value(item: Any) -> Any:
+    """A history cell: the typed ``value`` oneof when set, else the JSON text (``NaN`` included)."""
+    which = item.WhichOneof("value")
+    if which is None:
+        return json.loads(item.value_json) if item.value_json else None
+    if which == "none":
+        return None
+    if which == "json":
+        return json.loads(item.json)
+    return getattr(item, which)

@@ -1,0 +1,88 @@
+"""Checks that run on the caller's thread, so bad input fails loudly and nothing is half-written."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+#: One character set every backend accepts: segments of letters, digits, ``_ . -``
+#: joined by single ``/`` (MLflow's rules are the strictest; W&B and ClearML accept it).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.\-]+)*\Z")
+MAX_NAME_LENGTH = 250
+RESERVED_PREFIXES = ("tracelet/", "tracelet.")
+
+
+def check_name(name: Any, what: str) -> str:
+    """Return ``name`` if every backend accepts it; otherwise raise naming it."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} name must be a str, not {type(name).__name__} ({name!r})")
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid {what} name {name!r}: use letters, digits, '_', '.', '-' in segments joined by "
+            f"single '/', starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
+        )
+    if name.startswith(RESERVED_PREFIXES):
+        raise ValueError(f"invalid {what} name {name!r}: the prefix 'tracelet' is reserved")
+    return name
+
+
+def check_step(iteration: Any) -> int:
+    """Steps are non-negative integers (Python or numpy ints, not bools)."""
+    if type(iteration) is int:
+        value = iteration
+    elif not isinstance(iteration, bool) and type(iteration).__module__ == "numpy" and hasattr(
+        iteration, "dtype"
+    ) and iteration.dtype.kind in "iu":
+        value = int(iteration)
+    else:
+        raise TypeError(f"iteration must be an int or None, not {type(iteration).__name__}")
+    if value < 0:
+        raise ValueError(f"iteration must be >= 0, got {value}")
+    return value
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """A metric value as it is *now*: numbers as Python numbers, tensors as detached copies.
+
+    A one-element tensor is detached and cloned (an asynchronous device copy, no
+    sync); ``.item()`` runs later on the writer thread.
+    """
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    module = type(value).__module__
+    if module == "numpy" and hasattr(value, "dtype") and getattr(value, "shape", None) == ():
+        if value.dtype.kind in "biuf":
+            return value.item()
+    elif module.startswith("torch") and hasattr(value, "numel") and hasattr(value, "detach"):
+        if value.numel() != 1:
+            raise TypeError(
+                f"metric {name!r}: value must be a one-element tensor, got shape {tuple(value.shape)}"
+            )
+        if value.is_complex():
+            raise TypeError(f"metric {name!r}: value must be real, got dtype {value.dtype}")
+        return value.detach().clone()
+    raise TypeError(
+        f"metric {name!r}: value must be an int, float, bool, numpy scalar or one-element tensor, "
+        f"not {type(value).__name__}"
+    )
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts become ``a/b`` keys; every value becomes a string."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict, not {type(params).__name__}")
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        if not isinstance(key, str):
+            raise TypeError(f"param names must be str, got {type(key).__name__} ({key!r})")
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            if not value:
+                raise ValueError(f"param {full!r} is an empty dict: nothing to log")
+            flat.update(flatten_params(value, f"{full}/"))
+        else:
+            flat[check_name(full, "param")] = str(value)
+    return flat
