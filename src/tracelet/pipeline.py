@@ -70,7 +70,8 @@ class BackendWriter:
         self._sent = itertools.count()
         self.delivered = 0
         self.failed = 0
-        self._in_flight = 0
+        self._in_flight: list[Event] = []
+        self._in_flight_spooled = 0
         self.errors: list[str] = []
         self._stopping = False
         self._abandoned = False
@@ -124,7 +125,7 @@ class BackendWriter:
     def pending(self) -> int:
         """Events neither delivered nor failed: in memory, in flight, or in the spool."""
         with self._lock:
-            return len(self._queue) + self._in_flight + self.spool.unread
+            return len(self._queue) + len(self._in_flight) + self.spool.unread
 
     def idle(self) -> bool:
         return self.pending() == 0
@@ -151,9 +152,13 @@ class BackendWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             with self._lock:
+                # The batch stuck in the backend goes to the spool too, so a crash cannot lose it;
+                # if that write completes later after all, _deliver skips it in the spool.
                 self._abandoned = True
-                leftovers = list(self._queue)
+                leftovers = self._in_flight + [from_raw(raw) for raw in self._queue]
                 self._queue.clear()
+                self._in_flight_spooled = len(self._in_flight)
+                self._in_flight = []
                 if leftovers:
                     self.spool.prepend(leftovers)
                 self.spool.meta["finish_status"] = status
@@ -198,13 +203,12 @@ class BackendWriter:
                 return [], False
             if self._queue:
                 n = min(self.batch_size, len(self._queue))
-                raws = [self._queue.popleft() for _ in range(n)]
-                self._in_flight = n
-                return [from_raw(raw) for raw in raws], False
+                self._in_flight = [from_raw(self._queue.popleft()) for _ in range(n)]
+                return self._in_flight, False
             if self._spooling:
                 events = self.spool.read(self.batch_size)
                 if events:
-                    self._in_flight = len(events)
+                    self._in_flight = events
                     return events, True
                 self.spool.reset()
                 self._spooling = False
@@ -212,22 +216,33 @@ class BackendWriter:
             return [], False
 
     def _deliver(self, events: list[Event], from_spool: bool) -> None:
+        error: Exception | None = None
         try:
             if self._dead:
                 raise RuntimeError("backend run was never started")
             self.backend.write(events)
         except Exception as exc:
-            self.failed += len(events)
-            self._record_error(f"write of {len(events)} event(s) failed: {exc!r}")
-            log.warning(
-                "tracelet: %s failed to deliver %d event(s): %r", self.backend.name, len(events), exc
-            )
-        else:
-            self.delivered += len(events)
+            error = exc
         with self._lock:
-            self._in_flight = 0
+            if self._abandoned:
+                # stop() timed out during this write and already moved the batch to the spool.
+                if error is None and self._in_flight_spooled:
+                    self.spool.skip(self._in_flight_spooled)
+                    self.delivered += self._in_flight_spooled
+                self._in_flight_spooled = 0
+                return
+            if error is None:
+                self.delivered += len(events)
+            else:
+                self.failed += len(events)
+            self._in_flight = []
             if from_spool:
                 self.spool.commit()
+        if error is not None:
+            self._record_error(f"write of {len(events)} event(s) failed: {error!r}")
+            log.warning(
+                "tracelet: %s failed to deliver %d event(s): %r", self.backend.name, len(events), error
+            )
 
     def _record_error(self, message: str) -> None:
         if len(self.errors) < MAX_KEPT_ERRORS:

@@ -72,19 +72,24 @@ class Spool:
         f.flush()
         self.unread += len(raws)
 
-    def prepend(self, raws: list[tuple[Any, ...]]) -> None:
+    def prepend(self, events: list[Event]) -> None:
         """Put events *before* everything unread (used when a stop times out with items in memory)."""
         f = self._open()
         f.seek(self._read_offset)
         rest = f.read()
         f.seek(0)
         f.truncate()
-        head = "".join(json.dumps(to_json(from_raw(raw))) + "\n" for raw in raws)
+        head = "".join(json.dumps(to_json(event)) + "\n" for event in events)
         f.write(head + rest)
         f.flush()
         self._read_offset = 0
-        self.unread += len(raws)
-        self.commit(0)
+        self.unread += len(events)
+        self.commit()
+
+    def skip(self, count: int) -> None:
+        """Mark the first ``count`` unread events delivered (a late write that did land after all)."""
+        self.read(count)
+        self.commit()
 
     def read(self, limit: int) -> list[Event]:
         """Up to ``limit`` unread events, in order."""
@@ -105,6 +110,7 @@ class Spool:
     def commit(self, delivered_lines: int | None = None) -> None:
         """Record the read offset, so a later ``tracelet sync`` starts after what was delivered."""
         self.meta["offset"] = self._read_offset if delivered_lines is None else delivered_lines
+        self.directory.mkdir(parents=True, exist_ok=True)
         _write_meta(self.directory / META, self.meta)
 
     def reset(self) -> None:

@@ -62,7 +62,12 @@ class Backend(ABC):
     @classmethod
     def is_installed(cls) -> bool:
         """True when the backend's package can be imported (checked without importing it)."""
-        return cls.package is None or importlib.util.find_spec(cls.package) is not None
+        if cls.package is None:
+            return True
+        try:
+            return importlib.util.find_spec(cls.package) is not None
+        except (ImportError, ValueError):  # a blocking import hook, or sys.modules[name] = None
+            return False
 
     @classmethod
     def ensure_installed(cls) -> None:

@@ -45,6 +45,15 @@ REPORT_SUBPROCESS_ATTR = "_report_subprocess_enabled"
 #: server requests, dropped offline), so tracelet stores the status through it.
 OFFLINE_EDIT_ATTR = "_edit"
 
+#: Private ``Task`` classmethods that take ClearML's signal handlers (SIGINT, SIGTERM, ...)
+#: and ``sys.excepthook`` wrapper off again. ``Task.init`` installs them; ``close()`` can
+#: only put the signal handlers back on the main thread, and tracelet closes on its writer
+#: thread. There ClearML forgets the originals yet leaves its handler installed, which then
+#: swallows every later Ctrl-C / SIGTERM of the process. tracelet sets the run status
+#: itself, so it does not need ClearML to watch signals or exceptions at all.
+SIGNAL_HOOKS_ATTR = "_remove_signal_hooks"
+EXCEPTION_HOOKS_ATTR = "_remove_exception_hooks"
+
 #: Everything ``Task.init(auto_connect_frameworks=...)`` knows, switched off. Keys missing
 #: from the mapping default to *on*, and only an explicit ``detect_repository: False``
 #: skips the repository/requirements scan, which is also where ClearML starts its
@@ -113,6 +122,25 @@ def disable_report_subprocess(task_cls: Any) -> Callable[[], None]:
     return restore
 
 
+def release_process_hooks(task_cls: Any) -> None:
+    """Give the process its own signal handlers and ``sys.excepthook`` back after ``Task.init``.
+
+    The one place that calls ClearML's private ``Task._remove_signal_hooks`` and
+    ``Task._remove_exception_hooks`` (see :data:`SIGNAL_HOOKS_ATTR`). Must run on the
+    thread that called ``Task.init``: signal handlers can only be changed from the main
+    thread. Logs a warning, and leaves the hooks in place, if a method is gone.
+    """
+    for attr in (SIGNAL_HOOKS_ATTR, EXCEPTION_HOOKS_ATTR):
+        remove = getattr(task_cls, attr, None)
+        if callable(remove):
+            remove()
+        else:
+            logger.warning(
+                "clearml.Task has no %s method any more; ClearML's signal/exception hooks stay installed",
+                attr,
+            )
+
+
 def record_offline_status(task: Any, clearml_status: str, reason: str) -> bool:
     """Write the final status into an offline session's ``task.json``.
 
@@ -133,12 +161,19 @@ def record_offline_status(task: Any, clearml_status: str, reason: str) -> bool:
     return True
 
 
+def _as_bool(value: Any) -> bool:
+    """``True``/``"1"``/``"yes"``... as ClearML reads its boolean environment variables."""
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_STRINGS
+    return bool(value)
+
+
 def _env_offline() -> bool | None:
     """Offline mode as the user set it in the environment (read now, not at clearml import)."""
     for name in _OFFLINE_ENV_VARS:
         raw = os.environ.get(name)
         if raw is not None and raw.strip() != "":
-            return raw.strip().lower() in _TRUE_STRINGS
+            return _as_bool(raw)
     return None
 
 
@@ -160,6 +195,8 @@ class ClearMLBackend(Backend):
         self._task: Any = None
         self._offline = False
         self._restore_report_subprocess: Callable[[], None] | None = None
+        self._staging: Path | None = None
+        self._staged = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -178,7 +215,7 @@ class ClearMLBackend(Backend):
         self._restore_report_subprocess = disable_report_subprocess(Task)
         labels = [tag_to_label(k, v) for k, v in info.system_tags.items()]
         try:
-            task = Task.init(
+            task: Any = Task.init(
                 project_name=info.project,
                 task_name=info.run_name,
                 task_type=self.options.get("task_type") or Task.TaskTypes.training,
@@ -196,6 +233,9 @@ class ClearMLBackend(Backend):
             self._restore_settings()
             raise
         self._task = task
+        release_process_hooks(Task)
+        self._staging = Path(tempfile.mkdtemp(prefix="tracelet-clearml-"))
+        self._staged = 0
         self._offline = bool(Task.is_offline())
         self.run_id = str(task.id)
         return self.run_id
@@ -207,15 +247,14 @@ class ClearMLBackend(Backend):
         honours a variable set later too. With neither set, ClearML's own state stands.
         """
         wanted = self.options.get("offline")
-        offline = bool(wanted) if wanted is not None else _env_offline()
+        offline = _as_bool(wanted) if wanted is not None else _env_offline()
         if offline is not None and offline != bool(task_cls.is_offline()):
             task_cls.set_offline(offline_mode=offline)
 
     def write(self, events: Sequence[Event]) -> None:
-        """Deliver events in order; images are waited for so their snapshot files may go."""
+        """Deliver events in order with ClearML's own calls (it has no bulk scalar API)."""
         task = self._require_task()
         clearml_logger = task.get_logger()
-        uploads_pending = False
         for event in events:
             if isinstance(event, Metric):
                 title, series = split_clearml(event.name)
@@ -228,23 +267,38 @@ class ClearMLBackend(Backend):
             elif isinstance(event, Artifact):
                 self._upload_artifact(task, event)
             elif isinstance(event, Image):
-                title, series = split_clearml(event.name)
-                # max_image_history=-1: keep every image (ClearML otherwise recycles file
-                # names after `file_history_size`, overwriting earlier steps).
-                clearml_logger.report_image(
-                    title,
-                    series,
-                    iteration=event.step,
-                    local_path=event.local_path,
-                    max_image_history=-1,
-                )
-                uploads_pending = True
+                self._report_image(clearml_logger, event)
             else:  # pragma: no cover - the Event union is closed
                 raise TypeError(f"unknown event type {type(event).__name__}")
-        if uploads_pending:
-            # report_image copies the file in a background thread; the caller may delete
-            # the snapshot as soon as write() returns.
-            task.flush(wait_for_uploads=True)
+
+    def _report_image(self, clearml_logger: Any, event: Image) -> None:
+        """Hand ClearML its own link to the PNG snapshot, which it deletes once stored.
+
+        ``report_image`` copies the file later, on ClearML's reporting thread, and its
+        ``flush(wait_for_uploads=True)`` can return before that copy (it races with the
+        reporting loop). tracelet may delete the snapshot as soon as :meth:`write`
+        returns, so ClearML gets a hard link (a copy across devices) of its own. The staged
+        name is a plain ``<n>.png``: ClearML takes the extension from everything after the
+        first dot of the file name.
+        """
+        assert self._staging is not None
+        self._staged += 1
+        staged = self._staging / f"{self._staged:08d}.png"
+        try:
+            os.link(event.local_path, staged)
+        except OSError:
+            shutil.copyfile(event.local_path, staged)
+        title, series = split_clearml(event.name)
+        # max_image_history=-1 keeps every image; by default ClearML recycles file names
+        # after `metrics.file_history_size`, overwriting earlier steps' files.
+        clearml_logger.report_image(
+            title,
+            series,
+            iteration=event.step,
+            local_path=str(staged),
+            max_image_history=-1,
+            delete_after_upload=True,
+        )
 
     def _set_tags(self, task: Any, values: Mapping[str, str]) -> None:
         """Set ``key=value`` labels, replacing an earlier label of the same key.
@@ -279,7 +333,6 @@ class ClearMLBackend(Backend):
             ok = task.upload_artifact(
                 name=event.artifact_path,
                 artifact_object=source,
-                metadata={"sha256": event.sha256, "size": event.size},
                 wait_on_upload=True,
             )
         if not ok:
@@ -312,6 +365,10 @@ class ClearMLBackend(Backend):
         finally:
             self._task = None
             self._restore_settings()
+            if self._staging is not None:
+                # close() waited for every upload; anything left was never picked up.
+                shutil.rmtree(self._staging, ignore_errors=True)
+                self._staging = None
 
     def _restore_settings(self) -> None:
         if self._restore_report_subprocess is not None:

@@ -22,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import struct
+import time
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,6 +41,19 @@ STEP_KEY = "tracelet/step"
 #: W&B rejects tags outside 1..64 characters (``Settings.validate_run_tags``); setting
 #: ``run.tags`` with one only warns and keeps the old tags, so we check first.
 MAX_TAG_LENGTH = 64
+
+#: How long ``finish`` waits for wandb-core to write the run's exit record to disk.
+FINISH_FLUSH_TIMEOUT = 30.0
+
+#: The run's transaction log, ``run-<id>.wandb``, uses LevelDB's log framing: a file
+#: header (``:W&B``, a magic number, a version), then 32 KiB blocks of fragments, each
+#: with a 7-byte header (CRC-32 of type byte and data, length, type).
+LOG_HEADER = struct.Struct("<4sHB")
+LOG_IDENT = b":W&B"
+LOG_MAGIC = 0xBEE1
+LOG_BLOCK_SIZE = 32 * 1024
+LOG_FRAGMENT_HEADER = struct.Struct("<IHB")
+ZERO, FULL, FIRST, MIDDLE, LAST = 0, 1, 2, 3, 4
 
 #: Settings tracelet needs (users may still override them through ``settings``):
 #: no system-metrics sampler, no stdout/stderr capture, no copy of the user's code.
@@ -81,9 +97,9 @@ class WandbBackend(Backend):
         labels = []
         for key, value in info.system_tags.items():
             label = tag_to_label(key, value)
-            if _tag_problem(label):
-                # Failing ``start`` would lose the whole run for one tag; say so instead.
-                log.warning("tracelet: W&B cannot store tag %r (%s); left out", label, _tag_problem(label))
+            problem = _tag_problem(label)
+            if problem:  # failing ``start`` would lose the whole run for one tag; say so instead
+                log.warning("tracelet: W&B cannot store tag %r (%s); left out", label, problem)
             else:
                 labels.append(label)
         run = wandb.init(
@@ -160,14 +176,14 @@ class WandbBackend(Backend):
         flush()
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise ValueError(
-                f"W&B could not take {len(problems)} event(s): {'; '.join(problems[:3])}{more}"
-            )
+            raise ValueError(f"W&B could not take {len(problems)} event(s): {'; '.join(problems[:3])}{more}")
 
     def finish(self, status: str) -> None:
         """Close the run; W&B keeps an exit code, which the reader maps back to the status."""
         run = self._require_run()
         run.finish(exit_code=EXIT_CODES[status])
+        if not getattr(run, "disabled", False):
+            _wait_for_exit_record(Path(run.settings.sync_file), FINISH_FLUSH_TIMEOUT)
 
     # -- helpers ---------------------------------------------------------------------------
     def _require_run(self) -> Any:
@@ -212,6 +228,8 @@ class WandbBackend(Backend):
         so it is uploaded once, in online mode, and readable in place in offline mode.
         """
         run = self._run
+        if getattr(run, "disabled", False):  # mode="disabled": nothing is kept anywhere
+            return
         files_dir = Path(run.settings.files_dir)
         relative = _safe_relative(event.artifact_path)
         target = files_dir.joinpath(*relative.parts)
@@ -261,3 +279,108 @@ def _is_wandb_file(name: str) -> bool:
             "conda-environment.yaml",
         }
     return bool(is_wandb_file(name))
+
+
+def _wait_for_exit_record(path: Path, timeout: float) -> None:
+    """Return once the run's exit record is on disk (or after ``timeout``, with a warning).
+
+    ``run.finish()`` in wandb 0.31 returns once wandb-core has *handled* the exit, but
+    the transaction log is written through a buffer that is flushed when the service
+    closes the stream, asynchronously, a moment later. Waiting here makes "finished"
+    mean "complete on disk": ``wandb sync`` or a reader can use the folder right away.
+    Records are written in order, so once the exit record is there, all before it are.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if _tail_has_exit_record(path):
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            log.warning("tracelet: W&B had not written the end of %s after %.0fs", path, timeout)
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def _tail_has_exit_record(path: Path, blocks: int = 2) -> bool:
+    """True when one of the last ``blocks`` blocks of the log holds an exit record.
+
+    Fragments never cross a block boundary, so reading can start at any block.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, (size // LOG_BLOCK_SIZE - blocks + 1) * LOG_BLOCK_SIZE)
+        f.seek(start)
+        data = f.read()
+    for payload in iter_log_records(data, start, str(path)):
+        record = pb.Record()  # type: ignore[attr-defined]  # protobuf classes are made at runtime
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
+
+
+def iter_log_records(data: bytes, offset: int = 0, source: str = "W&B transaction log") -> Iterator[bytes]:
+    """The record payloads (``wandb_internal_pb2.Record`` bytes) in ``data``, in order.
+
+    ``data`` is the log from file position ``offset``: 0 (the file header is checked)
+    or a block boundary (fragments of a record begun before it are skipped). A record
+    cut short at the end of ``data`` (the file is still being written) ends the
+    iteration; damage anywhere else raises ``ValueError``. Written here rather than
+    borrowed from wandb, whose internal reader classes move between releases.
+    """
+    pos = 0
+    if offset == 0:
+        if len(data) < LOG_HEADER.size:
+            return
+        ident, magic, version = LOG_HEADER.unpack_from(data)
+        if ident != LOG_IDENT or magic != LOG_MAGIC or version != 0:
+            raise ValueError(f"{source}: not a W&B transaction log (header {data[: LOG_HEADER.size]!r})")
+        pos = LOG_HEADER.size
+    elif offset % LOG_BLOCK_SIZE:
+        raise ValueError(f"{source}: reading must start at a block boundary, not at byte {offset}")
+    pending: bytearray | None = None
+    resync = offset != 0  # skip the tail of a record that began before ``offset``
+    while pos < len(data):
+        room = LOG_BLOCK_SIZE - (offset + pos) % LOG_BLOCK_SIZE
+        if room < LOG_FRAGMENT_HEADER.size:  # a block trailer too short for a header: padding
+            pos += room
+            continue
+        if pos + LOG_FRAGMENT_HEADER.size > len(data):
+            return
+        crc, length, kind = LOG_FRAGMENT_HEADER.unpack_from(data, pos)
+        where = offset + pos
+        if kind == ZERO and length == 0:  # zero fill: the rest of the block is empty
+            pos += room
+            continue
+        if length > room - LOG_FRAGMENT_HEADER.size:
+            raise ValueError(f"{source}: fragment at byte {where} overruns its block")
+        end = pos + LOG_FRAGMENT_HEADER.size + length
+        if end > len(data):
+            return
+        chunk = data[pos + LOG_FRAGMENT_HEADER.size : end]
+        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
+            if end == len(data):  # the last fragment, still being written
+                return
+            raise ValueError(f"{source}: bad checksum at byte {where}")
+        pos = end
+        if resync:
+            if kind in (MIDDLE, LAST):
+                continue
+            resync = False
+        if kind == FULL and pending is None:
+            yield chunk
+        elif kind == FIRST and pending is None:
+            pending = bytearray(chunk)
+        elif kind in (MIDDLE, LAST) and pending is not None:
+            pending += chunk
+            if kind == LAST:
+                yield bytes(pending)
+                pending = None
+        else:
+            raise ValueError(f"{source}: fragment of type {kind} out of place at byte {where}")

@@ -1,12 +1,10 @@
 """Read a W&B run back from its local ``run-<id>.wandb`` file, with no server and no wandb service.
 
 The file is what ``wandb sync`` uploads, so it is the ground truth of what W&B got.
-Its framing is LevelDB's log format: a 7-byte file header (``:W&B``, a magic number and
-a version), then 32 KiB blocks of records, each with a 7-byte header (CRC-32 of type
-and data, length, type) and a FULL/FIRST/MIDDLE/LAST fragment type; a block tail too
-short for a header is padding. The framing is parsed here (it is small and stable)
-rather than through wandb's internal reader classes, which move between releases; only
-the payloads are decoded with wandb's own protobuf ``Record``.
+Its LevelDB-style framing is parsed by :func:`tracelet.backends.wandb.iter_log_records`
+(the backend needs it too, to know when ``finish`` has reached the disk); only the
+payloads are decoded with wandb's own protobuf ``Record``. A record cut short at the
+end of the file (a run still being written) is ignored, so a live run reads as "running".
 """
 
 from __future__ import annotations
@@ -16,25 +14,14 @@ import json
 import logging
 import os
 import re
-import struct
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, label_to_tag, status_from_exit_code
+from tracelet.backends.wandb import STEP_KEY, iter_log_records
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 log = logging.getLogger(__name__)
-
-STEP_KEY = "tracelet/step"  # the step column WandbBackend writes (kept in step with it)
-
-FILE_IDENT = b":W&B"
-FILE_MAGIC = 0xBEE1
-FILE_HEADER = struct.Struct("<4sHB")
-BLOCK_SIZE = 32 * 1024
-RECORD_HEADER = struct.Struct("<IHB")
-ZERO, FULL, FIRST, MIDDLE, LAST = 0, 1, 2, 3, 4
 
 #: ``FilesItem.type`` of files wandb registers for itself (requirements.txt, ...).
 FILE_TYPE_WANDB = 1
@@ -53,69 +40,12 @@ def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None)
     state = _State(run_id)
     for run_dir in _find_run_dirs(run_id, wandb_dir):
         state.run_dir = run_dir
-        for payload in read_records(run_dir / f"run-{run_id}.wandb"):
-            record = pb.Record()
+        path = run_dir / f"run-{run_id}.wandb"
+        for payload in iter_log_records(path.read_bytes(), 0, str(path)):
+            record = pb.Record()  # type: ignore[attr-defined]  # protobuf classes are made at runtime
             record.ParseFromString(payload)
             state.apply(record)
     return state.to_record()
-
-
-def read_records(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """The record payloads of one ``.wandb`` file, in order.
-
-    A record cut short at the end of the file (the run is still being written) ends the
-    iteration; damage anywhere else raises ``ValueError``.
-    """
-    data = Path(path).read_bytes()
-    if len(data) < FILE_HEADER.size:
-        return
-    ident, magic, version = FILE_HEADER.unpack_from(data)
-    if ident != FILE_IDENT or magic != FILE_MAGIC or version != 0:
-        raise ValueError(f"{path}: not a W&B transaction log (header {data[:FILE_HEADER.size]!r})")
-    pos = FILE_HEADER.size
-    pending: bytearray | None = None
-    while pos < len(data):
-        room = BLOCK_SIZE - pos % BLOCK_SIZE
-        if room < RECORD_HEADER.size:  # block trailer: padding
-            pos += room
-            continue
-        if pos + RECORD_HEADER.size > len(data):
-            log.debug("%s: header cut short at byte %d", path, pos)
-            return
-        crc, length, kind = RECORD_HEADER.unpack_from(data, pos)
-        if kind == ZERO and length == 0:  # pre-allocated zeros: the rest of the block is empty
-            pos += room
-            continue
-        if length > room - RECORD_HEADER.size:
-            raise ValueError(f"{path}: record at byte {pos} overruns its block")
-        start, end = pos + RECORD_HEADER.size, pos + RECORD_HEADER.size + length
-        if end > len(data):
-            log.debug("%s: record cut short at byte %d", path, pos)
-            return
-        chunk = data[start:end]
-        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
-            if end == len(data):  # a tail still being written
-                log.debug("%s: bad checksum in the last record; ignored", path)
-                return
-            raise ValueError(f"{path}: bad checksum at byte {pos}")
-        pos = end
-        if kind == FULL:
-            if pending is not None:
-                raise ValueError(f"{path}: FULL record at byte {pos} inside a fragmented record")
-            yield chunk
-        elif kind == FIRST:
-            if pending is not None:
-                raise ValueError(f"{path}: FIRST record at byte {pos} inside a fragmented record")
-            pending = bytearray(chunk)
-        elif kind in (MIDDLE, LAST):
-            if pending is None:
-                raise ValueError(f"{path}: fragment at byte {pos} with no FIRST")
-            pending += chunk
-            if kind == LAST:
-                yield bytes(pending)
-                pending = None
-        else:
-            raise ValueError(f"{path}: unknown record type {kind} at byte {pos}")
 
 
 def _find_run_dirs(run_id: str, wandb_dir: str | os.PathLike[str] | None) -> list[Path]:
@@ -173,8 +103,8 @@ class _State:
         elif kind == "files":
             assert self.run_dir is not None
             for item in record.files.files:
-                if item.type != FILE_TYPE_WANDB:
-                    self.files[item.path] = self.run_dir  # saved again later: the later bytes
+                if item.type != FILE_TYPE_WANDB:  # saved again later: the later bytes win
+                    self.files[item.path.replace(os.sep, "/")] = self.run_dir
         elif kind == "exit":
             self.exit_code = int(record.exit.exit_code)
 
@@ -228,7 +158,7 @@ class _State:
         for path, run_dir in self.files.items():
             if path in self.image_paths:
                 continue
-            file = run_dir / "files" / path
+            file = run_dir.joinpath("files", *path.split("/"))
             if not file.is_file():  # registered, but its bytes never landed
                 log.debug("W&B run %s: %s is registered but missing", self.run_id, file)
                 continue

@@ -1,0 +1,3 @@
+from tracelet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""Delivery: order, batching, backpressure, the spool, failures and the invariant."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tracelet.api import start_logging
+from tracelet.config import resolve
+from tracelet.events import Metric
+from tracelet.experiment import Experiment
+from tracelet.spool import sync
+from tracelet.testing import read_run
+from tests.unit.fakes import BlockingBackend, FailingBackend, MemoryBackend, StallingLocalBackend
+
+
+def settings(*backends: str) -> object:
+    return resolve(exp_name="run", project="proj", backend=list(backends), backend_options=None)
+
+
+def assert_invariant(report: tracelet.DeliveryReport) -> None:
+    for r in report.backends.values():
+        assert r.sent == r.delivered + r.failed + r.pending, r
+
+
+def test_each_key_arrives_in_call_order_in_batches() -> None:
+    exp = start_logging(backend="memory")
+    steps = [5, 3, 3, 9, 0, 1]  # steps going down and repeating must survive as logged
+    for i in range(3000):
+        exp.log_metric("a", float(i), steps[i % len(steps)])
+        exp.log_metric("b", -float(i))
+    report = tracelet.stop_logging()
+    backend = MemoryBackend.instances[-1]
+    a = [(e.step, e.value) for e in backend.events if isinstance(e, Metric) and e.name == "a"]
+    assert a == [(steps[i % len(steps)], float(i)) for i in range(3000)]
+    b = [e.value for e in backend.events if isinstance(e, Metric) and e.name == "b"]
+    assert b == [-float(i) for i in range(3000)]
+    assert len(backend.batches) < 6000  # batched, not one call per point
+    assert max(len(batch) for batch in backend.batches) > 1
+    assert report["memory"].sent == report["memory"].delivered == 6000
+    assert_invariant(report)
+
+
+def test_threads_keep_their_own_order() -> None:
+    exp = start_logging(backend="memory")
+
+    def work(key: str) -> None:
+        for i in range(2000):
+            exp.log_metric(key, float(i), i)
+
+    threads = [threading.Thread(target=work, args=(f"worker{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = tracelet.stop_logging()
+    events = MemoryBackend.instances[-1].events
+    for n in range(4):
+        assert [e.step for e in events if isinstance(e, Metric) and e.name == f"worker{n}"] == list(range(2000))
+    assert report["memory"].sent == report["memory"].delivered == 8000
+
+
+def test_flush_delivers_without_stopping() -> None:
+    exp = start_logging(backend="memory")
+    exp.log_metric("a", 1.0)
+    assert exp.flush(5)
+    assert [e.value for e in MemoryBackend.instances[-1].events] == [1.0]  # type: ignore[union-attr]
+    tracelet.stop_logging()
+
+
+def test_backpressure_bounds_memory_and_loses_nothing() -> None:
+    maxsize = 50
+    exp = Experiment(settings("blocking"), [BlockingBackend()], maxsize=maxsize, batch_size=10)  # type: ignore[arg-type]
+    writer = exp._writers[0]
+    for i in range(100 * maxsize):
+        exp.log_metric("loss", float(i), i)
+        assert len(writer._queue) <= maxsize
+    assert writer.spool.unread > 0  # the overflow went to disk, not to memory
+    BlockingBackend.release.set()
+    report = exp.stop(flush_timeout=30)
+    values = [e.value for e in BlockingBackend.instances[-1].events if isinstance(e, Metric)]
+    assert values == [float(i) for i in range(100 * maxsize)]
+    assert report["blocking"].delivered == 100 * maxsize and report.ok
+    assert_invariant(report)
+    assert not exp.spool_dir.exists()  # delivered everything: nothing left to replay
+
+
+def test_spool_then_memory_then_spool_keeps_order() -> None:
+    exp = Experiment(settings("blocking"), [BlockingBackend()], maxsize=5, batch_size=3)  # type: ignore[arg-type]
+    for i in range(40):
+        exp.log_metric("x", float(i), i)
+    BlockingBackend.release.set()
+    assert exp.flush(10)
+    BlockingBackend.release.clear()
+    for i in range(40, 80):
+        exp.log_metric("x", float(i), i)
+    BlockingBackend.release.set()
+    exp.stop(flush_timeout=10)
+    assert [e.step for e in BlockingBackend.instances[-1].events if isinstance(e, Metric)] == list(range(80))
+
+
+def test_a_failing_backend_never_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = start_logging(backend=["failing", "memory"])
+    for i in range(1000):
+        exp.log_metric("loss", float(i), i)
+    report = tracelet.stop_logging()
+    assert report["memory"].delivered == 1000 and report["memory"].ok
+    failing = report["failing"]
+    assert failing.failed == failing.sent == 1000 and failing.delivered == 0
+    assert "store unreachable" in failing.errors[0]
+    assert not report.ok
+    assert_invariant(report)
+
+    monkeypatch.setenv("TRACELET_STRICT", "1")
+    exp = start_logging(backend=["failing", "memory"])
+    exp.log_metric("loss", 1.0)
+    with pytest.raises(tracelet.DeliveryError, match=r"failing +sent=1 delivered=0 failed=1"):
+        tracelet.stop_logging()
+    assert tracelet.get_active_experiment() is None
+
+
+def test_a_backend_that_cannot_start_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_start(self: MemoryBackend, info: object) -> str:
+        raise ConnectionError("no server")
+
+    monkeypatch.setattr(FailingBackend, "start", broken_start)
+    exp = start_logging(backend=["failing", "memory"])
+    assert exp.runs["failing"] is None
+    exp.log_metric("loss", 1.0)
+    report = tracelet.stop_logging()
+    assert report["failing"].failed == 1
+    assert "start failed" in report["failing"].errors[0]
+    assert report["memory"].ok
+
+
+def test_stop_timeout_spools_leftovers_and_sync_replays_them_once(tmp_path: Path) -> None:
+    exp = start_logging(exp_name="stalled", project="p", backend="stalling-local")
+    for i in range(500):
+        exp.log_metric("loss", float(i), i)
+    exp.log_params({"lr": 0.1})
+    t0 = time.monotonic()
+    report = tracelet.stop_logging(flush_timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    r = report["stalling-local"]
+    assert r.pending == 501 and r.delivered == 0 and r.spool_path
+    assert_invariant(report)
+    assert report.status == "finished"
+
+    StallingLocalBackend.release.set()  # the stuck write now completes: one batch lands late
+    time.sleep(0.3)
+    replayed = sync(Path(r.spool_path))
+    record = read_run("local", exp.runs["stalling-local"])  # type: ignore[arg-type]
+    assert record.metrics["loss"] == [(i, float(i)) for i in range(500)]
+    assert record.params == {"lr": "0.1"}
+    assert record.status == "finished"
+    assert sum(replayed.values()) + exp._writers[0].delivered == 501  # late write + replay, no overlap
+    assert sync(Path(r.spool_path)) == {r.spool_path: 0}  # a second sync replays nothing
+    assert read_run("local", exp.runs["stalling-local"]).metrics["loss"] == record.metrics["loss"]  # type: ignore[arg-type]
