@@ -1,4 +1,4 @@
-"""The ``tracelet`` command: ``doctor`` (what is installed), ``sync`` (replay a spool), ``show`` (read a run)."""
+"""The ``tracelet`` command: ``doctor`` (what is installed), ``sync`` (replay a spool), ``show``."""
 
 from __future__ import annotations
 
@@ -46,8 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_show = commands.add_parser("show", help="read a run back from a backend and print it as JSON")
     p_show.add_argument("backend")
     p_show.add_argument("run_id")
-    p_show.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="reader option, e.g. tracking_uri=sqlite:///mlflow.db")
+    p_show.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, e.g. tracking_uri=sqlite:///mlflow.db",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "doctor":

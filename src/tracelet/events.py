@@ -8,7 +8,7 @@ The same events are the lines of the JSONL spool and of the ``local`` backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Image:
     height: int
 
 
-Event = Union[Metric, Params, Tags, Artifact, Image]
+Event = Metric | Params | Tags | Artifact | Image
 
 _KINDS: dict[str, type[Any]] = {
     "metric": Metric,

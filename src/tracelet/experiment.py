@@ -164,7 +164,9 @@ class Experiment:
         for key, value in flat.items():
             old = self._params.get(key)
             if old is not None and old != value:
-                raise ValueError(f"param {key!r} was already logged as {old!r}; it cannot change to {value!r}")
+                raise ValueError(
+                    f"param {key!r} was already logged as {old!r}; it cannot change to {value!r}"
+                )
             if self._param_limit is not None and len(value) > self._param_limit[0]:
                 limit, backend = self._param_limit
                 raise ValueError(

@@ -80,9 +80,7 @@ class BackendWriter:
         self._dead = start_error is not None
         if start_error is not None:
             self._record_error(f"start failed: {start_error!r}")
-        self._thread = threading.Thread(
-            target=self._run, name=f"tracelet-writer-{backend.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"tracelet-writer-{backend.name}", daemon=True)
 
     # -- caller's thread -------------------------------------------------------------------
     def start(self) -> None:

@@ -31,9 +31,12 @@ def check_step(iteration: Any) -> int:
     """Steps are non-negative integers (Python or numpy ints, not bools)."""
     if type(iteration) is int:
         value = iteration
-    elif not isinstance(iteration, bool) and type(iteration).__module__ == "numpy" and hasattr(
-        iteration, "dtype"
-    ) and iteration.dtype.kind in "iu":
+    elif (
+        not isinstance(iteration, bool)
+        and type(iteration).__module__ == "numpy"
+        and hasattr(iteration, "dtype")
+        and iteration.dtype.kind in "iu"
+    ):
         value = int(iteration)
     else:
         raise TypeError(f"iteration must be an int or None, not {type(iteration).__name__}")

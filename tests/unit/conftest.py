@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tracelet.backends import registry
 from tests.unit.fakes import FAKES, BlockingBackend, MemoryBackend, StallingLocalBackend
+from tracelet.backends import registry
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import tracelet
+from tests.unit.fakes import MemoryBackend
 from tracelet.events import Artifact, Metric, Params, Tags
 from tracelet.testing import read_run
-from tests.unit.fakes import MemoryBackend
 
 
 def memory_run(**kwargs: object) -> tuple[tracelet.Experiment, MemoryBackend]:
@@ -31,8 +31,15 @@ def test_names_and_mapping_reach_the_backend() -> None:
 
 @pytest.mark.parametrize(
     ("name", "error"),
-    [("", ValueError), ("a b", ValueError), ("/x", ValueError), ("a//b", ValueError),
-     ("x" * 251, ValueError), ("tracelet/step", ValueError), (3, TypeError)],
+    [
+        ("", ValueError),
+        ("a b", ValueError),
+        ("/x", ValueError),
+        ("a//b", ValueError),
+        ("x" * 251, ValueError),
+        ("tracelet/step", ValueError),
+        (3, TypeError),
+    ],
 )
 def test_bad_metric_names_raise_naming_the_metric(name: object, error: type[Exception]) -> None:
     exp, backend = memory_run()
@@ -67,7 +74,14 @@ def test_accepted_values_and_the_per_key_counter() -> None:
     exp.log_metric("b", 3.0)  # each key has its own counter
     tracelet.stop_logging()
     points = [(e.name, e.step, e.value) for e in backend.events if isinstance(e, Metric)]
-    assert points == [("a", 0, 1.0), ("a", 1, 1.0), ("a", 2, 0.5), ("a", 10, 7.0), ("a", 11, 2.0), ("b", 0, 3.0)]
+    assert points == [
+        ("a", 0, 1.0),
+        ("a", 1, 1.0),
+        ("a", 2, 0.5),
+        ("a", 10, 7.0),
+        ("a", 11, 2.0),
+        ("b", 0, 3.0),
+    ]
 
 
 def test_log_metrics_is_all_or_nothing() -> None:
@@ -122,7 +136,7 @@ def test_artifact_bytes_are_taken_at_call_time(tmp_path: Path) -> None:
 
 def test_artifact_errors_name_the_argument(tmp_path: Path) -> None:
     exp, _ = memory_run()
-    with pytest.raises(FileNotFoundError, match="log_artifact: path .*missing"):
+    with pytest.raises(FileNotFoundError, match=r"log_artifact: path .*missing"):
         exp.log_artifact(tmp_path / "missing")
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="artifact_path must be a relative path"):
@@ -181,7 +195,8 @@ def test_environment_fills_what_the_call_leaves_out(monkeypatch: pytest.MonkeyPa
     assert (exp.project, exp.name) == ("env-project", "env-run")
     tracelet.stop_logging()
     exp = tracelet.start_logging(exp_name="call", project="p", backend="local")
-    assert list(exp.runs) == ["local"] and exp.name == "call"
+    assert list(exp.runs) == ["local"]
+    assert exp.name == "call"
     tracelet.stop_logging()
 
 
@@ -204,8 +219,10 @@ def test_backend_options_are_checked() -> None:
 
 @pytest.mark.parametrize(
     ("var", "value", "match"),
-    [("TRACELET_STRICT", "maybe", "TRACELET_STRICT='maybe' is not a boolean"),
-     ("TRACELET_FLUSH_TIMEOUT", "soon", "TRACELET_FLUSH_TIMEOUT='soon'")],
+    [
+        ("TRACELET_STRICT", "maybe", "TRACELET_STRICT='maybe' is not a boolean"),
+        ("TRACELET_FLUSH_TIMEOUT", "soon", "TRACELET_FLUSH_TIMEOUT='soon'"),
+    ],
 )
 def test_bad_environment_values_name_the_variable(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str, match: str
@@ -229,5 +246,6 @@ def test_non_zero_rank_does_not_log(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
     exp = tracelet.start_logging(backend="memory")
     exp.log_metric("loss", 1.0)
-    assert exp.runs == {} and MemoryBackend.instances == []
+    assert exp.runs == {}
+    assert MemoryBackend.instances == []
     assert tracelet.get_active_experiment() is None

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 import tracelet
+from tests.unit.fakes import BlockingBackend, FailingBackend, MemoryBackend, StallingLocalBackend
 from tracelet.api import start_logging
 from tracelet.config import resolve
 from tracelet.events import Metric
 from tracelet.experiment import Experiment
 from tracelet.spool import sync
 from tracelet.testing import read_run
-from tests.unit.fakes import BlockingBackend, FailingBackend, MemoryBackend, StallingLocalBackend
 
 
 def settings(*backends: str) -> object:
@@ -60,7 +60,9 @@ def test_threads_keep_their_own_order() -> None:
     report = tracelet.stop_logging()
     events = MemoryBackend.instances[-1].events
     for n in range(4):
-        assert [e.step for e in events if isinstance(e, Metric) and e.name == f"worker{n}"] == list(range(2000))
+        assert [e.step for e in events if isinstance(e, Metric) and e.name == f"worker{n}"] == list(
+            range(2000)
+        )
     assert report["memory"].sent == report["memory"].delivered == 8000
 
 
@@ -84,7 +86,8 @@ def test_backpressure_bounds_memory_and_loses_nothing() -> None:
     report = exp.stop(flush_timeout=30)
     values = [e.value for e in BlockingBackend.instances[-1].events if isinstance(e, Metric)]
     assert values == [float(i) for i in range(100 * maxsize)]
-    assert report["blocking"].delivered == 100 * maxsize and report.ok
+    assert report["blocking"].delivered == 100 * maxsize
+    assert report.ok
     assert_invariant(report)
     assert not exp.spool_dir.exists()  # delivered everything: nothing left to replay
 
@@ -108,9 +111,11 @@ def test_a_failing_backend_never_stops_the_others(monkeypatch: pytest.MonkeyPatc
     for i in range(1000):
         exp.log_metric("loss", float(i), i)
     report = tracelet.stop_logging()
-    assert report["memory"].delivered == 1000 and report["memory"].ok
+    assert report["memory"].delivered == 1000
+    assert report["memory"].ok
     failing = report["failing"]
-    assert failing.failed == failing.sent == 1000 and failing.delivered == 0
+    assert failing.failed == failing.sent == 1000
+    assert failing.delivered == 0
     assert "store unreachable" in failing.errors[0]
     assert not report.ok
     assert_invariant(report)
@@ -146,7 +151,9 @@ def test_stop_timeout_spools_leftovers_and_sync_replays_them_once(tmp_path: Path
     report = tracelet.stop_logging(flush_timeout=0.5)
     assert time.monotonic() - t0 < 5
     r = report["stalling-local"]
-    assert r.pending == 501 and r.delivered == 0 and r.spool_path
+    assert r.pending == 501
+    assert r.delivered == 0
+    assert r.spool_path
     assert_invariant(report)
     assert report.status == "finished"
 

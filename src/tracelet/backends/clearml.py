@@ -54,6 +54,9 @@ OFFLINE_EDIT_ATTR = "_edit"
 SIGNAL_HOOKS_ATTR = "_remove_signal_hooks"
 EXCEPTION_HOOKS_ATTR = "_remove_exception_hooks"
 
+#: Every private ``clearml.Task`` attribute tracelet relies on (guarded by an E2E test).
+PRIVATE_TASK_ATTRIBUTES = (REPORT_SUBPROCESS_ATTR, OFFLINE_EDIT_ATTR, SIGNAL_HOOKS_ATTR, EXCEPTION_HOOKS_ATTR)
+
 #: Everything ``Task.init(auto_connect_frameworks=...)`` knows, switched off. Keys missing
 #: from the mapping default to *on*, and only an explicit ``detect_repository: False``
 #: skips the repository/requirements scan, which is also where ClearML starts its

@@ -78,7 +78,8 @@ class LocalBackend(Backend):
         self.run_id = run_id
 
     def write(self, events: Sequence[Event]) -> None:
-        assert self._events is not None and self._dir is not None, "start() was not called"
+        if self._events is None or self._dir is None:
+            raise RuntimeError("LocalBackend.write() before start()")
         lines = []
         for event in events:
             data = to_json(event)
@@ -98,7 +99,8 @@ class LocalBackend(Backend):
         self._events.flush()
 
     def finish(self, status: str) -> None:
-        assert self._events is not None and self._dir is not None
+        assert self._events is not None
+        assert self._dir is not None
         self._events.flush()
         os.fsync(self._events.fileno())
         self._events.close()

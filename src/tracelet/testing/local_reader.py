@@ -12,7 +12,7 @@ from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 
 def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
-    """What ``<root>/<project>/<run_id>/`` holds (root: option, ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``)."""
+    """What ``<root>/<project>/<run_id>/`` holds (root: ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``)."""
     base = local_root(root)
     matches = [p for p in base.glob(f"*/{run_id}") if (p / "run.json").is_file()]
     if not matches:
@@ -42,7 +42,9 @@ def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> R
                     ArtifactRecord(event["artifact_path"], len(data), hashlib.sha256(data).hexdigest())
                 )
             elif kind == "image":
-                record.images.append(ImageRecord(event["name"], event["step"], event["width"], event["height"]))
+                record.images.append(
+                    ImageRecord(event["name"], event["step"], event["width"], event["height"])
+                )
     record.artifacts.sort(key=lambda a: a.path)
     record.images.sort(key=lambda i: (i.name, i.step))
     return record

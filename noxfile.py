@@ -1,0 +1,226 @@
+"""tracelet's test matrix: one backend × one framework set per session, plus unit, lint, typecheck, summary.
+
+The matrix is data (below). Each ``e2e-<backend>-<framework>`` session installs the
+project with exactly those two extras, so the extras themselves are what gets
+tested, and an absent optional package is absent for real. The E2E suite then
+checks that what is importable is exactly the declared set, and audits its skips.
+
+    nox -s e2e-mlflow-torch      # one cell
+    nox                          # everything, then the merged summary in reports/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.error_on_missing_interpreters = True
+
+# -- the matrix ------------------------------------------------------------------------------
+E2E_PYTHON = "3.11"
+UNIT_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: backend axis: name -> pip extra (``None``: no backend extra at all)
+BACKENDS: dict[str, str | None] = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml", "none": None}
+#: framework axis: name -> (pip extra, constraints file with the exact pins)
+FRAMEWORKS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "requirements/constraints.txt"),
+    "lightning": ("lightning", "requirements/constraints.txt"),
+    "vision": ("vision", "requirements/constraints-vision.txt"),
+}
+#: what each axis value makes importable: the install set the E2E suite verifies
+PROVIDES: dict[str, tuple[str, ...]] = {
+    "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
+    "clearml": ("clearml",),
+    "none": (),
+    "torch": ("torch",),
+    "lightning": ("torch", "lightning"),
+    "vision": ("torch", "torchvision"),
+}
+# ---------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).parent
+REPORTS = ROOT / "reports"
+TEST_REQUIREMENTS = "requirements/test.txt"
+E2E_SESSIONS = [f"e2e-{b}-{f}" for b in BACKENDS for f in FRAMEWORKS]
+nox.options.sessions = ["lint", "typecheck", "unit", *E2E_SESSIONS, "summary"]
+
+# uv ignores pip's configuration: hand it pip's local wheel directory (the CPU torch build),
+# and never let it download an interpreter (a missing Python must be an error, not a skip).
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "WANDB_SILENT": "true",
+    "PYTHONFAULTHANDLER": "1",
+}
+
+_VERSIONS_SCRIPT = """
+import importlib.metadata as m, json, platform, sys
+names = {names!r}
+out = {{}}
+for n in names:
+    try:
+        out[n] = m.version(n)
+    except m.PackageNotFoundError:
+        pass
+print(json.dumps({{"installed": out, "python": platform.python_version(), "platform": sys.platform}}))
+"""
+
+
+def _extras(backend: str, framework: str) -> list[str]:
+    backend_extra = BACKENDS[backend]
+    return [e for e in (backend_extra, FRAMEWORKS[framework][0]) if e]
+
+
+def declared_set(backend: str, framework: str) -> list[str]:
+    """The optional packages a session declares: exactly what its two axis values provide."""
+    return sorted(set(PROVIDES[backend]) | set(PROVIDES[framework]))
+
+
+def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
+    """Install one backend and one framework set, run the E2E suite, and record the session."""
+    name = f"e2e-{backend}-{framework}"
+    out = REPORTS / name
+    if out.exists():
+        for old in out.iterdir():
+            if old.is_file():
+                old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    declared = declared_set(backend, framework)
+    started = time.monotonic()
+    status = "failed"
+    try:
+        constraints = FRAMEWORKS[framework][1]
+        session.install(
+            "-c", constraints, f".[{','.join(_extras(backend, framework))}]", "-r", TEST_REQUIREMENTS
+        )
+        env = {
+            **QUIET_ENV,
+            "TRACELET_E2E_INSTALL_SET": ",".join(declared),
+            "TRACELET_E2E_AUDIT_FILE": str(out / "audit.json"),
+            "COVERAGE_FILE": str(out / ".coverage"),
+        }
+        session.run(
+            "coverage",
+            "run",
+            "--parallel-mode",
+            "--rcfile",
+            str(ROOT / "pyproject.toml"),
+            "-m",
+            "pytest",
+            "tests/e2e",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={out / 'junit.xml'}",
+            "-o",
+            f"junit_suite_name={name}",
+            *session.posargs,
+            env=env,
+        )
+        status = "passed"
+    finally:
+        _write_meta(session, out, name, backend, framework, declared, status, time.monotonic() - started)
+
+
+def _write_meta(
+    session: nox.Session,
+    out: Path,
+    name: str,
+    backend: str,
+    framework: str,
+    declared: list[str],
+    status: str,
+    duration: float,
+) -> None:
+    """``reports/<session>/meta.json``: what the summary reads (never nox's own --report)."""
+    names = ["tracelet", "mlflow", "wandb", "clearml", "torch", "lightning", "torchvision", "pillow"]
+    facts: dict[str, object] = {"installed": {}, "python": None, "platform": sys.platform}
+    try:
+        printed = session.run("python", "-c", _VERSIONS_SCRIPT.format(names=names), silent=True, log=False)
+        if isinstance(printed, str) and printed.strip():
+            facts = json.loads(printed.strip().splitlines()[-1])
+    except Exception as exc:  # the venv may not exist when the install itself failed
+        session.warn(f"could not read installed versions: {exc}")
+    audit_file = out / "audit.json"
+    audit = json.loads(audit_file.read_text()) if audit_file.is_file() else {"verdict": "missing"}
+    meta = {
+        "session": name,
+        "backend": backend,
+        "framework": framework,
+        "declared": declared,
+        **facts,
+        "duration_s": round(duration, 2),
+        "status": status,
+        "audit": audit,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _make_e2e(backend: str, framework: str) -> None:
+    def session_fn(session: nox.Session) -> None:
+        run_e2e(session, backend, framework)
+
+    extras = "+".join(_extras(backend, framework))
+    session_fn.__doc__ = (
+        f"E2E suite with exactly [{extras}] installed ({', '.join(declared_set(backend, framework))})."
+    )
+    nox.session(
+        name=f"e2e-{backend}-{framework}",
+        python=E2E_PYTHON,
+        tags=["e2e", backend, framework],
+    )(session_fn)
+
+
+for _backend in BACKENDS:
+    for _framework in FRAMEWORKS:
+        _make_e2e(_backend, _framework)
+
+
+@nox.session(python=UNIT_PYTHONS)
+def unit(session: nox.Session) -> None:
+    """Unit tests: no optional package installed, fakes and subprocesses only."""
+    session.install(".", "-r", TEST_REQUIREMENTS)
+    session.run("pytest", "tests/unit", "-p", "no:cacheprovider", *session.posargs, env=QUIET_ENV)
+
+
+@nox.session(python=E2E_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=E2E_PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the library."""
+    session.install("mypy==2.4.1", ".", "-r", TEST_REQUIREMENTS)
+    session.run("mypy")
+
+
+@nox.session(python=E2E_PYTHON)
+def summary(session: nox.Session) -> None:
+    """Merge every session's JUnit XML and coverage into reports/summary.md (works after failures)."""
+    session.install("-r", TEST_REQUIREMENTS)
+    session.run(
+        "python",
+        "tools/e2e_summary.py",
+        "--reports",
+        str(REPORTS),
+        "--backends",
+        ",".join(BACKENDS),
+        "--frameworks",
+        ",".join(FRAMEWORKS),
+        *session.posargs,
+    )

@@ -1,0 +1,181 @@
+"""E2E options, markers, the install-set check and the skip audit.
+
+The suite refuses to run without ``TRACELET_E2E_INSTALL_SET`` (the nox session
+exports it from the matrix). Before any test it checks that exactly the declared
+optional packages are importable; after the last test it audits the skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.audit import (
+    OPTIONAL_PACKAGES,
+    audit,
+    expected_skip,
+    importable_packages,
+    install_set_problems,
+    parse_install_set,
+)
+
+_STATE: dict[str, object] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tracelet-e2e")
+    group.addoption("--e2e-backends", default=None, help="comma list of backend environments to keep")
+    group.addoption("--e2e-workflows", default=None, help="comma list of workflows to keep")
+    group.addoption("--e2e-skip-slow", action="store_true", help="deselect tests marked slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("TRACELET_E2E_INSTALL_SET") is None:
+        raise pytest.UsageError(
+            "TRACELET_E2E_INSTALL_SET is not set: run the E2E suite through nox "
+            "(e.g. `nox -s e2e-mlflow-torch`), or export the set of optional packages you installed "
+            f"(comma list of {', '.join(OPTIONAL_PACKAGES)}; empty for none)"
+        )
+    declared = parse_install_set(os.environ.get("TRACELET_E2E_INSTALL_SET", ""))
+    _STATE["declared"] = declared
+    _STATE["observed"] = {}
+    _STATE["expected"] = {}
+    problems = install_set_problems(declared, importable_packages())
+    if problems:
+        _write_audit({"verdict": "fail", "problems": problems, "expected_skips": 0, "observed_skips": 0})
+        raise pytest.UsageError(
+            "the installed optional packages differ from TRACELET_E2E_INSTALL_SET="
+            f"{','.join(sorted(declared))}:\n  " + "\n  ".join(problems)
+        )
+
+
+def declared() -> frozenset[str]:
+    value = _STATE["declared"]
+    assert isinstance(value, frozenset)
+    return value
+
+
+def _param(item: pytest.Item, name: str) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    value = callspec.params.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _markers(item: pytest.Item) -> tuple[list[str], list[str] | None]:
+    requires: list[str] = []
+    for mark in item.iter_markers("requires"):
+        requires.extend(mark.args)
+    platforms: list[str] | None = None
+    for mark in item.iter_markers("platform_only"):
+        platforms = list(mark.args)
+    return requires, platforms
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect by option (never skip), then attach the skip the markers imply."""
+    backends = config.getoption("--e2e-backends")
+    workflows = config.getoption("--e2e-workflows")
+    keep_backends = set(backends.split(",")) if backends else None
+    keep_workflows = set(workflows.split(",")) if workflows else None
+    selected, deselected = [], []
+    for item in items:
+        env = _param(item, "environment")
+        workflow = _param(item, "workflow")
+        if (
+            (keep_backends is not None and env is not None and env not in keep_backends)
+            or (keep_workflows is not None and workflow is not None and workflow not in keep_workflows)
+            or (config.getoption("--e2e-skip-slow") and item.get_closest_marker("slow"))
+        ):
+            deselected.append(item)
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+    expected: dict[str, str | None] = {}
+    for item in items:
+        requires, platforms = _markers(item)
+        reason = expected_skip(requires, platforms, declared(), sys.platform)
+        expected[item.nodeid] = reason
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    _STATE["expected"] = expected
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    observed = _STATE.setdefault("observed", {})
+    assert isinstance(observed, dict)
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        observed[report.nodeid] = ("skipped", reason.removeprefix("Skipped: "))
+    elif report.failed:
+        observed[report.nodeid] = ("failed", None)
+    elif report.when == "call" and report.nodeid not in observed:
+        observed[report.nodeid] = ("passed", None)
+
+
+def _write_audit(data: dict[str, object]) -> None:
+    target = os.environ.get("TRACELET_E2E_AUDIT_FILE")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(data, indent=2))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.e2e.framework import e2e_framework
+
+    e2e_framework.shutdown()
+    if session.config.option.collectonly or "expected" not in _STATE:
+        return
+    expected = _STATE["expected"]
+    observed = _STATE["observed"]
+    assert isinstance(expected, dict)
+    assert isinstance(observed, dict)
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return
+    result = audit(expected, observed)
+    _STATE["audit"] = result
+    _write_audit(result.to_json())
+    if result.verdict != "pass" and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    result = _STATE.get("audit")
+    if result is None:
+        return
+    terminalreporter.section("tracelet skip audit")
+    terminalreporter.write_line(
+        f"declared install set: {','.join(sorted(declared())) or '(none)'}; "
+        f"expected skips {result.expected_skips}, observed {result.observed_skips}: "  # type: ignore[attr-defined]
+        f"{str(result.verdict).upper()}"  # type: ignore[attr-defined]
+    )
+    for problem in result.problems:  # type: ignore[attr-defined]
+        terminalreporter.write_line(f"  {problem}", red=True)
+
+
+@pytest.fixture(scope="session")
+def install_set() -> frozenset[str]:
+    return declared()
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private spool and no TRACELET_* leaking in from outside."""
+    for key in list(os.environ):
+        if key.startswith("TRACELET_") and not key.startswith("TRACELET_E2E_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TRACELET_SPOOL_DIR", str(tmp_path / "spool"))
+    yield tmp_path
+    import tracelet
+
+    active = tracelet.get_active_experiment()
+    if active is not None:
+        active.stop(flush_timeout=10)

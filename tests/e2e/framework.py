@@ -1,0 +1,755 @@
+"""The E2E framework: real backend environments, realistic training workflows, and a registry.
+
+Each workflow records for itself, *before* calling tracelet, everything it logs
+(:class:`Expected`). Tests compare that record with what the backend's own store
+holds (:mod:`tracelet.testing`), never with another tracelet backend.
+
+Where the seed README assumes Docker or hosted servers, this uses the closest real
+thing on the machine: a real ``mlflow server`` process on 127.0.0.1, W&B offline
+and ClearML offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import tracelet
+from tracelet.testing import RunRecord, read_run
+
+# -- what a workflow logged ----------------------------------------------------------------------
+
+
+@dataclass
+class Expected:
+    """Everything a workflow handed to tracelet, recorded before the call."""
+
+    project: str
+    run_name: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    images: set[tuple[str, int, int, int]] = field(default_factory=set)  # name, step, width, height
+
+    def metric(self, exp: tracelet.Experiment, name: str, value: Any, step: int) -> None:
+        """Record the value as it is now (``.item()`` of a tensor), then log the original object."""
+        self.metrics.setdefault(name, []).append(
+            (step, float(value.item() if hasattr(value, "item") else value))
+        )
+        exp.log_metric(name, value, step)
+
+    def params_(self, exp: tracelet.Experiment, params: dict[str, Any]) -> None:
+        self.params.update(_flatten(params))
+        exp.log_params(params)
+
+    def tags_(self, exp: tracelet.Experiment, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
+        exp.set_tags(tags)
+
+    def artifact(self, exp: tracelet.Experiment, path: Path, artifact_path: str | None = None) -> None:
+        dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
+        self.artifacts[dest] = hashlib.sha256(path.read_bytes()).hexdigest()
+        exp.log_artifact(path, artifact_path)
+
+    def image(self, exp: tracelet.Experiment, name: str, image: Any, step: int) -> None:
+        shape = tuple(image.shape)
+        height, width = (shape[1], shape[2]) if len(shape) == 3 and shape[0] in (1, 3, 4) else shape[:2]
+        self.images.add((name, step, int(width), int(height)))
+        exp.log_image(name, image, step)
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def assert_run_matches(expected: Expected, record: RunRecord, status: str = "finished") -> None:
+    """Every param, metric point (steps in order, values rel=1e-9), artifact, image, tag and name."""
+    assert (record.project, record.run_name) == (expected.project, expected.run_name)
+    assert record.status == status
+    assert record.params == expected.params
+    assert set(record.metrics) == set(expected.metrics)
+    for key, points in expected.metrics.items():
+        got = record.metrics[key]
+        assert [s for s, _ in got] == [s for s, _ in points], f"steps of {key!r} differ"
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-9), key
+    assert record.tags == expected.tags
+    assert {a.path: a.sha256 for a in record.artifacts} == expected.artifacts
+    assert {(i.name, i.step, i.width, i.height) for i in record.images} == expected.images
+    assert record.system_tags.get("tracelet.version") == tracelet.__version__
+
+
+# -- backend environments ------------------------------------------------------------------------
+
+
+class BackendEnvironment(ABC):
+    """Sets up one real backend store in a temp dir, and reads runs back from it."""
+
+    name: ClassVar[str]
+    backend: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=f"tracelet-e2e-{self.name}-"))
+        self._saved: dict[str, str | None] = {}
+
+    def _setenv(self, **values: str) -> None:
+        for key, value in values.items():
+            self._saved.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def setup(self) -> None:
+        """Point the backend's own variables at the temp dir."""
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def read(self, run_id: str) -> RunRecord:
+        """Read a run back through the backend's own client or files."""
+
+    def delete(self, run_id: str) -> bool:
+        """Delete a run through the backend's own API; False where the offline store has none."""
+        return False
+
+    def teardown(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def config(self, project: str) -> dict[str, Any]:
+        """The ``backend_config`` a workflow receives."""
+        return {
+            "backend": self.backend,
+            "environment": self.name,
+            "project": project,
+            "backend_options": {self.backend: self.options()},
+            "read": self.read,
+        }
+
+
+class MLflowEnvironment(BackendEnvironment):
+    """MLflow with a sqlite store and an artifact directory in a temp dir."""
+
+    name = "mlflow"
+    backend = "mlflow"
+    requires = ("mlflow",)
+
+    def setup(self) -> None:
+        self._setenv(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_TRACKING_URI=self.tracking_uri)
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{(self.root / 'mlflow.db').as_posix()}"
+
+    def options(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "artifact_location": (self.root / "artifacts").as_uri()}
+
+    def read(self, run_id: str) -> RunRecord:
+        return read_run("mlflow", run_id, tracking_uri=self.tracking_uri)
+
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def delete(self, run_id: str) -> bool:
+        client = self.client()
+        client.delete_run(run_id)
+        return bool(client.get_run(run_id).info.lifecycle_stage == "deleted")
+
+
+class MLflowServer:
+    """A real ``mlflow server`` on a free 127.0.0.1 port, in its own process session."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(root / "server.log", "wb")  # noqa: SIM115
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{(root / 'server.db').as_posix()}",
+            "--artifacts-destination",
+            (root / "server-artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        # No background job runner (huey workers): the tests need tracking only.
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self._wait_healthy(timeout=120)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer /health within {timeout}s")
+
+    def stop(self) -> None:
+        """TERM the whole process group, then KILL what is left; no process survives."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+class MLflowServerEnvironment(MLflowEnvironment):
+    """MLflow through a real tracking server (HTTP), shared by the whole pytest session."""
+
+    name = "mlflow_server"
+    server: ClassVar[MLflowServer | None] = None
+    _server_root: ClassVar[Path | None] = None
+
+    @classmethod
+    def shared_server(cls) -> MLflowServer:
+        if cls.server is None:
+            cls._server_root = Path(tempfile.mkdtemp(prefix="tracelet-e2e-mlflow-server-"))
+            cls.server = MLflowServer(cls._server_root)
+        return cls.server
+
+    @classmethod
+    def stop_server(cls) -> None:
+        if cls.server is not None:
+            cls.server.stop()
+            cls.server = None
+        if cls._server_root is not None:
+            shutil.rmtree(cls._server_root, ignore_errors=True)
+            cls._server_root = None
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.shared_server().url
+
+    def options(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri}
+
+
+class WandbEnvironment(BackendEnvironment):
+    """W&B offline, with every W&B directory redirected into the temp dir."""
+
+    name = "wandb"
+    backend = "wandb"
+    requires = ("wandb",)
+
+    def setup(self) -> None:
+        dirs = {
+            k: str(self.root / k.lower())
+            for k in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")
+        }
+        for path in dirs.values():
+            os.makedirs(path, exist_ok=True)
+        self._setenv(
+            WANDB_MODE="offline",
+            WANDB_DIR=str(self.root),
+            WANDB_SILENT="true",
+            WANDB_DISABLE_GIT="true",
+            **dirs,
+        )
+
+    def read(self, run_id: str) -> RunRecord:
+        return read_run("wandb", run_id, wandb_dir=str(self.root))
+
+
+class ClearMLEnvironment(BackendEnvironment):
+    """ClearML offline, with HOME and the cache redirected (no server, no config file)."""
+
+    name = "clearml"
+    backend = "clearml"
+    requires = ("clearml",)
+
+    def setup(self) -> None:
+        self._setenv(
+            HOME=str(self.root / "home"),
+            CLEARML_CACHE_DIR=str(self.root / "cache"),
+            CLEARML_OFFLINE_MODE="1",
+            CLEARML_LOG_LEVEL="ERROR",
+        )
+        (self.root / "home").mkdir()
+
+    def read(self, run_id: str) -> RunRecord:
+        return read_run("clearml", run_id, offline_dir=str(self.root / "cache" / "offline"))
+
+
+class LocalEnvironment(BackendEnvironment):
+    """tracelet's own JSONL backend."""
+
+    name = "local"
+    backend = "local"
+
+    def setup(self) -> None:
+        self._setenv(TRACELET_LOCAL_DIR=str(self.root / "runs"))
+
+    def read(self, run_id: str) -> RunRecord:
+        return read_run("local", run_id, root=str(self.root / "runs"))
+
+    def delete(self, run_id: str) -> bool:
+        matches = list((self.root / "runs").glob(f"*/{run_id}"))
+        for match in matches:
+            shutil.rmtree(match)
+        return bool(matches)
+
+
+ENVIRONMENTS: dict[str, type[BackendEnvironment]] = {
+    cls.name: cls
+    for cls in (
+        MLflowEnvironment,
+        MLflowServerEnvironment,
+        WandbEnvironment,
+        ClearMLEnvironment,
+        LocalEnvironment,
+    )
+}
+
+
+# -- workflows -----------------------------------------------------------------------------------
+
+
+class TrainingWorkflow(ABC):
+    """A realistic training run that logs through tracelet and records what it logged."""
+
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def __init__(self, name: str, config: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.config = config or {}
+
+    @abstractmethod
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        """Train, log through tracelet, and return results including ``expected`` and ``run_id``."""
+
+    @abstractmethod
+    def get_expected_metrics(self) -> list[str]:
+        """The metric keys this workflow logs."""
+
+    def validate_results(self, results: dict[str, Any]) -> bool:
+        """Training itself worked: the loss went down."""
+        return bool(results["final_loss"] < results["initial_loss"])
+
+    def start(self, backend_config: dict[str, Any], expected: Expected) -> tracelet.Experiment:
+        return tracelet.start_logging(
+            exp_name=expected.run_name,
+            project=expected.project,
+            backend=backend_config["backend"],
+            backend_options=backend_config.get("backend_options"),
+        )
+
+    def new_expected(self, backend_config: dict[str, Any]) -> Expected:
+        return Expected(project=backend_config["project"], run_name=f"{self.name}-{uuid.uuid4().hex[:8]}")
+
+
+class SimplePyTorchWorkflow(TrainingWorkflow):
+    """Regression on synthetic data with an MLP, 10 epochs, checkpoints as artifacts."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("simple_pytorch", {"epochs": 10, "batch_size": 32, "lr": 0.05, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss", "epoch/train_loss", "val/mse"]
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        cfg = self.config
+        x = torch.randn(512, 8)
+        y = x @ torch.randn(8, 1) + 0.1 * torch.randn(512, 1)
+        x_train, y_train, x_val, y_val = x[:384], y[:384], x[384:], y[384:]
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+        expected = self.new_expected(backend_config)
+        exp = self.start(backend_config, expected)
+        expected.params_(
+            exp,
+            {
+                "optimizer": {"name": "sgd", "lr": cfg["lr"]},
+                "epochs": cfg["epochs"],
+                "batch_size": cfg["batch_size"],
+                "model": {"hidden": 16, "layers": 2},
+            },
+        )
+        expected.tags_(exp, {"workflow": self.name, "framework": "torch"})
+        workdir = Path(tempfile.mkdtemp(prefix="tracelet-wf-"))
+        step = 0
+        losses: list[float] = []
+        for epoch in range(cfg["epochs"]):
+            model.train()
+            perm = torch.randperm(len(x_train))
+            epoch_loss = torch.zeros(())
+            for i in range(0, len(x_train), cfg["batch_size"]):
+                idx = perm[i : i + cfg["batch_size"]]
+                loss = nn.functional.mse_loss(model(x_train[idx]), y_train[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                expected.metric(exp, "train/loss", loss, step)  # a 0-dim tensor with grad history
+                epoch_loss += loss.detach() * len(idx)
+                step += 1
+            epoch_loss /= len(x_train)
+            losses.append(float(epoch_loss))
+            expected.metric(exp, "epoch/train_loss", epoch_loss, epoch)
+            epoch_loss.add_(1000.0)  # mutated after logging: the logged value must not change
+            with torch.no_grad():
+                expected.metric(exp, "val/mse", nn.functional.mse_loss(model(x_val), y_val), epoch)
+            if epoch == cfg["epochs"] // 2:
+                checkpoint = workdir / "model.pt"
+                torch.save(model.state_dict(), checkpoint)
+                expected.artifact(exp, checkpoint, "checkpoints")
+        torch.save(model.state_dict(), workdir / "model.pt")  # overwritten after logging
+        (workdir / "summary.txt").write_text(f"final loss {losses[-1]:.6f}\n")
+        expected.artifact(exp, workdir / "summary.txt")
+        report = tracelet.stop_logging()
+        shutil.rmtree(workdir, ignore_errors=True)
+        return {
+            "expected": expected,
+            "run_id": exp.runs[backend_config["backend"]],
+            "report": report,
+            "initial_loss": losses[0],
+            "final_loss": losses[-1],
+            "epochs_completed": cfg["epochs"],
+        }
+
+
+class LightningWorkflow(TrainingWorkflow):
+    """A Lightning Trainer with validation, logging ``self.log`` through tracelet's Logger.
+
+    A second, recording Logger receives exactly what Lightning hands to tracelet.
+    """
+
+    requires = ("torch", "lightning")
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("lightning", {"epochs": 3, "lr": 0.05, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss", "val/loss", "epoch"]
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import lightning.pytorch as pl
+        import torch
+        from lightning.pytorch.loggers.logger import Logger
+        from torch import nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from tracelet.integrations.lightning import TraceletLogger
+
+        expected = self.new_expected(backend_config)
+        cfg = self.config
+
+        class Recorder(Logger):
+            """Records what Lightning sends to loggers, independently of tracelet."""
+
+            name = "recorder"
+            version = "0"
+
+            def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+                for key, value in metrics.items():
+                    expected.metrics.setdefault(key, []).append((int(step or 0), float(value)))
+
+            def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+                expected.params.update(_flatten(dict(params)))
+
+        class Regressor(pl.LightningModule):
+            def __init__(self, lr: float, hidden: int) -> None:
+                super().__init__()
+                self.save_hyperparameters()
+                self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+                self.losses: list[float] = []
+
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                x, y = batch
+                loss = nn.functional.mse_loss(self.net(x), y)
+                self.log("train/loss", loss)
+                self.losses.append(float(loss))
+                return loss
+
+            def validation_step(self, batch: Any, batch_idx: int) -> None:
+                x, y = batch
+                self.log("val/loss", nn.functional.mse_loss(self.net(x), y))
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+        torch.manual_seed(0)
+        x = torch.randn(256, 4)
+        y = x.sum(dim=1, keepdim=True)
+        train = DataLoader(TensorDataset(x[:192], y[:192]), batch_size=16)
+        val = DataLoader(TensorDataset(x[192:], y[192:]), batch_size=32)
+        logger = TraceletLogger(
+            exp_name=expected.run_name,
+            project=expected.project,
+            backend=backend_config["backend"],
+            backend_options=backend_config.get("backend_options"),
+        )
+        model = Regressor(cfg["lr"], 8)
+        trainer = pl.Trainer(
+            max_epochs=cfg["epochs"],
+            logger=[logger, Recorder()],
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+        )
+        trainer.fit(model, train, val)
+        exp = logger.experiment
+        report = exp.stop()  # finalize() already stopped it; stop() returns the same report
+        return {
+            "expected": expected,
+            "run_id": exp.runs[backend_config["backend"]],
+            "report": report,
+            "initial_loss": model.losses[0],
+            "final_loss": model.losses[-1],
+            "epochs_completed": trainer.current_epoch,
+        }
+
+
+class VisionWorkflow(TrainingWorkflow):
+    """A small CNN on torchvision's FakeData, logging sample images each epoch."""
+
+    requires = ("torch", "torchvision")
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("vision", {"epochs": 3, "lr": 0.01, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss", "train/accuracy"]
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms
+
+        torch.manual_seed(0)
+        cfg = self.config
+        data = datasets.FakeData(
+            size=96, image_size=(3, 16, 16), num_classes=4, transform=transforms.ToTensor(), random_offset=0
+        )
+        loader = DataLoader(data, batch_size=16, shuffle=False)
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)
+        )
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        expected = self.new_expected(backend_config)
+        exp = self.start(backend_config, expected)
+        expected.params_(
+            exp, {"model": "cnn", "epochs": cfg["epochs"], "optimizer": {"name": "adam", "lr": cfg["lr"]}}
+        )
+        losses: list[float] = []
+        step = 0
+        for epoch in range(cfg["epochs"]):
+            for images, labels in loader:
+                logits = model(images)
+                loss = nn.functional.cross_entropy(logits, labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                accuracy = (logits.argmax(dim=1) == labels).float().mean()
+                expected.metric(exp, "train/loss", loss, step)
+                expected.metric(exp, "train/accuracy", accuracy, step)
+                losses.append(float(loss))
+                step += 1
+            expected.image(exp, "samples/input", images[0], epoch)  # a C×H×W float tensor
+        report = tracelet.stop_logging()
+        return {
+            "expected": expected,
+            "run_id": exp.runs[backend_config["backend"]],
+            "report": report,
+            "initial_loss": losses[0],
+            "final_loss": min(losses[-6:]),
+            "epochs_completed": cfg["epochs"],
+        }
+
+
+class TimeSeriesWorkflow(TrainingWorkflow):
+    """An LSTM forecasting a noisy sine wave, logging train and validation losses."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("time_series", {"epochs": 8, "lr": 0.02, "window": 16, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss", "val/loss"]
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        cfg = self.config
+        t = torch.linspace(0, 24, 400)
+        series = torch.sin(t) + 0.05 * torch.randn_like(t)
+        w = cfg["window"]
+        xs = torch.stack([series[i : i + w] for i in range(len(series) - w)]).unsqueeze(-1)
+        ys = series[w:].unsqueeze(-1)
+        split = int(0.8 * len(xs))
+
+        class Forecaster(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm = nn.LSTM(1, 16, batch_first=True)
+                self.head = nn.Linear(16, 1)
+
+            def forward(self, x: Any) -> Any:
+                out, _ = self.lstm(x)
+                return self.head(out[:, -1])
+
+        model = Forecaster()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        expected = self.new_expected(backend_config)
+        exp = self.start(backend_config, expected)
+        expected.params_(exp, {"model": {"type": "lstm", "hidden": 16}, "window": w, "lr": cfg["lr"]})
+        losses = []
+        for epoch in range(cfg["epochs"]):
+            for i in range(0, split, 32):
+                loss = nn.functional.mse_loss(model(xs[i : i + 32]), ys[i : i + 32])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            losses.append(float(loss))
+            expected.metric(exp, "train/loss", loss.detach(), epoch)
+            with torch.no_grad():
+                expected.metric(
+                    exp, "val/loss", nn.functional.mse_loss(model(xs[split:]), ys[split:]).item(), epoch
+                )
+        report = tracelet.stop_logging()
+        return {
+            "expected": expected,
+            "run_id": exp.runs[backend_config["backend"]],
+            "report": report,
+            "initial_loss": losses[0],
+            "final_loss": losses[-1],
+            "epochs_completed": cfg["epochs"],
+        }
+
+
+# -- the framework object ------------------------------------------------------------------------
+
+
+class E2EFramework:
+    """Environments and workflows by name, as the seed README describes."""
+
+    def __init__(self) -> None:
+        self.environments: dict[str, type[BackendEnvironment]] = dict(ENVIRONMENTS)
+        self.workflows: dict[str, Callable[..., TrainingWorkflow]] = {
+            "simple_pytorch": SimplePyTorchWorkflow,
+            "lightning": LightningWorkflow,
+            "vision": VisionWorkflow,
+            "time_series": TimeSeriesWorkflow,
+        }
+
+    @contextlib.contextmanager
+    def backend_environment(self, name: str, project: str = "tracelet-e2e") -> Iterator[dict[str, Any]]:
+        """Set up the named environment; yields the ``backend_config`` for workflows."""
+        environment = self.environments[name]()
+        environment.setup()
+        try:
+            config = environment.config(project)
+            config["environment_object"] = environment
+            yield config
+        finally:
+            active = tracelet.get_active_experiment()
+            if active is not None:
+                active.stop(status="failed", flush_timeout=10)
+            environment.teardown()
+
+    def run_workflow(self, name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
+        """Run one workflow; ``success`` means it trained and everything it logged landed."""
+        workflow = self.workflows[name]()
+        started = time.monotonic()
+        try:
+            results = workflow.run(backend_config)
+            assert_run_matches(results["expected"], backend_config["read"](results["run_id"]))
+            results["success"] = workflow.validate_results(results) and results["report"].ok
+        except Exception as exc:
+            results = {
+                "success": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        results["duration_s"] = time.monotonic() - started
+        return results
+
+    def run_comprehensive_test(
+        self, workflows: list[str] | None = None, backends: list[str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every workflow on every backend environment; results[workflow][environment]."""
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        for workflow in workflows or list(self.workflows):
+            for backend in backends or list(self.environments):
+                with self.backend_environment(backend) as config:
+                    results.setdefault(workflow, {})[backend] = self.run_workflow(workflow, config)
+        return results
+
+    def shutdown(self) -> None:
+        """Stop shared resources (the MLflow server); called at the end of the pytest session."""
+        MLflowServerEnvironment.stop_server()
+
+
+e2e_framework = E2EFramework()

@@ -1,0 +1,26 @@
+"""Test parameters that carry their ``requires`` markers, so skips follow the install set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.framework import ENVIRONMENTS, E2EFramework
+
+ALL_ENVIRONMENTS = list(ENVIRONMENTS)
+BACKEND_ENVIRONMENTS = [n for n in ALL_ENVIRONMENTS if n != "local"]
+
+
+def environments(names: list[str] | None = None) -> list[Any]:
+    """``environment`` params: each requires its backend package."""
+    return [
+        pytest.param(name, marks=pytest.mark.requires(*ENVIRONMENTS[name].requires), id=name)
+        for name in (names or ALL_ENVIRONMENTS)
+    ]
+
+
+def workflow(name: str) -> Any:
+    """A ``workflow`` param that requires its framework packages."""
+    requires = E2EFramework().workflows[name]().requires
+    return pytest.param(name, marks=pytest.mark.requires(*requires), id=name)

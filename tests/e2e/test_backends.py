@@ -1,0 +1,298 @@
+"""Backend contracts against the real stores: lifecycle, scale, fan-out, failures, absent packages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracelet
+from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
+from tests.e2e.params import environments
+
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml"}
+
+
+def _start(config: dict[str, Any], name: str) -> tracelet.Experiment:
+    return tracelet.start_logging(
+        exp_name=name,
+        project=config["project"],
+        backend=config["backend"],
+        backend_options=config["backend_options"],
+    )
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("environment", environments())
+def test_experiment_lifecycle(environment: str, isolated_env: Path, record_property: Any) -> None:
+    """Create a run, finish it, check statuses and run ids; delete it where the store has an API for it."""
+    record_property("backend", environment)
+    record_property("workflow", "lifecycle")
+    with e2e_framework.backend_environment(environment, project="lifecycle") as config:
+        env = config["environment_object"]
+        exp = _start(config, "first")
+        run_id = exp.runs[config["backend"]]
+        assert isinstance(run_id, str)
+        assert run_id
+        exp.flush()
+        assert _read_eventually(config, run_id).status == "running"
+        exp.log_metric("x", 1.0)
+        assert tracelet.stop_logging().ok
+        assert config["read"](run_id).status == "finished"
+
+        with pytest.raises(RuntimeError, match="boom"), _start(config, "second") as failed:
+            raise RuntimeError("boom")
+        failed_id = failed.runs[config["backend"]]
+        assert failed_id != run_id
+        assert config["read"](failed_id).status == "failed"
+
+        killed = _start(config, "third")
+        killed.stop(status="killed")
+        assert config["read"](killed.runs[config["backend"]]).status == "killed"
+
+        if env.delete(run_id):  # MLflow and local; W&B and ClearML offline have no delete API
+            if environment.startswith("mlflow"):
+                assert env.client().get_run(run_id).info.lifecycle_stage == "deleted"
+            else:
+                with pytest.raises(FileNotFoundError):
+                    config["read"](run_id)
+        else:
+            assert environment in ("wandb", "clearml")
+
+
+@pytest.mark.e2e_performance
+@pytest.mark.slow
+@pytest.mark.parametrize("environment", environments())
+def test_100k_points(environment: str, isolated_env: Path, record_property: Any) -> None:
+    """100,000 points (two keys, one with steps going backwards) all land, in order, exactly."""
+    record_property("backend", environment)
+    record_property("workflow", "100k_points")
+    with e2e_framework.backend_environment(environment, project="scale") as config:
+        expected = Expected(project="scale", run_name="100k")
+        exp = _start(config, "100k")
+        for i in range(90_000):
+            expected.metric(exp, "loss", 1.0 / (i + 1), i)
+        for i in range(10_000):
+            expected.metric(exp, "eval/score", i * 0.5, 10_000 - i)  # steps go down
+        report = tracelet.stop_logging(flush_timeout=600)
+        assert report.ok, report.format()
+        assert report[config["backend"]].delivered == 100_000
+        assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.requires("torch")
+@pytest.mark.parametrize("environment", environments())
+def test_tensor_values_are_taken_at_call_time(
+    environment: str, isolated_env: Path, record_property: Any
+) -> None:
+    """Log ``t``, then ``t.add_(1)``: the old value lands."""
+    import torch
+
+    record_property("backend", environment)
+    record_property("workflow", "tensor_values")
+    with e2e_framework.backend_environment(environment, project="tensors") as config:
+        exp = _start(config, "tensors")
+        t = torch.tensor(1.5)
+        exp.log_metric("t", t, 0)
+        t.add_(1)
+        exp.log_metric("t", t, 1)
+        t.add_(1)
+        exp.log_metric("grad", torch.tensor([2.0], requires_grad=True) * 2, 0)
+        with pytest.raises(TypeError, match="one-element tensor"):
+            exp.log_metric("t", torch.ones(2), 2)
+        tracelet.stop_logging()
+        record = config["read"](exp.runs[config["backend"]])
+        assert record.metrics["t"] == [(0, 1.5), (1, 2.5)]
+        assert record.metrics["grad"] == [(0, 4.0)]
+
+
+@pytest.mark.e2e_comprehensive
+@pytest.mark.requires("mlflow", "wandb", "clearml")
+def test_all_three_backends_at_once(isolated_env: Path, tmp_path: Path) -> None:
+    """Params (nested), 1000 points of two metrics, a tag and an artifact, to mlflow + wandb + clearml."""
+    envs = [e2e_framework.environments[n]() for n in ("mlflow", "wandb", "clearml")]
+    for env in envs:
+        env.setup()
+    try:
+        expected = Expected(project="fanout", run_name="all-three")
+        exp = tracelet.start_logging(
+            exp_name="all-three",
+            project="fanout",
+            backend=["mlflow", "wandb", "clearml"],
+            backend_options={e.backend: e.options() for e in envs},
+        )
+        expected.params_(exp, {"lr": 0.01, "model": {"depth": 4, "act": "relu"}})
+        expected.tags_(exp, {"team": "vision"})
+        for i in range(1000):
+            expected.metric(exp, "train/loss", 1 / (i + 1), i)
+            expected.metric(exp, "acc", i / 1000, i)
+        artifact = tmp_path / "weights.bin"
+        artifact.write_bytes(bytes(range(256)) * 64)
+        expected.artifact(exp, artifact, "model")
+        report = tracelet.stop_logging()
+        assert report.ok, report.format()
+        for env in envs:
+            assert_run_matches(expected, env.read(exp.runs[env.backend]))  # type: ignore[arg-type]
+    finally:
+        for env in envs:
+            env.teardown()
+
+
+@pytest.mark.e2e_advanced
+@pytest.mark.requires("mlflow")
+def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend whose every write raises: training finishes, mlflow holds everything, failures counted."""
+    from tracelet.backends import registry
+    from tracelet.backends.local import LocalBackend
+
+    class Broken(LocalBackend):
+        name = "broken"
+
+        def write(self, events: Any) -> None:
+            if events:
+                raise OSError("disk on fire")
+
+    monkeypatch.setattr(
+        registry, "get_backend_class", _with_extra(registry.get_backend_class, "broken", Broken)
+    )
+    monkeypatch.setattr("tracelet.api.get_backend_class", registry.get_backend_class)
+    with e2e_framework.backend_environment("mlflow", project="failing") as config:
+        expected = Expected(project="failing", run_name="with-broken")
+        exp = tracelet.start_logging(
+            exp_name="with-broken",
+            project="failing",
+            backend=["broken", "mlflow"],
+            backend_options={"mlflow": config["backend_options"]["mlflow"]},
+        )
+        for i in range(500):
+            expected.metric(exp, "loss", float(i), i)
+        report = tracelet.stop_logging()
+        assert report["mlflow"].ok
+        assert report["mlflow"].delivered == 500
+        assert report["broken"].failed == 500
+        assert report["broken"].delivered == 0
+        assert report["broken"].sent == report["broken"].failed + report["broken"].pending
+        assert "disk on fire" in report["broken"].errors[0]
+        assert_run_matches(expected, config["read"](exp.runs["mlflow"]))
+
+        monkeypatch.setenv("TRACELET_STRICT", "1")
+        exp = tracelet.start_logging(
+            backend=["broken", "mlflow"], backend_options={"mlflow": config["backend_options"]["mlflow"]}
+        )
+        exp.log_metric("loss", 1.0)
+        with pytest.raises(tracelet.DeliveryError, match="broken"):
+            tracelet.stop_logging()
+
+
+def _read_eventually(config: dict[str, Any], run_id: str, timeout: float = 20.0) -> Any:
+    """Read a run that is still open; W&B writes its offline log lazily, so give it time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return config["read"](run_id)
+        except (ValueError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _with_extra(original: Any, name: str, cls: type) -> Any:
+    def lookup(requested: str) -> type:
+        return cls if requested == name else original(requested)
+
+    return lookup
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.requires("mlflow")
+def test_mlflow_batches_with_log_batch(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery uses log_batch with at most 1000 metrics per call, never one call per point."""
+    from mlflow.tracking import MlflowClient
+
+    calls: list[int] = []
+    original = MlflowClient.log_batch
+
+    def spy(self: Any, run_id: str, metrics: Any = (), params: Any = (), tags: Any = (), **kw: Any) -> Any:
+        calls.append(len(metrics))
+        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", spy)
+    monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **k: pytest.fail("per-point log_metric used"))
+    with e2e_framework.backend_environment("mlflow", project="batching") as config:
+        exp = _start(config, "batching")
+        for i in range(5000):
+            exp.log_metric("loss", float(i), i)
+        tracelet.stop_logging()
+        assert sum(calls) == 5000
+        assert max(calls) <= 1000
+        assert len(calls) <= 10
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.requires("clearml")
+def test_clearml_private_settings_still_exist() -> None:
+    """tracelet's quiet ClearML defaults rely on private attributes; fail loudly when ClearML renames them."""
+    from clearml import Task
+
+    from tracelet.backends import clearml as backend
+
+    for attr in backend.PRIVATE_TASK_ATTRIBUTES:
+        assert hasattr(Task, attr), f"clearml.Task.{attr} is gone: update tracelet.backends.clearml"
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.requires("mlflow")
+def test_mlflow_server_leaves_no_process(tmp_path: Path) -> None:
+    server = MLflowServer(tmp_path)
+    assert server.group_alive()
+    server.stop()
+    assert not server.group_alive()
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("backend", ["mlflow", "wandb", "clearml"])
+def test_backend_availability_matches_install_set(
+    backend: str, install_set: frozenset[str], isolated_env: Path
+) -> None:
+    """An absent backend raises BackendNotInstalledError naming its extra; a present one is importable."""
+    if backend in install_set:
+        cls = tracelet.backends.registry.get_backend_class(backend)
+        cls.ensure_installed()
+        assert cls.is_installed()
+    else:
+        with pytest.raises(
+            tracelet.BackendNotInstalledError, match=rf'pip install "tracelet\[{EXTRAS[backend]}\]"'
+        ) as err:
+            tracelet.start_logging(backend=backend)
+        assert isinstance(err.value, ImportError)
+        assert err.value.name == backend
+        assert tracelet.get_active_experiment() is None
+
+
+@pytest.mark.e2e_basic
+def test_import_tracelet_imports_no_optional_package() -> None:
+    code = (
+        "import sys, json, tracelet, tracelet.testing; "
+        "print(json.dumps([m for m in ('mlflow','wandb','clearml','torch','lightning','torchvision') "
+        "if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []
+
+
+@pytest.mark.e2e_basic
+def test_doctor_reports_exactly_the_install_set(install_set: frozenset[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tracelet", "doctor", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    report = json.loads(out)
+    installed = {
+        n for n, v in {**report["backends"], **report["integrations"]}.items() if v and v != "built-in"
+    }
+    assert installed & {"mlflow", "wandb", "clearml", "torch", "lightning", "torchvision"} == set(install_set)

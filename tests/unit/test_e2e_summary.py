@@ -1,0 +1,345 @@
+"""Unit tests for tools/e2e_summary.py on small synthetic session reports.
+
+The summary is what people read when the E2E matrix is red, so these tests focus on the red
+cases: a failed session, a crashed one without junit.xml, one that never ran, repeated CI
+variants in the nested artifact layout, and a failed skip audit; plus --strict's exit code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from xml.sax.saxutils import quoteattr
+
+import pytest
+from coverage import CoverageData
+from junitparser import JUnitXml
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ["mlflow", "wandb", "clearml", "none"]
+FRAMEWORKS = ["torch", "lightning", "vision"]
+ALL_SESSIONS = [f"e2e-{b}-{f}" for b in BACKENDS for f in FRAMEWORKS]
+
+
+def _load() -> ModuleType:
+    """Import the script by path so the test does not depend on tools/ being a package."""
+    name = "tracelet_tools_e2e_summary"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "e2e_summary.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+summary = _load()
+
+Case = tuple[str, str, str, str, str]  # name, outcome, workflow, backend, message
+
+
+def _junit(suite: str, cases: Sequence[Case], hostname: str = "host") -> str:
+    body = []
+    for name, outcome, workflow, backend, message in cases:
+        props = (
+            "<properties>"
+            f'<property name="workflow" value="{workflow}"/><property name="backend" value="{backend}"/>'
+            "</properties>"
+        )
+        result = ""
+        if outcome == "failed":
+            result = f"<failure message={quoteattr(message)}>traceback</failure>"
+        elif outcome == "error":
+            result = f"<error message={quoteattr(message)}>traceback</error>"
+        elif outcome == "skipped":
+            result = f'<skipped type="pytest.skip" message={quoteattr(message)}>x.py:1: skip</skipped>'
+        body.append(
+            f'<testcase classname="tests.e2e.test_basic" name="{name}" time="1.5">{props}{result}</testcase>'
+        )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests">'
+        f'<testsuite name="{suite}" hostname="{hostname}" timestamp="2025-01-01T00:00:00">'
+        + "".join(body)
+        + "</testsuite></testsuites>"
+    )
+
+
+DEFAULT_CASES: list[Case] = [
+    ("test_metrics[mlflow]", "passed", "simple_pytorch", "mlflow", ""),
+    ("test_params[mlflow]", "passed", "lightning", "mlflow", ""),
+    ("test_images[wandb]", "skipped", "vision", "wandb", "wandb not installed"),
+]
+
+
+def write_session(
+    root: Path,
+    session: str,
+    *,
+    status: str = "passed",
+    cases: Sequence[Case] = DEFAULT_CASES,
+    junit: bool = True,
+    platform: str = "linux",
+    python: str = "3.11.7",
+    duration: float = 41.2,
+    verdict: str = "pass",
+    problems: Sequence[str] = (),
+    folder: Path | None = None,
+    with_session_key: bool = True,
+) -> Path:
+    """Write one session report folder the way the e2e nox sessions do."""
+    directory = folder if folder is not None else root / session
+    directory.mkdir(parents=True, exist_ok=True)
+    _, backend, framework = session.split("-", 2)
+    meta = {
+        "backend": backend,
+        "framework": framework,
+        "declared": [backend, framework],
+        "installed": {framework: "1.0"},
+        "python": python,
+        "platform": platform,
+        "duration_s": duration,
+        "status": status,
+        "audit": {
+            "verdict": verdict,
+            "problems": list(problems),
+            "expected_skips": 1,
+            "observed_skips": 1,
+        },
+    }
+    if with_session_key:
+        meta["session"] = session
+    (directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    if junit:
+        (directory / "junit.xml").write_text(_junit(session, cases, hostname=platform), encoding="utf-8")
+    return directory
+
+
+def full_matrix(root: Path, skip: Sequence[str] = ()) -> None:
+    for session in ALL_SESSIONS:
+        if session not in skip:
+            write_session(root, session)
+
+
+def run_main(reports: Path, *extra: str) -> int:
+    args = ["--reports", str(reports), "--backends", ",".join(BACKENDS), "--frameworks", ",".join(FRAMEWORKS)]
+    return int(summary.main([*args, *extra]))
+
+
+def matrix_rows(markdown: str) -> dict[str, list[str]]:
+    """{backend: [cell per framework]} parsed back out of the markdown matrix table."""
+    rows = {}
+    for line in markdown.splitlines():
+        for backend in BACKENDS:
+            if line.startswith(f"| **{backend}** |"):
+                rows[backend] = [c.strip() for c in line.strip().strip("|").split(" | ")[1:]]
+    return rows
+
+
+def test_full_matrix_all_green(tmp_path: Path) -> None:
+    full_matrix(tmp_path)
+
+    results = summary.collect(tmp_path)
+    assert sorted(r.session for r in results) == sorted(ALL_SESSIONS)
+    assert run_main(tmp_path, "--strict") == 0
+
+    markdown = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    rows = matrix_rows(markdown)
+    assert list(rows) == BACKENDS
+    assert all(cell == "✅ 2/0/1 · 41s" for row in rows.values() for cell in row)
+    assert "| backend | torch | lightning | vision |" in markdown
+    assert "all 12 cells passed" in markdown
+    assert "No failures." in markdown
+    assert "No coverage data found." in markdown
+
+    data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert data["ok"] is True
+    assert len(data["cells"]) == 12
+    assert {c["state"] for c in data["cells"]} == {"passed"}
+
+    merged = JUnitXml.fromfile(str(tmp_path / "junit.xml"))
+    assert sorted(s.name for s in merged) == sorted(ALL_SESSIONS)
+    assert merged.tests == 36
+
+
+def test_workflow_table_counts_cases_by_workflow_and_backend(tmp_path: Path) -> None:
+    write_session(tmp_path, "e2e-mlflow-torch")
+    write_session(
+        tmp_path,
+        "e2e-wandb-torch",
+        status="failed",
+        cases=[
+            ("test_a", "passed", "simple_pytorch", "wandb", ""),
+            ("test_b", "failed", "simple_pytorch", "wandb", "AssertionError: x"),
+            ("test_c", "error", "time_series", "mlflow_server", "RuntimeError: y"),
+        ],
+    )
+    table = summary.workflow_table(summary.collect(tmp_path))
+    assert table["simple_pytorch"]["mlflow"] == {"passed": 1, "failed": 0, "skipped": 0}
+    assert table["simple_pytorch"]["wandb"] == {"passed": 1, "failed": 1, "skipped": 0}
+    assert table["vision"]["wandb"] == {"passed": 0, "failed": 0, "skipped": 1}
+    assert table["time_series"]["mlflow_server"] == {"passed": 0, "failed": 1, "skipped": 0}
+
+    markdown = summary.render_markdown(summary.collect(tmp_path), BACKENDS, FRAMEWORKS)
+    assert "| workflow | mlflow | mlflow_server | wandb |" in markdown
+    assert "| simple_pytorch | 1/0/0 | — | 1/1/0 |" in markdown
+
+
+def test_failed_session_is_red_and_lists_failures(tmp_path: Path) -> None:
+    full_matrix(tmp_path, skip=["e2e-wandb-lightning"])
+    write_session(
+        tmp_path,
+        "e2e-wandb-lightning",
+        status="failed",
+        cases=[
+            ("test_ok", "passed", "lightning", "wandb", ""),
+            ("test_bad", "failed", "lightning", "wandb", "ValueError: boom\nsecond line"),
+        ],
+        duration=75,
+    )
+
+    assert run_main(tmp_path) == 0  # not strict: a red matrix still yields a summary, exit 0
+    markdown = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert matrix_rows(markdown)["wandb"][1] == "❌ 1/1/0 · 1m15s"
+    assert "- `e2e-wandb-lightning` (linux/py3.11) `tests.e2e.test_basic::test_bad` — ValueError: boom" in (
+        markdown.splitlines()
+    )
+    assert "second line" not in markdown
+    assert "11/12 cells passed, 1 failed, 0 not run" in markdown
+
+    assert run_main(tmp_path, "--strict") == 1
+
+
+def test_crashed_session_without_junit(tmp_path: Path) -> None:
+    write_session(tmp_path, "e2e-clearml-vision", status="failed", junit=False, verdict="missing")
+
+    results = summary.collect(tmp_path)
+    assert len(results) == 1
+    assert results[0].junit_path is None
+    assert not results[0].ok
+    markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
+    assert matrix_rows(markdown)["clearml"][2] == "❌ failed, no junit.xml · 41s"
+    assert "`e2e-clearml-vision` (linux/py3.11) `(session)` — no junit.xml" in markdown
+
+
+def test_never_ran_session(tmp_path: Path) -> None:
+    full_matrix(tmp_path, skip=["e2e-none-vision"])
+
+    assert run_main(tmp_path) == 0
+    markdown = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert matrix_rows(markdown)["none"] == ["✅ 2/0/1 · 41s", "✅ 2/0/1 · 41s", "— not run"]
+    data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    cell = next(c for c in data["cells"] if c["session"] == "e2e-none-vision")
+    assert cell["state"] == "not_run"
+    assert data["problems"] == ["e2e-none-vision: never ran"]
+    assert run_main(tmp_path, "--strict") == 1
+
+
+def test_nested_ci_layout_with_two_variants(tmp_path: Path) -> None:
+    # upload-artifact of a single folder puts its contents at the artifact root ...
+    write_session(
+        tmp_path,
+        "e2e-wandb-torch",
+        folder=tmp_path / "reports-e2e-wandb-torch-ubuntu-latest-py3.12",
+        python="3.12.4",
+        duration=30,
+        with_session_key=False,  # the name then comes from the artifact folder
+    )
+    # ... while other layouts keep the session folder one level deeper.
+    write_session(
+        tmp_path,
+        "e2e-wandb-torch",
+        folder=tmp_path / "reports-e2e-wandb-torch-macos-latest-py3.11" / "e2e-wandb-torch",
+        platform="darwin",
+        status="failed",
+        cases=[("test_x", "failed", "simple_pytorch", "wandb", "OSError: disk")],
+        duration=52,
+    )
+
+    results = summary.collect(tmp_path)
+    assert [r.session for r in results] == ["e2e-wandb-torch", "e2e-wandb-torch"]
+    markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
+    cell = matrix_rows(markdown)["wandb"][0]
+    assert cell == "darwin/py3.11: ❌ 0/1/0 · 52s<br>linux/py3.12: ✅ 2/0/1 · 30s"
+
+    assert summary.merge_junit(results, tmp_path / "junit.xml") == 2
+    merged = JUnitXml.fromfile(str(tmp_path / "junit.xml"))
+    assert [s.name for s in merged] == ["e2e-wandb-torch", "e2e-wandb-torch"]
+    assert merged.tests == 4
+
+
+def test_audit_failure_is_shown_and_fails_strict(tmp_path: Path) -> None:
+    full_matrix(tmp_path, skip=["e2e-mlflow-vision"])
+    write_session(
+        tmp_path,
+        "e2e-mlflow-vision",
+        verdict="fail",
+        problems=["test_images[mlflow] skipped: 'torchvision not installed' but torchvision is declared"],
+    )
+
+    assert run_main(tmp_path) == 0
+    markdown = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "| e2e-mlflow-vision | linux/py3.11 | ❌ fail | 1 | 1 |" in markdown
+    assert "- `e2e-mlflow-vision` (linux/py3.11): test_images[mlflow] skipped:" in markdown
+    assert "all 12 cells passed" in markdown  # the tests passed; only the audit is red
+    data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert data["problems"] == ["e2e-mlflow-vision (linux/py3.11): skip audit fail"]
+    assert run_main(tmp_path, "--strict") == 1
+
+
+def test_unreadable_meta_is_a_failed_result_not_a_crash(tmp_path: Path) -> None:
+    folder = tmp_path / "e2e-none-torch"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{not json", encoding="utf-8")
+
+    (result,) = summary.collect(tmp_path)
+    assert result.session == "e2e-none-torch"
+    assert result.status == "failed"
+    assert result.audit.verdict == "missing"
+    assert any("meta.json unreadable" in n for n in result.notes)
+
+
+def test_coverage_is_combined_with_pyproject_paths(tmp_path: Path) -> None:
+    folder = write_session(tmp_path, "e2e-mlflow-torch")
+    data = CoverageData(basename=str(folder / ".coverage"), suffix="runner.1.2")
+    # An installed-package path as CI produces it; [tool.coverage.paths] maps it onto src/tracelet.
+    data.add_lines({"/opt/venv/lib/python3.12/site-packages/tracelet/errors.py": [1, 2, 3]})
+    data.write()
+
+    results = summary.collect(tmp_path)
+    assert [p.name for p in results[0].coverage_files] == [".coverage.runner.1.2"]
+    cov = summary.combine_coverage(results, tmp_path, ROOT)
+    assert cov.total is not None
+    assert 0 < cov.total <= 100
+    assert (tmp_path / "coverage.xml").is_file()
+    assert "src/tracelet/errors.py" in (tmp_path / "coverage.xml").read_text(encoding="utf-8").replace(
+        "\\", "/"
+    )
+    assert (tmp_path / "htmlcov" / "index.html").is_file()
+    assert (folder / ".coverage.runner.1.2").is_file()  # keep=True: inputs survive
+    assert "**Total:" in summary.render_markdown(results, BACKENDS, FRAMEWORKS, cov)
+
+
+def test_step_summary_is_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = tmp_path / "step_summary.md"
+    step.write_text("earlier step\n", encoding="utf-8")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    reports = tmp_path / "reports"
+    write_session(reports, "e2e-mlflow-torch")
+
+    assert run_main(reports, "--no-coverage") == 0
+    text = step.read_text(encoding="utf-8")
+    assert text.startswith("earlier step\n# Tracelet E2E matrix")
+    assert text.count("— not run") == 11
+
+
+def test_empty_reports_dir_still_summarises(tmp_path: Path) -> None:
+    assert run_main(tmp_path / "reports") == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text(encoding="utf-8")
+    assert markdown.count("— not run") == 12
+    assert run_main(tmp_path / "reports", "--strict") == 1

@@ -1,0 +1,1 @@
+"""Developer tooling (CI report builders); not shipped with the tracelet package."""
