@@ -181,11 +181,23 @@ def _split_session(name: str) -> tuple[str, str]:
     return "", ""
 
 
+def split_values(value: str | None) -> list[str]:
+    """Property values may be comma lists: a test covering several backends/workflows."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 def _case_properties(case: TestCase) -> dict[str, str]:
+    """Properties of a testcase; a name recorded several times keeps all values, comma-joined."""
     props = case.child(Properties)  # type: ignore[no-untyped-call]
     if props is None:
         return {}
-    return {p.name: p.value for p in props if p.name is not None and p.value is not None}
+    merged: dict[str, list[str]] = {}
+    for prop in props:
+        if prop.name is None or prop.value is None:
+            continue
+        values = merged.setdefault(prop.name, [])
+        values += [v for v in split_values(prop.value) if v not in values]
+    return {name: ",".join(values) for name, values in merged.items()}
 
 
 def _case_outcome(case: TestCase) -> tuple[str, str]:
@@ -198,9 +210,17 @@ def _case_outcome(case: TestCase) -> tuple[str, str]:
 
 
 def case_id(case: TestCase) -> str:
-    """Pytest-like id from the JUnit classname (dotted module[.Class]) and name."""
+    """Pytest node id when the JUnit carries ``file`` (junit_family xunit1), else classname::name."""
     classname = case.classname or ""
-    return f"{classname}::{case.name}" if classname else str(case.name)
+    name = str(case.name)
+    file = case._elem.get("file")  # junitparser has no accessor for pytest's xunit1 attribute
+    if file:
+        path = str(file).replace("\\", "/")
+        module = path[:-3].replace("/", ".") if path.endswith(".py") else ""
+        if module and (classname == module or classname.startswith(module + ".")):
+            inner = [part for part in classname[len(module) :].split(".") if part]
+            return "::".join([path, *inner, name])
+    return f"{classname}::{name}" if classname else name
 
 
 def parse_junit(path: Path) -> list[CaseResult]:
@@ -462,15 +482,18 @@ def _ordered(values: set[str], known: Sequence[str]) -> list[str]:
 
 
 def workflow_table(results: Sequence[SessionResult]) -> dict[str, dict[str, dict[str, int]]]:
-    """{workflow: {case backend: {"passed", "failed", "skipped"}}} over all sessions/variants."""
+    """{workflow: {case backend: {"passed", "failed", "skipped"}}} over all sessions/variants.
+
+    A test recorded for several workflows/backends (comma lists) counts once in each pair.
+    """
     table: dict[str, dict[str, dict[str, int]]] = {}
     for result in results:
         for case in result.cases:
-            wf = case.workflow or UNLABELLED
-            be = case.backend or UNLABELLED
-            counts = table.setdefault(wf, {}).setdefault(be, {"passed": 0, "failed": 0, "skipped": 0})
             key = "failed" if case.is_failure else case.outcome
-            counts[key] = counts.get(key, 0) + 1
+            for wf in split_values(case.workflow) or [UNLABELLED]:
+                for be in split_values(case.backend) or [UNLABELLED]:
+                    counts = table.setdefault(wf, {}).setdefault(be, {"passed": 0, "failed": 0, "skipped": 0})
+                    counts[key] = counts.get(key, 0) + 1
     return table
 
 
@@ -589,7 +612,8 @@ def render_markdown(
     elif coverage.total is None:
         lines.append(coverage.note or "No coverage data found.")
     else:
-        lines.append(f"**Total: {coverage.total:.1f}%** ({coverage.data_files} data files combined)")
+        files = "data file" if coverage.data_files == 1 else "data files"
+        lines.append(f"**Total: {coverage.total:.1f}%** ({coverage.data_files} {files} combined)")
         if coverage.note:
             lines += ["", coverage.note]
 

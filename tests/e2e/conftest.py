@@ -99,8 +99,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After every deselection (ours, ``-k``, ``-m``): the expected skip of each selected test."""
     expected: dict[str, str | None] = {}
-    for item in items:
+    for item in session.items:
         requires, platforms = _markers(item)
         reason = expected_skip(requires, platforms, declared(), sys.platform)
         expected[item.nodeid] = reason
@@ -173,6 +178,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
         if key.startswith("TRACELET_") and not key.startswith("TRACELET_E2E_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("TRACELET_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("TRACELET_LOCAL_DIR", str(tmp_path / "runs"))
     yield tmp_path
     import tracelet
 

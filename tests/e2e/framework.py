@@ -251,11 +251,13 @@ class MLflowServer:
         self.log.close()
 
     def group_alive(self) -> bool:
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        """True while any process of the server's group still runs (zombies awaiting reaping don't count)."""
+        listing = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
+        for line in listing.splitlines():
+            pgid, _, stat = line.strip().partition(" ")
+            if pgid == str(self.process.pid) and not stat.strip().startswith("Z"):
+                return True
+        return False
 
 
 class MLflowServerEnvironment(MLflowEnvironment):
@@ -310,6 +312,11 @@ class WandbEnvironment(BackendEnvironment):
             WANDB_DISABLE_GIT="true",
             **dirs,
         )
+
+    def options(self) -> dict[str, Any]:
+        # wandb reads its environment once per process (its settings singleton), so each
+        # environment names its directory and mode explicitly, as a user with two runs would.
+        return {"dir": str(self.root), "mode": "offline"}
 
     def read(self, run_id: str) -> RunRecord:
         return read_run("wandb", run_id, wandb_dir=str(self.root))

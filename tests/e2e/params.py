@@ -12,12 +12,19 @@ ALL_ENVIRONMENTS = list(ENVIRONMENTS)
 BACKEND_ENVIRONMENTS = [n for n in ALL_ENVIRONMENTS if n != "local"]
 
 
+#: A real server process is started and stopped by POSIX process group.
+POSIX = ("linux", "darwin")
+
+
 def environments(names: list[str] | None = None) -> list[Any]:
-    """``environment`` params: each requires its backend package."""
-    return [
-        pytest.param(name, marks=pytest.mark.requires(*ENVIRONMENTS[name].requires), id=name)
-        for name in (names or ALL_ENVIRONMENTS)
-    ]
+    """``environment`` params: each requires its backend package (and the server a POSIX host)."""
+    params = []
+    for name in names or ALL_ENVIRONMENTS:
+        marks = [pytest.mark.requires(*ENVIRONMENTS[name].requires)]
+        if name == "mlflow_server":
+            marks.append(pytest.mark.platform_only(*POSIX))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
 
 
 def workflow(name: str) -> Any:

@@ -248,6 +248,7 @@ def test_clearml_private_settings_still_exist() -> None:
 
 @pytest.mark.e2e_basic
 @pytest.mark.requires("mlflow")
+@pytest.mark.platform_only("linux", "darwin")
 def test_mlflow_server_leaves_no_process(tmp_path: Path) -> None:
     server = MLflowServer(tmp_path)
     assert server.group_alive()

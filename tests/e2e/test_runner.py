@@ -44,6 +44,7 @@ SUITE_DIR = "tests/e2e"
 INSTALL_SET_ENV = "TRACELET_E2E_INSTALL_SET"
 DEFAULT_OUTPUT_DIR = "e2e_test_results"
 UNKNOWN = "unknown"
+PATTERN_LIMIT = 160
 
 # pytest -v result lines: "tests/e2e/test_x.py::test_a[mlflow] PASSED   [ 20%]", optionally with a
 # skip/xfail reason in parentheses. The id may contain spaces inside [...] parameters.
@@ -56,6 +57,10 @@ _PROGRESS_XDIST = re.compile(
     r"^\[gw\d+\] \[\s*\d+%\] " + _OUTCOMES + r" (?P<nodeid>\S.*?::\S.*?)(?:\s+\((?P<reason>.*?)\))?\s*$"
 )
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\w.~-]*(?:[/\\][\w.~-]+){2,}[/\\]?")
+_TRACEBACK_TAIL = re.compile(r":\d+: (?P<type>[A-Za-z_][\w.]*)\s*$")
+_RANDOM_ID = re.compile(r"\b(?=[A-Za-z0-9]*\d)(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{8,}\b")
 _NUMBER = re.compile(r"(?<![A-Za-z_])\d+(?:\.\d+)?")
 _QUOTED_EXC = re.compile(r'^failed on (?:setup|teardown|call) with "(?P<inner>.*)"$', re.DOTALL)
 _EXC_TYPE = re.compile(
@@ -73,6 +78,7 @@ class CaseRecord:
     backend: str
     workflow: str
     message: str = ""
+    exception: str = ""  # from the traceback's last line ("file.py:12: ValueError") when present
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,55 +101,82 @@ def _first_line(text: str | None) -> str:
     return ""
 
 
+def junit_test_id(classname: str, name: str, file: str | None = None) -> str:
+    """Pytest node id when the JUnit carries ``file`` (junit_family xunit1), else classname::name."""
+    if file:
+        path = file.replace("\\", "/")
+        module = path[:-3].replace("/", ".") if path.endswith(".py") else ""
+        if module and (classname == module or classname.startswith(module + ".")):
+            inner = [part for part in classname[len(module) :].split(".") if part]
+            return "::".join([path, *inner, name])
+    return f"{classname}::{name}" if classname else name
+
+
+def split_values(value: str) -> list[str]:
+    """Property values may be comma lists (a test covering several backends or workflows)."""
+    return [v.strip() for v in value.split(",") if v.strip()] or [UNKNOWN]
+
+
+def _property(case: ET.Element, name: str) -> str:
+    # record_property may be called more than once for a name: keep every value, in order.
+    values: list[str] = []
+    for prop in case.findall("properties/property"):
+        if prop.get("name") == name:
+            values += [v for v in split_values(prop.get("value") or "") if v not in values and v != UNKNOWN]
+    return ",".join(values) or UNKNOWN
+
+
 def parse_junit(path: Path) -> list[CaseRecord]:
     """Every testcase of a pytest JUnit XML file (suites at any depth)."""
     root = ET.parse(path).getroot()
     records: list[CaseRecord] = []
     for case in root.iter("testcase"):
-        props = {
-            p.get("name", ""): p.get("value", "")
-            for p in case.findall("properties/property")
-            if p.get("name") is not None
-        }
-        outcome, message = "passed", ""
+        outcome, message, exception = "passed", "", ""
         for tag, name in (("error", "error"), ("failure", "failed"), ("skipped", "skipped")):
             element = case.find(tag)
             if element is not None:
                 outcome = name
                 message = _first_line(element.get("message")) or _first_line(element.text)
+                tail = (element.text or "").strip().splitlines()
+                found = _TRACEBACK_TAIL.search(tail[-1]) if tail and name != "skipped" else None
+                exception = found["type"] if found else ""
                 break
-        classname = case.get("classname") or ""
-        name = case.get("name") or "?"
+        test_id = junit_test_id(case.get("classname") or "", case.get("name") or "?", case.get("file"))
         records.append(
             CaseRecord(
-                test_id=f"{classname}::{name}" if classname else name,
+                test_id=test_id,
                 outcome=outcome,
                 time=float(case.get("time") or 0.0),
-                backend=props.get("backend") or UNKNOWN,
-                workflow=props.get("workflow") or UNKNOWN,
+                backend=_property(case, "backend"),
+                workflow=_property(case, "workflow"),
                 message=message,
+                exception=exception,
             )
         )
     return records
 
 
-def error_pattern(message: str) -> tuple[str, str]:
+def error_pattern(message: str, exception: str = "") -> tuple[str, str]:
     """(exception type, normalised first line) used to group similar failures together.
 
-    Addresses and numbers are blanked so "timeout after 30.1s" and "timeout after 29.8s" land in
-    one group; pytest's 'failed on setup with "X: y"' wrapper is unwrapped to X: y.
+    Quoted strings, paths, addresses and numbers are blanked so "run 'ab12' timed out after
+    30.1s" and "run 'cd34' timed out after 29.8s" land in one group; pytest's 'failed on setup
+    with "X: y"' wrapper is unwrapped to X: y. ``exception`` (from the traceback) wins over a
+    type guessed from the message, which a bare ``assert`` does not carry.
     """
     line = _first_line(message)
     quoted = _QUOTED_EXC.match(line)
     if quoted:
         line = quoted["inner"]
     exc = _EXC_TYPE.match(line)
-    if exc:
-        exc_type = exc["type"]
-    else:  # "Foo: bar" with an identifier before the colon is an exception of an unusual name
-        head = line.split(":", 1)[0]
-        exc_type = head if ":" in line and re.fullmatch(r"[A-Za-z_][\w.]*", head) else "Failure"
-    normalised = _NUMBER.sub("N", _ADDRESS.sub("0x…", line))
+    exc_type = exception or (exc["type"] if exc else "Failure")
+    normalised = _QUOTED.sub("'…'", line)
+    normalised = _PATH.sub("<path>", normalised)
+    normalised = _ADDRESS.sub("<addr>", normalised)
+    normalised = _RANDOM_ID.sub("<id>", normalised)
+    normalised = _NUMBER.sub("N", normalised)
+    if len(normalised) > PATTERN_LIMIT:
+        normalised = normalised[: PATTERN_LIMIT - 1] + "…"
     return exc_type, normalised or "(no message)"
 
 
@@ -158,14 +191,19 @@ def _rate(passed: int, failed: int) -> float | None:
 
 
 def _group_counts(records: Iterable[CaseRecord], key: str) -> dict[str, dict[str, Any]]:
+    """Counts and time per backend/workflow value.
+
+    A test recorded for several values counts once in each; its time is shared out evenly so
+    the per-group times still add up to the time spent in tests.
+    """
     groups: dict[str, dict[str, Any]] = {}
     for r in records:
-        g = groups.setdefault(
-            getattr(r, key), {"passed": 0, "failed": 0, "skipped": 0, "total": 0, "time_s": 0.0}
-        )
-        g["total"] += 1
-        g["time_s"] = round(g["time_s"] + r.time, 3)
-        g["failed" if r.outcome in ("failed", "error") else r.outcome] += 1
+        names = split_values(getattr(r, key))
+        for name in names:
+            g = groups.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0, "total": 0, "time_s": 0.0})
+            g["total"] += 1
+            g["time_s"] = round(g["time_s"] + r.time / len(names), 3)
+            g["failed" if r.outcome in ("failed", "error") else r.outcome] += 1
     for g in groups.values():
         g["success_rate"] = _rate(g["passed"], g["failed"])
     return dict(sorted(groups.items()))
@@ -191,7 +229,7 @@ def build_report(
     for r in records:
         if r.outcome not in ("failed", "error"):
             continue
-        exc_type, text = error_pattern(r.message)
+        exc_type, text = error_pattern(r.message, r.exception)
         entry = patterns.setdefault(
             (exc_type, text), {"exception": exc_type, "pattern": text, "count": 0, "tests": []}
         )
@@ -327,6 +365,8 @@ def build_command(
         f"--junitxml={junit_path}",
         "-o",
         "junit_suite_name=e2e-runner",
+        "-o",
+        "junit_family=xunit1",  # adds file= to testcases (real node ids) and suits record_property
     ]
     if backends:
         cmd.append(f"--e2e-backends={','.join(backends)}")
@@ -354,19 +394,23 @@ def run_pytest(cmd: Sequence[str], out: TextIO = sys.stdout, verbose: bool = Fal
         bufsize=1,
     ) as proc:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            progress = parse_progress_line(line)
-            if progress is not None:
-                count += 1
-                nodeid, outcome, reason = progress
-                out.write(f"[{count}] {outcome} {nodeid}" + (f" ({reason})" if reason else "") + "\n")
-                out.flush()
-            elif verbose:
-                out.write(line + "\n")
-                out.flush()
-            else:
-                rest.append(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                progress = parse_progress_line(line)
+                if progress is not None:
+                    count += 1
+                    nodeid, outcome, reason = progress
+                    out.write(f"[{count}] {outcome} {nodeid}" + (f" ({reason})" if reason else "") + "\n")
+                    out.flush()
+                elif verbose:
+                    out.write(line + "\n")
+                    out.flush()
+                else:
+                    rest.append(line)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches pytest too; let it write its JUnit file so the partial report is kept.
+            out.write("\ninterrupted: waiting for pytest to finish writing its report...\n")
         code = proc.wait()
     if not verbose:
         out.write("\n".join(_tail(rest, code)) + "\n")

@@ -343,3 +343,19 @@ def test_empty_reports_dir_still_summarises(tmp_path: Path) -> None:
     markdown = (tmp_path / "reports" / "summary.md").read_text(encoding="utf-8")
     assert markdown.count("— not run") == 12
     assert run_main(tmp_path / "reports", "--strict") == 1
+
+
+def test_failure_ids_use_the_xunit1_file_attribute(tmp_path: Path) -> None:
+    folder = write_session(tmp_path, "e2e-none-torch", status="failed", cases=[])
+    (folder / "junit.xml").write_text(
+        '<testsuites><testsuite name="e2e-none-torch">'
+        '<testcase classname="tests.e2e.test_backends.TestK" name="test_m[local]" '
+        'file="tests/e2e/test_backends.py" line="3" time="0.1">'
+        '<failure message="KeyError: &apos;x&apos;">trace</failure></testcase>'
+        "</testsuite></testsuites>",
+        encoding="utf-8",
+    )
+    (result,) = summary.collect(tmp_path)
+    assert [f["test_id"] for f in summary.failures([result])] == [
+        "tests/e2e/test_backends.py::TestK::test_m[local]"
+    ]
