@@ -111,7 +111,13 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
             "TRACELET_E2E_AUDIT_FILE": str(out / "audit.json"),
             "COVERAGE_FILE": str(out / ".coverage"),
         }
-        pytest_args = ["tests/e2e", "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}"]
+        pytest_args = [
+            "tests/e2e",
+            "-p",
+            "no:cacheprovider",
+            "--durations=10",
+            f"--junitxml={out / 'junit.xml'}",
+        ]
         pytest_args += ["-o", f"junit_suite_name={name}", "-o", "junit_family=xunit1", *session.posargs]
         coverage = ["coverage", "run", "--parallel-mode", "--rcfile", str(ROOT / "pyproject.toml")]
         session.run(*coverage, "-m", "pytest", *pytest_args, env=env)

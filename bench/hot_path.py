@@ -49,8 +49,12 @@ def bench_tracelet(backend: str, calls: int, tmp: Path) -> dict[str, float]:
         options = {"tracking_uri": f"sqlite:///{tmp / 'tracelet-mlflow.db'}"}
     elif backend == "local":
         options = {"root": str(tmp / "local")}
-    exp = tracelet.start_logging(exp_name="hot-path", project="bench", backend=backend,
-                                 backend_options={backend: options} if options else None)
+    exp = tracelet.start_logging(
+        exp_name="hot-path",
+        project="bench",
+        backend=backend,
+        backend_options={backend: options} if options else None,
+    )
     results = {"float_us": per_call_median(lambda i: exp.log_metric("loss", 0.5, i), calls) * 1e6}
     exp.flush(600)
     if importlib.util.find_spec("torch"):
@@ -91,8 +95,13 @@ def bench_clearml(tmp: Path, seconds: float) -> float:
     from clearml import Task
 
     Task.set_offline(True)
-    task = Task.init(project_name="bench", task_name="native", auto_connect_frameworks=False,
-                     auto_resource_monitoring=False, reuse_last_task_id=False)
+    task = Task.init(
+        project_name="bench",
+        task_name="native",
+        auto_connect_frameworks=False,
+        auto_resource_monitoring=False,
+        reuse_last_task_id=False,
+    )
     logger = task.get_logger()
     try:
         return _timed_calls(lambda i: logger.report_scalar("loss", "loss", 0.5, iteration=i), seconds)
@@ -116,7 +125,9 @@ def _timed_calls(call: Callable[[int], Any], seconds: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=100_000)
-    parser.add_argument("--backend", default=None, help="backend attached to tracelet (default: mlflow, else local)")
+    parser.add_argument(
+        "--backend", default=None, help="backend attached to tracelet (default: mlflow, else local)"
+    )
     parser.add_argument("--native-seconds", type=float, default=5.0)
     parser.add_argument("--json", type=Path, default=Path("bench/results/hot_path.json"))
     args = parser.parse_args(argv)
@@ -130,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRACELET_SPOOL_DIR"] = str(tmp / "spool")
         ours = bench_tracelet(backend, args.calls, tmp)
         natives: dict[str, float] = {}
-        for name, fn in (("mlflow.log_metric", bench_mlflow), ("wandb run.log", bench_wandb),
-                         ("clearml report_scalar", bench_clearml)):
+        for name, fn in (
+            ("mlflow.log_metric", bench_mlflow),
+            ("wandb run.log", bench_wandb),
+            ("clearml report_scalar", bench_clearml),
+        ):
             if importlib.util.find_spec(name.split(".")[0].split()[0]):
                 natives[name] = fn(tmp, args.native_seconds) * 1e6
     lines = [
@@ -139,15 +153,30 @@ def main(argv: list[str] | None = None) -> int:
         f"  log_metric(float)       {ours['float_us']:8.3f} µs/call   target <= {TARGETS['float_us']} µs",
     ]
     if "tensor_us" in ours:
-        lines.append(f"  log_metric(0-dim tensor){ours['tensor_us']:8.3f} µs/call   target <= {TARGETS['tensor_us']} µs")
+        lines.append(
+            f"  log_metric(0-dim tensor){ours['tensor_us']:8.3f} µs/call   "
+            f"target <= {TARGETS['tensor_us']} µs"
+        )
     for name, us in natives.items():
         ratio = us / ours["float_us"]
-        lines.append(f"  native {name:<24} {us:10.1f} µs/call   tracelet is {ratio:,.0f}x faster (target >= 50x)")
+        lines.append(
+            f"  native {name:<24} {us:10.1f} µs/call   tracelet is {ratio:,.0f}x faster (target >= 50x)"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"backend": backend, "calls": args.calls, "tracelet_us": ours,
-                                     "native_us": natives, "targets": TARGETS,
-                                     "python": platform.python_version()}, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "backend": backend,
+                "calls": args.calls,
+                "tracelet_us": ours,
+                "native_us": natives,
+                "targets": TARGETS,
+                "python": platform.python_version(),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

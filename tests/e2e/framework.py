@@ -252,7 +252,9 @@ class MLflowServer:
 
     def group_alive(self) -> bool:
         """True while any process of the server's group still runs (zombies awaiting reaping don't count)."""
-        listing = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
+        listing = subprocess.run(
+            ["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True
+        ).stdout
         for line in listing.splitlines():
             pgid, _, stat = line.strip().partition(" ")
             if pgid == str(self.process.pid) and not stat.strip().startswith("Z"):
