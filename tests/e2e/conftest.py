@@ -106,6 +106,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """After every deselection (ours, ``-k``, ``-m``): the expected skip of each selected test."""
     expected: dict[str, str | None] = {}
     for item in session.items:
+        environment = _param(item, "environment")
+        if environment is not None:  # labels for the summary, on skipped tests too
+            name = getattr(item, "originalname", item.name)
+            workflow = _param(item, "workflow") or name.removeprefix("test_")
+            item.user_properties += [("workflow", workflow), ("backend", environment)]
         requires, platforms = _markers(item)
         reason = expected_skip(requires, platforms, declared(), sys.platform)
         expected[item.nodeid] = reason

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,25 +17,25 @@ pytestmark = pytest.mark.e2e_advanced
 @pytest.mark.parametrize("workflow", [workflow("vision")])
 @pytest.mark.parametrize("environment", environments())
 def test_computer_vision_workflow(
-    workflow: str, environment: str, isolated_env: Path, record_property: Any
+    workflow: str, environment: str, isolated_env: Path
 ) -> None:
-    results = run_and_verify(workflow, environment, record_property)
+    results = run_and_verify(workflow, environment)
     assert {(n, s) for n, s, _, _ in results["expected"].images} == {("samples/input", e) for e in range(3)}
 
 
 @pytest.mark.parametrize("workflow", [workflow("time_series")])
 @pytest.mark.parametrize("environment", environments())
 def test_time_series_workflow(
-    workflow: str, environment: str, isolated_env: Path, record_property: Any
+    workflow: str, environment: str, isolated_env: Path
 ) -> None:
-    run_and_verify(workflow, environment, record_property)
+    run_and_verify(workflow, environment)
 
 
 @pytest.mark.e2e_comprehensive
 @pytest.mark.slow
 @pytest.mark.requires("torch")
 def test_comprehensive_run_on_every_installed_backend(
-    install_set: frozenset[str], isolated_env: Path, record_property: Any
+    install_set: frozenset[str], isolated_env: Path
 ) -> None:
     """``run_comprehensive_test`` over the workflows and environments this session installed."""
     envs = [
@@ -45,8 +44,6 @@ def test_comprehensive_run_on_every_installed_backend(
         if set(cls.requires) <= install_set and (n != "mlflow_server" or sys.platform in POSIX)
     ]
     flows = [n for n, f in e2e_framework.workflows.items() if set(f().requires) <= install_set]
-    record_property("workflow", ",".join(flows))
-    record_property("backend", ",".join(envs))
     results = e2e_framework.run_comprehensive_test(workflows=flows, backends=envs)
     failures = {
         (wf, env): r.get("error")

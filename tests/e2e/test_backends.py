@@ -29,10 +29,8 @@ def _start(config: dict[str, Any], name: str) -> tracelet.Experiment:
 
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
-def test_experiment_lifecycle(environment: str, isolated_env: Path, record_property: Any) -> None:
+def test_experiment_lifecycle(environment: str, isolated_env: Path) -> None:
     """Create a run, finish it, check statuses and run ids; delete it where the store has an API for it."""
-    record_property("backend", environment)
-    record_property("workflow", "lifecycle")
     with e2e_framework.backend_environment(environment, project="lifecycle") as config:
         env = config["environment_object"]
         exp = _start(config, "first")
@@ -68,10 +66,8 @@ def test_experiment_lifecycle(environment: str, isolated_env: Path, record_prope
 @pytest.mark.e2e_performance
 @pytest.mark.slow
 @pytest.mark.parametrize("environment", environments())
-def test_100k_points(environment: str, isolated_env: Path, record_property: Any) -> None:
+def test_100k_points(environment: str, isolated_env: Path) -> None:
     """100,000 points (two keys, one with steps going backwards) all land, in order, exactly."""
-    record_property("backend", environment)
-    record_property("workflow", "100k_points")
     with e2e_framework.backend_environment(environment, project="scale") as config:
         expected = Expected(project="scale", run_name="100k")
         exp = _start(config, "100k")
@@ -89,13 +85,11 @@ def test_100k_points(environment: str, isolated_env: Path, record_property: Any)
 @pytest.mark.requires("torch")
 @pytest.mark.parametrize("environment", environments())
 def test_tensor_values_are_taken_at_call_time(
-    environment: str, isolated_env: Path, record_property: Any
+    environment: str, isolated_env: Path
 ) -> None:
     """Log ``t``, then ``t.add_(1)``: the old value lands."""
     import torch
 
-    record_property("backend", environment)
-    record_property("workflow", "tensor_values")
     with e2e_framework.backend_environment(environment, project="tensors") as config:
         exp = _start(config, "tensors")
         t = torch.tensor(1.5)
@@ -297,3 +291,33 @@ def test_doctor_reports_exactly_the_install_set(install_set: frozenset[str]) -> 
         n for n, v in {**report["backends"], **report["integrations"]}.items() if v and v != "built-in"
     }
     assert installed & {"mlflow", "wandb", "clearml", "torch", "lightning", "torchvision"} == set(install_set)
+
+
+EXIT_SCRIPT = """
+import json, sys, tracelet
+options = json.loads(sys.argv[1])
+exp = tracelet.start_logging(exp_name="forgotten", project="exit", backend=options["backend"],
+                             backend_options=options["backend_options"])
+for i in range(2000):
+    exp.log_metric("loss", 1.0 / (i + 1), i)
+print("RUNS", json.dumps(exp.runs), flush=True)
+# no stop_logging(): tracelet's exit hook must flush before the backend's own hooks close the run
+"""
+
+
+@pytest.mark.e2e_advanced
+@pytest.mark.parametrize("environment", environments())
+def test_forgotten_stop_is_flushed_before_the_backend_exits(
+    environment: str, isolated_env: Path
+) -> None:
+    with e2e_framework.backend_environment(environment, project="exit") as config:
+        argument = json.dumps({"backend": config["backend"], "backend_options": config["backend_options"]})
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_SCRIPT, argument], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        line = next(x for x in done.stdout.splitlines() if x.startswith("RUNS "))  # stores print too
+        run_id = json.loads(line.removeprefix("RUNS "))[config["backend"]]
+        record = config["read"](run_id)
+        assert record.metrics["loss"] == [(i, 1.0 / (i + 1)) for i in range(2000)]
+        assert record.status == "finished"

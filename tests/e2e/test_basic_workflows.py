@@ -13,9 +13,7 @@ from tests.e2e.params import environments, workflow
 pytestmark = pytest.mark.e2e_basic
 
 
-def run_and_verify(workflow_name: str, environment: str, record_property: Any) -> dict[str, Any]:
-    record_property("workflow", workflow_name)
-    record_property("backend", environment)
+def run_and_verify(workflow_name: str, environment: str) -> dict[str, Any]:
     with e2e_framework.backend_environment(environment) as config:
         wf = e2e_framework.workflows[workflow_name]()
         results = wf.run(config)
@@ -32,8 +30,8 @@ def run_and_verify(workflow_name: str, environment: str, record_property: Any) -
 
 @pytest.mark.parametrize("workflow", [workflow("simple_pytorch")])
 @pytest.mark.parametrize("environment", environments())
-def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path, record_property: Any) -> None:
-    results = run_and_verify(workflow, environment, record_property)
+def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
+    results = run_and_verify(workflow, environment)
     assert results["epochs_completed"] == 10
     # the checkpoint logged at epoch 5 is the epoch-5 bytes, not the file overwritten later
     assert "checkpoints/model.pt" in results["expected"].artifacts
@@ -42,9 +40,9 @@ def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path, r
 @pytest.mark.parametrize("workflow", [workflow("lightning")])
 @pytest.mark.parametrize("environment", environments())
 def test_lightning_workflow(
-    workflow: str, environment: str, isolated_env: Path, record_property: Any
+    workflow: str, environment: str, isolated_env: Path
 ) -> None:
-    results = run_and_verify(workflow, environment, record_property)
+    results = run_and_verify(workflow, environment)
     expected = results["expected"]
     assert expected.params["lr"] == "0.05"
     assert expected.params["hidden"] == "8"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tracelet
 from tests.unit.fakes import MemoryBackend
-from tracelet.events import Artifact, Metric, Params, Tags
+from tracelet.events import Artifact, Image, Metric, Params, Tags
 from tracelet.testing import read_run
 
 
@@ -249,3 +250,22 @@ def test_non_zero_rank_does_not_log(monkeypatch: pytest.MonkeyPatch) -> None:
     assert exp.runs == {}
     assert MemoryBackend.instances == []
     assert tracelet.get_active_experiment() is None
+
+
+def test_figure_like_objects_are_rendered_with_savefig() -> None:
+    """A matplotlib figure is anything with ``savefig`` and ``canvas``; its PNG is used as is."""
+    np = pytest.importorskip("numpy")
+    from tracelet.images import encode_png
+
+    class Figure:
+        canvas = object()
+
+        def savefig(self, buffer: Any, format: str) -> None:
+            assert format == "png"
+            buffer.write(encode_png(np.zeros((3, 9, 4), dtype=np.uint8)))
+
+    exp, backend = memory_run()
+    exp.log_image("plot", Figure(), 7)
+    tracelet.stop_logging()
+    images = [e for e in backend.events if isinstance(e, Image)]
+    assert [(i.name, i.step, i.width, i.height) for i in images] == [("plot", 7, 9, 3)]
