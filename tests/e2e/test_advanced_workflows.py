@@ -16,18 +16,14 @@ pytestmark = pytest.mark.e2e_advanced
 
 @pytest.mark.parametrize("workflow", [workflow("vision")])
 @pytest.mark.parametrize("environment", environments())
-def test_computer_vision_workflow(
-    workflow: str, environment: str, isolated_env: Path
-) -> None:
+def test_computer_vision_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
     assert {(n, s) for n, s, _, _ in results["expected"].images} == {("samples/input", e) for e in range(3)}
 
 
 @pytest.mark.parametrize("workflow", [workflow("time_series")])
 @pytest.mark.parametrize("environment", environments())
-def test_time_series_workflow(
-    workflow: str, environment: str, isolated_env: Path
-) -> None:
+def test_time_series_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     run_and_verify(workflow, environment)
 
 

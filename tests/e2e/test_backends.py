@@ -84,9 +84,7 @@ def test_100k_points(environment: str, isolated_env: Path) -> None:
 @pytest.mark.e2e_basic
 @pytest.mark.requires("torch")
 @pytest.mark.parametrize("environment", environments())
-def test_tensor_values_are_taken_at_call_time(
-    environment: str, isolated_env: Path
-) -> None:
+def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Path) -> None:
     """Log ``t``, then ``t.add_(1)``: the old value lands."""
     import torch
 
@@ -307,9 +305,7 @@ print("RUNS", json.dumps(exp.runs), flush=True)
 
 @pytest.mark.e2e_advanced
 @pytest.mark.parametrize("environment", environments())
-def test_forgotten_stop_is_flushed_before_the_backend_exits(
-    environment: str, isolated_env: Path
-) -> None:
+def test_forgotten_stop_is_flushed_before_the_backend_exits(environment: str, isolated_env: Path) -> None:
     with e2e_framework.backend_environment(environment, project="exit") as config:
         argument = json.dumps({"backend": config["backend"], "backend_options": config["backend_options"]})
         done = subprocess.run(

@@ -39,9 +39,7 @@ def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path) -
 
 @pytest.mark.parametrize("workflow", [workflow("lightning")])
 @pytest.mark.parametrize("environment", environments())
-def test_lightning_workflow(
-    workflow: str, environment: str, isolated_env: Path
-) -> None:
+def test_lightning_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
     expected = results["expected"]
     assert expected.params["lr"] == "0.05"
