@@ -288,14 +288,14 @@ class Experiment:
         }
         self.status = status
         self._report = DeliveryReport(status=status, backends=reports)
-        if self._disabled:
-            pass
-        elif self._report.ok:
+        api._forget(self)
+        if self._disabled:  # a forked child or a non-zero rank: the spool belongs to another process
+            return self._report
+        if self._report.ok:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             log.info("tracelet: run %r delivered\n%s", self.name, self._report.format())
         else:
             log.warning("tracelet: run %r did not deliver everything\n%s", self.name, self._report.format())
-        api._forget(self)
         if self.settings.strict and not self._report.ok:
             raise DeliveryError(self._report)
         return self._report

@@ -407,6 +407,26 @@ class TrainingWorkflow(ABC):
             backend_options=backend_config.get("backend_options"),
         )
 
+    def results(
+        self,
+        backend_config: dict[str, Any],
+        exp: tracelet.Experiment,
+        expected: Expected,
+        report: tracelet.DeliveryReport,
+        initial_loss: float,
+        final_loss: float,
+        epochs: int,
+    ) -> dict[str, Any]:
+        """What ``run`` returns: the record to compare, the run id, the report and the training outcome."""
+        return {
+            "expected": expected,
+            "run_id": exp.runs[backend_config["backend"]],
+            "report": report,
+            "initial_loss": initial_loss,
+            "final_loss": final_loss,
+            "epochs_completed": epochs,
+        }
+
     def new_expected(self, backend_config: dict[str, Any]) -> Expected:
         return Expected(project=backend_config["project"], run_name=f"{self.name}-{uuid.uuid4().hex[:8]}")
 
@@ -474,14 +494,7 @@ class SimplePyTorchWorkflow(TrainingWorkflow):
         expected.artifact(exp, workdir / "summary.txt")
         report = tracelet.stop_logging()
         shutil.rmtree(workdir, ignore_errors=True)
-        return {
-            "expected": expected,
-            "run_id": exp.runs[backend_config["backend"]],
-            "report": report,
-            "initial_loss": losses[0],
-            "final_loss": losses[-1],
-            "epochs_completed": cfg["epochs"],
-        }
+        return self.results(backend_config, exp, expected, report, losses[0], losses[-1], cfg["epochs"])
 
 
 class LightningWorkflow(TrainingWorkflow):
@@ -569,14 +582,9 @@ class LightningWorkflow(TrainingWorkflow):
         trainer.fit(model, train, val)
         exp = logger.experiment
         report = exp.stop()  # finalize() already stopped it; stop() returns the same report
-        return {
-            "expected": expected,
-            "run_id": exp.runs[backend_config["backend"]],
-            "report": report,
-            "initial_loss": model.losses[0],
-            "final_loss": model.losses[-1],
-            "epochs_completed": trainer.current_epoch,
-        }
+        return self.results(
+            backend_config, exp, expected, report, model.losses[0], model.losses[-1], trainer.current_epoch
+        )
 
 
 class VisionWorkflow(TrainingWorkflow):
@@ -627,14 +635,7 @@ class VisionWorkflow(TrainingWorkflow):
                 step += 1
             expected.image(exp, "samples/input", images[0], epoch)  # a C×H×W float tensor
         report = tracelet.stop_logging()
-        return {
-            "expected": expected,
-            "run_id": exp.runs[backend_config["backend"]],
-            "report": report,
-            "initial_loss": losses[0],
-            "final_loss": min(losses[-6:]),
-            "epochs_completed": cfg["epochs"],
-        }
+        return self.results(backend_config, exp, expected, report, losses[0], min(losses[-6:]), cfg["epochs"])
 
 
 class TimeSeriesWorkflow(TrainingWorkflow):
@@ -688,14 +689,7 @@ class TimeSeriesWorkflow(TrainingWorkflow):
                     exp, "val/loss", nn.functional.mse_loss(model(xs[split:]), ys[split:]).item(), epoch
                 )
         report = tracelet.stop_logging()
-        return {
-            "expected": expected,
-            "run_id": exp.runs[backend_config["backend"]],
-            "report": report,
-            "initial_loss": losses[0],
-            "final_loss": losses[-1],
-            "epochs_completed": cfg["epochs"],
-        }
+        return self.results(backend_config, exp, expected, report, losses[0], losses[-1], cfg["epochs"])
 
 
 # -- the framework object ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 import tracelet
 from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
-from tests.e2e.params import environments
+from tests.e2e.params import BACKEND_ENVIRONMENTS, environments
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml"}
 
@@ -134,6 +134,38 @@ def test_all_three_backends_at_once(isolated_env: Path, tmp_path: Path) -> None:
     finally:
         for env in envs:
             env.teardown()
+
+
+@pytest.mark.e2e_comprehensive
+@pytest.mark.parametrize("environment", environments(BACKEND_ENVIRONMENTS))
+def test_fan_out_to_a_backend_and_local(environment: str, isolated_env: Path, tmp_path: Path) -> None:
+    """One run, two stores (this session's backend and ``local``): both hold everything, independently."""
+    with e2e_framework.backend_environment(environment, project="fanout") as config:
+        local = e2e_framework.environments["local"]()
+        local.setup()
+        try:
+            expected = Expected(project="fanout", run_name="two-stores")
+            exp = tracelet.start_logging(
+                exp_name="two-stores",
+                project="fanout",
+                backend=[config["backend"], "local"],
+                backend_options=config["backend_options"],
+            )
+            expected.params_(exp, {"lr": 0.01, "model": {"depth": 4}})
+            expected.tags_(exp, {"team": "vision"})
+            for i in range(1000):
+                expected.metric(exp, "train/loss", 1 / (i + 1), i)
+                expected.metric(exp, "acc", i / 1000, i)
+            artifact = tmp_path / "weights.bin"
+            artifact.write_bytes(bytes(range(256)) * 64)
+            expected.artifact(exp, artifact, "model")
+            report = tracelet.stop_logging()
+            assert report.ok, report.format()
+            assert set(report.backends) == {config["backend"], "local"}
+            assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
+            assert_run_matches(expected, local.read(exp.runs["local"]))  # type: ignore[arg-type]
+        finally:
+            local.teardown()
 
 
 @pytest.mark.e2e_advanced
