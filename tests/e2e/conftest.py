@@ -141,7 +141,10 @@ def _write_audit(data: dict[str, object]) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.e2e.framework import e2e_framework
 
-    e2e_framework.shutdown()
+    survivors = e2e_framework.shutdown()
+    if survivors:
+        sys.stderr.write("\n".join(survivors) + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if session.config.option.collectonly or "expected" not in _STATE:
         return
     expected = _STATE["expected"]

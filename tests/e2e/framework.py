@@ -277,13 +277,18 @@ class MLflowServerEnvironment(MLflowEnvironment):
         return cls.server
 
     @classmethod
-    def stop_server(cls) -> None:
+    def stop_server(cls) -> list[str]:
+        """Stop the shared server; returns problems (a process that survived) for the session to report."""
+        problems = []
         if cls.server is not None:
             cls.server.stop()
+            if cls.server.group_alive():
+                problems.append(f"mlflow server process group {cls.server.process.pid} survived its stop")
             cls.server = None
         if cls._server_root is not None:
             shutil.rmtree(cls._server_root, ignore_errors=True)
             cls._server_root = None
+        return problems
 
     @property
     def tracking_uri(self) -> str:
@@ -750,9 +755,9 @@ class E2EFramework:
                     results.setdefault(workflow, {})[backend] = self.run_workflow(workflow, config)
         return results
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> list[str]:
         """Stop shared resources (the MLflow server); called at the end of the pytest session."""
-        MLflowServerEnvironment.stop_server()
+        return MLflowServerEnvironment.stop_server()
 
 
 e2e_framework = E2EFramework()

@@ -214,7 +214,7 @@ def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.
             tracelet.stop_logging()
 
 
-def _read_eventually(config: dict[str, Any], run_id: str, timeout: float = 20.0) -> Any:
+def _read_eventually(config: dict[str, Any], run_id: str, timeout: float = 90.0) -> Any:
     """Read a run that is still open; W&B writes its offline log lazily, so give it time."""
     deadline = time.monotonic() + timeout
     while True:
