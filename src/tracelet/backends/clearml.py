@@ -82,6 +82,10 @@ _FRAMEWORKS_OFF: dict[str, bool] = {
 #: tracelet status -> ClearML task status (``Task.TaskStatusEnum`` values).
 STATUS_TO_CLEARML: dict[str, str] = {FINISHED: "completed", FAILED: "failed", KILLED: "stopped"}
 
+#: ClearML marks the process that created a task in these variables; a child process that
+#: inherits them gets a stub instead of a task (ClearML's own job runner pops them too).
+_MASTER_ENV_VARS = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
+
 _TRUE_STRINGS = frozenset({"1", "true", "yes", "y", "on", "t"})
 _OFFLINE_ENV_VARS = ("CLEARML_OFFLINE_MODE", "TRAINS_OFFLINE_MODE")
 
@@ -200,6 +204,7 @@ class ClearMLBackend(Backend):
         self._restore_report_subprocess: Callable[[], None] | None = None
         self._staging: Path | None = None
         self._staged = 0
+        self._saved_master_env: dict[str, str | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -216,6 +221,8 @@ class ClearMLBackend(Backend):
             )
         self._apply_offline_mode(Task)
         self._restore_report_subprocess = disable_report_subprocess(Task)
+        # A task tracelet opens is this process's own, even when a parent process ran ClearML.
+        self._saved_master_env = {name: os.environ.pop(name, None) for name in _MASTER_ENV_VARS}
         labels = [tag_to_label(k, v) for k, v in info.system_tags.items()]
         try:
             task: Any = Task.init(
@@ -235,6 +242,9 @@ class ClearMLBackend(Backend):
         except BaseException:
             self._restore_settings()
             raise
+        if not isinstance(task.id, str):
+            self._restore_settings()
+            raise RuntimeError(f"ClearML returned no real task (got {type(task).__name__})")
         self._task = task
         release_process_hooks(Task)
         self._staging = Path(tempfile.mkdtemp(prefix="tracelet-clearml-"))
@@ -374,6 +384,12 @@ class ClearMLBackend(Backend):
                 self._staging = None
 
     def _restore_settings(self) -> None:
+        for name, value in self._saved_master_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_master_env = {}
         if self._restore_report_subprocess is not None:
             self._restore_report_subprocess()
             self._restore_report_subprocess = None
