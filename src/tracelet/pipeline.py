@@ -76,7 +76,6 @@ class BackendWriter:
         self._stopping = False
         self._abandoned = False
         self._final_status: str | None = None
-        self.finished = False
         self._dead = start_error is not None
         if start_error is not None:
             self._record_error(f"start failed: {start_error!r}")
@@ -266,7 +265,6 @@ class BackendWriter:
         if not self._dead:
             try:
                 self.backend.finish(status)
-                self.finished = True
             except Exception as exc:
                 self._record_error(f"finish failed: {exc!r}")
                 log.warning("tracelet: %s failed to close its run: %r", self.backend.name, exc)

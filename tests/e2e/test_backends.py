@@ -104,30 +104,37 @@ def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Pa
         assert record.metrics["grad"] == [(0, 4.0)]
 
 
+def _log_one_run_to(
+    backends: list[str], options: dict[str, Any], run_name: str, tmp_path: Path
+) -> tuple[Expected, tracelet.Experiment, tracelet.DeliveryReport]:
+    """Params (nested), 1000 points of two metrics, a tag and an artifact, to several stores at once."""
+    expected = Expected(project="fanout", run_name=run_name)
+    exp = tracelet.start_logging(
+        exp_name=run_name, project="fanout", backend=backends, backend_options=options
+    )
+    expected.params_(exp, {"lr": 0.01, "model": {"depth": 4, "act": "relu"}})
+    expected.tags_(exp, {"team": "vision"})
+    for i in range(1000):
+        expected.metric(exp, "train/loss", 1 / (i + 1), i)
+        expected.metric(exp, "acc", i / 1000, i)
+    artifact = tmp_path / "weights.bin"
+    artifact.write_bytes(bytes(range(256)) * 64)
+    expected.artifact(exp, artifact, "model")
+    return expected, exp, tracelet.stop_logging()
+
+
 @pytest.mark.e2e_comprehensive
 @pytest.mark.requires("mlflow", "wandb", "clearml")
 def test_all_three_backends_at_once(isolated_env: Path, tmp_path: Path) -> None:
-    """Params (nested), 1000 points of two metrics, a tag and an artifact, to mlflow + wandb + clearml."""
+    """The same run lands whole in mlflow, wandb and clearml."""
     envs = [e2e_framework.environments[n]() for n in ("mlflow", "wandb", "clearml")]
     for env in envs:
         env.setup()
     try:
-        expected = Expected(project="fanout", run_name="all-three")
-        exp = tracelet.start_logging(
-            exp_name="all-three",
-            project="fanout",
-            backend=["mlflow", "wandb", "clearml"],
-            backend_options={e.backend: e.options() for e in envs},
+        options = {e.backend: e.options() for e in envs}
+        expected, exp, report = _log_one_run_to(
+            ["mlflow", "wandb", "clearml"], options, "all-three", tmp_path
         )
-        expected.params_(exp, {"lr": 0.01, "model": {"depth": 4, "act": "relu"}})
-        expected.tags_(exp, {"team": "vision"})
-        for i in range(1000):
-            expected.metric(exp, "train/loss", 1 / (i + 1), i)
-            expected.metric(exp, "acc", i / 1000, i)
-        artifact = tmp_path / "weights.bin"
-        artifact.write_bytes(bytes(range(256)) * 64)
-        expected.artifact(exp, artifact, "model")
-        report = tracelet.stop_logging()
         assert report.ok, report.format()
         for env in envs:
             assert_run_matches(expected, env.read(exp.runs[env.backend]))  # type: ignore[arg-type]
@@ -144,22 +151,10 @@ def test_fan_out_to_a_backend_and_local(environment: str, isolated_env: Path, tm
         local = e2e_framework.environments["local"]()
         local.setup()
         try:
-            expected = Expected(project="fanout", run_name="two-stores")
-            exp = tracelet.start_logging(
-                exp_name="two-stores",
-                project="fanout",
-                backend=[config["backend"], "local"],
-                backend_options=config["backend_options"],
+            backends = [config["backend"], "local"]
+            expected, exp, report = _log_one_run_to(
+                backends, config["backend_options"], "two-stores", tmp_path
             )
-            expected.params_(exp, {"lr": 0.01, "model": {"depth": 4}})
-            expected.tags_(exp, {"team": "vision"})
-            for i in range(1000):
-                expected.metric(exp, "train/loss", 1 / (i + 1), i)
-                expected.metric(exp, "acc", i / 1000, i)
-            artifact = tmp_path / "weights.bin"
-            artifact.write_bytes(bytes(range(256)) * 64)
-            expected.artifact(exp, artifact, "model")
-            report = tracelet.stop_logging()
             assert report.ok, report.format()
             assert set(report.backends) == {config["backend"], "local"}
             assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
