@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -12,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from tracelet.backends.base import KILLED
 from tracelet.backends.registry import get_backend_class
 from tracelet.config import resolve
 from tracelet.errors import ExperimentActiveError
@@ -68,12 +68,15 @@ def start_logging(
         )
         if _rank() != 0:
             log.info("tracelet: rank %d does not log (only rank 0 does)", _rank())
-            return Experiment(settings, [], enabled=False)
+            return Experiment(settings, enabled=False)
+        if multiprocessing.parent_process() is not None:
+            log.info("tracelet: a process started by multiprocessing does not log (its parent does)")
+            return Experiment(settings, enabled=False)
         classes = [get_backend_class(name) for name in settings.backends]
         for cls in classes:
             cls.ensure_installed()
-        backends = [cls(settings.backend_options.get(cls.name)) for cls in classes]
-        experiment = Experiment(settings, backends)
+            cls(settings.backend_options.get(cls.name))  # checks the option keys here, on the caller's thread
+        experiment = Experiment(settings, on_close=_forget)
         try:
             if config:
                 experiment.log_params(config)
@@ -129,9 +132,7 @@ def _handle_signal(signum: int, frame: FrameType | None) -> None:
     """Mark the run killed, wake the writers, and pass the signal on. Never flushes here."""
     experiment = _active
     if experiment is not None:
-        experiment._signal_status = KILLED
-        for writer in experiment._writers:
-            writer.wake()
+        experiment.mark_killed()
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
@@ -166,9 +167,7 @@ def _after_fork_in_child() -> None:
     global _active
     experiment = _active
     if experiment is not None:
-        experiment._inactive = True
-        experiment._disabled = True
-        experiment._writers = []
+        experiment.detach()
     _active = None
 
 

@@ -11,6 +11,9 @@ TRACELET_STRICT             ``1``: ``stop_logging`` raises unless all landed ``0
 TRACELET_HANDLE_SIGNALS     ``0``: do not install SIGTERM/SIGINT handlers    ``1``
 TRACELET_FLUSH_TIMEOUT      seconds ``stop_logging`` waits for delivery      ``60``
 TRACELET_SPOOL_DIR          where overflow and leftovers are spooled         user cache
+TRACELET_DELIVERY           ``agent``: a delivery process; ``thread``: here  ``agent``
+TRACELET_AGENT_TIMEOUT      seconds ``start_logging`` waits for the agent    ``120``
+TRACELET_AGENT_DRAIN        seconds the agent delivers after trainer death   ``30``
 ==========================  ==============================================  ============
 
 The default backend is ``local`` (a JSONL directory, ``./tracelet-runs``): it needs
@@ -30,6 +33,10 @@ from typing import Any
 DEFAULT_BACKEND = "local"
 DEFAULT_PROJECT = "default"
 DEFAULT_FLUSH_TIMEOUT = 60.0
+#: Long enough for a cold ``mlflow server`` (its first sqlite migration) and a first wandb-core start.
+DEFAULT_AGENT_TIMEOUT = 120.0
+DEFAULT_AGENT_DRAIN = 30.0
+DELIVERY_MODES = ("agent", "thread")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -78,6 +85,21 @@ class Settings:
     handle_signals: bool
     flush_timeout: float
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``agent`` (a delivery process, the default) or ``thread`` (writer threads in this process)
+    delivery: str = "agent"
+    agent_timeout: float = DEFAULT_AGENT_TIMEOUT
+    agent_drain: float = DEFAULT_AGENT_DRAIN
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value
 
 
 def resolve(
@@ -108,11 +130,10 @@ def resolve(
     level = os.environ.get("TRACELET_LOG_LEVEL")
     if level:
         logging.getLogger("tracelet").setLevel(level.upper())
-    raw_timeout = os.environ.get("TRACELET_FLUSH_TIMEOUT")
-    try:
-        flush_timeout = float(raw_timeout) if raw_timeout else DEFAULT_FLUSH_TIMEOUT
-    except ValueError:
-        raise ValueError(f"TRACELET_FLUSH_TIMEOUT={raw_timeout!r} is not a number of seconds") from None
+    flush_timeout = _seconds("TRACELET_FLUSH_TIMEOUT", DEFAULT_FLUSH_TIMEOUT)
+    delivery = (os.environ.get("TRACELET_DELIVERY") or "agent").strip().lower()
+    if delivery not in DELIVERY_MODES:
+        raise ValueError(f"TRACELET_DELIVERY={delivery!r} is not one of {DELIVERY_MODES}")
     return Settings(
         backends=names,
         project=project,
@@ -121,4 +142,7 @@ def resolve(
         handle_signals=env_flag("TRACELET_HANDLE_SIGNALS", True),
         flush_timeout=flush_timeout,
         backend_options=options,
+        delivery=delivery,
+        agent_timeout=_seconds("TRACELET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT),
+        agent_drain=_seconds("TRACELET_AGENT_DRAIN", DEFAULT_AGENT_DRAIN),
     )

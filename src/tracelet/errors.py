@@ -44,3 +44,16 @@ class DeliveryError(TraceletError):
     def __init__(self, report: DeliveryReport) -> None:
         self.report = report
         super().__init__(f"tracelet strict mode: not everything was delivered\n{report.format()}")
+
+
+class AgentStartError(TraceletError):
+    """The delivery agent could not start or open the runs; the message ends with its stderr."""
+
+    def __init__(self, why: str, exit_code: int | None, stderr_tail: str) -> None:
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        message = f"tracelet: {why}"
+        if stderr_tail:
+            message += f"\n--- the agent's stderr (last lines) ---\n{stderr_tail}"
+        message += "\n(set TRACELET_DELIVERY=thread to deliver from this process instead)"
+        super().__init__(message)

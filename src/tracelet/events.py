@@ -88,6 +88,22 @@ def from_raw(raw: tuple[Any, ...]) -> Event:
     return cls(*raw[1:])  # type: ignore[no-any-return]
 
 
+def resolve_value(value: Any) -> float:
+    """A metric value as a float: accelerator tensors (copied at call time) are read here, off the caller."""
+    if type(value) is float:
+        return value
+    if not isinstance(value, (int, float)):
+        value = value.item()
+    return float(value)
+
+
+def to_raw(event: Event) -> tuple[Any, ...]:
+    """Inverse of :func:`from_raw`: the plain tuple the pipes and queues carry."""
+    if isinstance(event, Metric):
+        return ("metric", event.name, event.value, event.step, event.timestamp)
+    return (_KIND_OF[type(event)], *event.__dict__.values())
+
+
 def to_json(event: Event) -> dict[str, Any]:
     """Serialize an event to one JSON object (a spool or ``local`` line)."""
     data = dict(event.__dict__)

@@ -11,18 +11,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
+from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, RunInfo
 from tracelet.config import Settings
+from tracelet.delivery import Delivery, OpenRequest, open_delivery
 from tracelet.errors import DeliveryError, TraceletError
 from tracelet.images import png_size, to_png
-from tracelet.pipeline import BackendWriter
 from tracelet.report import DeliveryReport
-from tracelet.spool import Spool, spool_root
+from tracelet.spool import spool_root
 from tracelet.validation import check_name, check_step, coerce_value, flatten_params
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,18 @@ class Experiment:
     """One run, sent to one or several backends.
 
     Every ``log_*`` method validates on the caller's thread and raises there
-    (``ValueError``/``TypeError`` naming the argument); delivery happens on each
-    backend's writer thread. Use :func:`tracelet.start_logging` to create one.
+    (``ValueError``/``TypeError`` naming the argument); delivery happens behind one
+    seam (:mod:`tracelet.delivery`): in the delivery agent by default, or on writer
+    threads of this process. Use :func:`tracelet.start_logging` to create one.
     """
 
     def __init__(
         self,
         settings: Settings,
-        backends: list[Backend],
         *,
         enabled: bool = True,
-        maxsize: int | None = None,
-        batch_size: int | None = None,
+        on_close: Callable[[Experiment], None] | None = None,
+        writer_options: Mapping[str, int] | None = None,
     ) -> None:
         self.project = settings.project
         self.name = settings.run_name
@@ -62,8 +62,6 @@ class Experiment:
         self.status: str = "running"
         #: backend name -> its run id (``None`` for a backend whose run failed to open).
         self.runs: dict[str, str | None] = {}
-        self._backends = backends
-        self._writers: list[BackendWriter] = []
         self._params: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._image_steps: dict[str, int] = {}
@@ -72,50 +70,29 @@ class Experiment:
         self._report: DeliveryReport | None = None
         self._inactive = not enabled
         self._disabled = not enabled
+        self._on_close = on_close
         self._lock = threading.Lock()
         self._seq = 0
         key = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.spool_dir = spool_root() / key
+        self.spool_dir = (spool_root() / key).absolute()
         self._staging = self.spool_dir / "staging"
+        self._delivery: Delivery | None = None
+        self._send: Callable[[tuple[Any, ...]], None] = _drop
+        self._param_limit: tuple[int, str] | None = None
         if not enabled:
             return
-        info = RunInfo(self.project, self.name, _system_tags())
-        limits = []
-        for backend in backends:
-            error: BaseException | None = None
-            try:
-                self.runs[backend.name] = backend.start(info)
-            except Exception as exc:
-                error = exc
-                self.runs[backend.name] = None
-                log.warning("tracelet: %s could not open a run: %r", backend.name, exc)
-            limit = None
-            if error is None:
-                try:
-                    limit = backend.param_value_limit()
-                except Exception as exc:
-                    log.warning("tracelet: %s param limit unknown: %r", backend.name, exc)
-            if limit is not None:
-                limits.append((limit, backend.name))
-            meta = {
-                "backend": backend.name,
-                "run_id": backend.run_id,
-                "project": self.project,
-                "run_name": self.name,
-                "options": backend.spool_options(),
-            }
-            kwargs: dict[str, Any] = {}
-            if maxsize is not None:
-                kwargs["maxsize"] = maxsize
-            if batch_size is not None:
-                kwargs["batch_size"] = batch_size
-            writer = BackendWriter(
-                backend, Spool(self.spool_dir / backend.name, meta), start_error=error, **kwargs
-            )
-            self._writers.append(writer)
-        self._param_limit = min(limits) if limits else None
-        for writer in self._writers:
-            writer.start()
+        request = OpenRequest(
+            backends=[(name, dict(settings.backend_options.get(name, {}))) for name in settings.backends],
+            info=RunInfo(self.project, self.name, _system_tags()),
+            spool_dir=str(self.spool_dir),
+            writer_options=dict(writer_options or {}),
+        )
+        self._delivery = open_delivery(
+            request, settings.delivery, agent_timeout=settings.agent_timeout, agent_drain=settings.agent_drain
+        )
+        self.runs = dict(self._delivery.opened.runs)
+        self._param_limit = self._delivery.opened.param_limit
+        self._send = self._delivery.put
 
     # -- metrics ---------------------------------------------------------------------------
     def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
@@ -133,9 +110,7 @@ class Experiment:
         elif type(iteration) is not int or iteration < 0:
             iteration = check_step(iteration)
         self._last_step[name] = iteration
-        item = ("metric", name, value, iteration, time.time())
-        for writer in self._writers:
-            writer.put(item)
+        self._send(("metric", name, value, iteration, time.time()))
 
     def log_metrics(self, metrics: Mapping[str, Any], iteration: int | None = None) -> None:
         """Log several metrics at one step. All are validated before any is sent."""
@@ -252,8 +227,26 @@ class Experiment:
 
     # -- plumbing --------------------------------------------------------------------------
     def _put(self, item: tuple[Any, ...]) -> None:
-        for writer in self._writers:
-            writer.put(item)
+        self._send(item)
+
+    def wake(self) -> None:
+        """Ask delivery to send what is queued now (signal handlers use it)."""
+        if self._delivery is not None:
+            self._delivery.wake()
+
+    def mark_killed(self) -> None:
+        """A signal ends this run: it closes as ``killed`` (at exit or at the next stop)."""
+        self._signal_status = KILLED
+        self.wake()
+
+    def detach(self) -> None:
+        """In a forked child (a DataLoader worker): log nothing, touch none of the parent's delivery."""
+        self._inactive = True
+        self._disabled = True
+        self._send = _drop
+        if self._delivery is not None:
+            self._delivery.detach()
+            self._delivery = None
 
     def _check_active(self) -> None:
         if self._disabled:
@@ -266,13 +259,12 @@ class Experiment:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything logged so far has been delivered (or failed). False on timeout."""
-        deadline = time.monotonic() + (self.settings.flush_timeout if timeout is None else timeout)
-        return all(w.flush(max(0.0, deadline - time.monotonic())) for w in self._writers)
+        if self._delivery is None:
+            return True
+        return self._delivery.flush(self.settings.flush_timeout if timeout is None else timeout)
 
     def stop(self, status: str | None = None, flush_timeout: float | None = None) -> DeliveryReport:
         """Flush (bounded by ``flush_timeout``), close every run, and report what landed."""
-        from tracelet import api
-
         if self._report is not None:
             return self._report
         status = status or self._signal_status or FINISHED
@@ -280,15 +272,11 @@ class Experiment:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         self._inactive = True
         timeout = self.settings.flush_timeout if flush_timeout is None else flush_timeout
-        deadline = time.monotonic() + timeout
-        for writer in self._writers:
-            writer.begin_stop(status)
-        reports = {
-            w.backend.name: w.stop(status, max(0.0, deadline - time.monotonic())) for w in self._writers
-        }
+        reports = self._delivery.stop(status, timeout) if self._delivery is not None else {}
         self.status = status
         self._report = DeliveryReport(status=status, backends=reports)
-        api._forget(self)
+        if self._on_close is not None:
+            self._on_close(self)
         if self._disabled:  # a forked child or a non-zero rank: the spool belongs to another process
             return self._report
         if self._report.ok:
@@ -331,6 +319,10 @@ class Experiment:
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, project={self.project!r}, runs={self.runs!r})"
+
+
+def _drop(item: tuple[Any, ...]) -> None:
+    """Where events go when this experiment does not log (a forked child, a non-zero rank)."""
 
 
 def _clean_artifact_path(artifact_path: str | None) -> str:

@@ -21,6 +21,10 @@ class BackendReport:
     pending: int
     spool_path: str | None = None
     errors: tuple[str, ...] = field(default_factory=tuple)
+    #: write attempts retried after a transient store error (connection refused, 5xx, ...)
+    retries: int = 0
+    #: where the events the store refused are kept, with its reasons (``tracelet sync`` replays them)
+    dead_letter_path: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,8 +54,12 @@ class DeliveryReport:
                 f"  {r.backend:<10} sent={r.sent} delivered={r.delivered} failed={r.failed} "
                 f"pending={r.pending}"
             )
+            if r.retries:
+                line += f" retries={r.retries}"
             if r.spool_path:
                 line += f" spool={r.spool_path}"
+            if r.dead_letter_path:
+                line += f" dead-letter={r.dead_letter_path}"
             lines.append(line)
             lines.extend(f"    error: {e}" for e in r.errors)
         return "\n".join(lines)

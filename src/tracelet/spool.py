@@ -1,9 +1,16 @@
 """A durable JSONL spool per backend: the overflow of a full queue, and what a stop left undelivered.
 
-Layout of one backend's spool directory::
+Layout of one spool directory::
 
-    spool.json     backend name, options, run id, and how many lines were delivered
-    events.jsonl   one event per line (the ``local`` backend's format)
+    spool.json       backend name, options, run id, how many lines were delivered, replay order
+    events.jsonl     one event per line (the ``local`` backend's format)
+    deadletter.jsonl events the store refused, one per line with its ``reason``
+
+A run's spool directory (``<spool root>/<run key>/``) holds one such directory per
+backend for the writer (``<backend>/``), and, in agent mode, the trainer's own:
+``trainer/<backend>/`` (events the agent never acknowledged) and ``queue/`` (the
+trainer's overflow, for every backend; its ``spool.json`` lists them as ``targets``).
+``order`` in ``spool.json`` says which to replay first, so each key stays in order.
 
 The writer thread reads the spool from the committed offset on; ``tracelet sync``
 replays what is left into the same run, exactly once (a replayed spool is marked
@@ -26,6 +33,7 @@ log = logging.getLogger(__name__)
 ENV_SPOOL_DIR = "TRACELET_SPOOL_DIR"
 EVENTS = "events.jsonl"
 META = "spool.json"
+DEAD_LETTER = "deadletter.jsonl"
 
 
 def spool_root() -> Path:
@@ -52,10 +60,24 @@ class Spool:
         self._file: Any = None
         self._read_offset = 0  # bytes of events.jsonl already handed to the writer
         self.unread = 0  # lines written but not yet handed to the writer
+        self.dead_lettered = 0  # events written to the dead-letter file
 
     @property
     def events_path(self) -> Path:
         return self.directory / EVENTS
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.directory / DEAD_LETTER
+
+    def dead_letter(self, events: list[Event], reason: str) -> None:
+        """Keep events the store refused, with its reason, for a look and a ``tracelet sync``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / META).exists():
+            _write_meta(self.directory / META, self.meta)
+        with open(self.dead_letter_path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps({**to_json(e), "reason": reason}) + "\n" for e in events))
+        self.dead_lettered += len(events)
 
     def _open(self) -> Any:
         if self._file is None:
@@ -130,15 +152,42 @@ class Spool:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-        if remove_if_empty and self.unread == 0 and self.directory.exists():
+        if remove_if_empty and self.unread == 0 and not self.dead_lettered and self.directory.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def find_spools(path: Path) -> list[Path]:
-    """The backend spool directories at or below ``path`` (a run's spool dir holds one per backend)."""
+    """The spool directories at or below ``path``, in replay order (``order``, then path)."""
     if (path / META).is_file():
         return [path]
-    return sorted(p.parent for p in path.glob(f"*/{META}"))
+    found = [p.parent for p in path.rglob(META)]
+
+    def order(directory: Path) -> tuple[int, str]:
+        try:
+            return int(json.loads((directory / META).read_text()).get("order", 0)), str(directory)
+        except (OSError, ValueError):
+            return 0, str(directory)
+
+    return sorted(found, key=order)
+
+
+def _targets(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The backends a spool replays into: its own, or every target of a trainer's queue spool."""
+    if "targets" in meta:
+        return list(meta["targets"])
+    return [{"backend": meta["backend"], "run_id": meta["run_id"], "options": meta.get("options") or {}}]
+
+
+def _attach(target: dict[str, Any]) -> Any:
+    from tracelet.backends.registry import get_backend_class
+
+    cls = get_backend_class(target["backend"])
+    cls.ensure_installed()
+    backend = cls(target.get("options") or {})
+    if not target.get("run_id"):
+        raise ValueError(f"spool for {target['backend']!r} has no run id: its run was never opened")
+    backend.attach(target["run_id"])
+    return backend
 
 
 def sync(path: Path, batch_size: int = 1000) -> dict[str, int]:
@@ -146,40 +195,67 @@ def sync(path: Path, batch_size: int = 1000) -> dict[str, int]:
 
     Returns the number of events replayed per spool directory. A spool already
     synced is skipped with a warning; progress is committed after every batch.
+    Dead letters are replayed one by one first (they are the oldest); one the
+    store refuses again is logged and left in the dead-letter file.
     """
-    from tracelet.backends.registry import get_backend_class
-
     replayed: dict[str, int] = {}
     spools = find_spools(path)
     if not spools:
         raise FileNotFoundError(f"no tracelet spool under {path}")
+    finish: dict[tuple[str, str], tuple[Any, str]] = {}
     for directory in spools:
         meta = json.loads((directory / META).read_text())
         if meta.get("synced"):
             log.warning("spool %s was already synced; skipping it", directory)
             replayed[str(directory)] = 0
             continue
-        cls = get_backend_class(meta["backend"])
-        cls.ensure_installed()
-        backend = cls(meta.get("options") or {})
-        backend.attach(meta["run_id"])
         count = 0
-        with open(directory / EVENTS, encoding="utf-8") as f:
-            f.seek(int(meta.get("offset", 0)))
-            while True:
-                batch = [from_json(json.loads(line)) for line in _take_lines(f, batch_size)]
-                if not batch:
-                    break
-                backend.write(batch)
-                count += len(batch)
-                meta["offset"] = f.tell()
-                _write_meta(directory / META, meta)
-        if meta.get("finish_status"):
-            backend.finish(meta["finish_status"])
+        for target in _targets(meta):
+            backend = _attach(target)
+            count += _replay_dead_letters(backend, directory, meta)
+            events_file = directory / EVENTS
+            if events_file.is_file():
+                with open(events_file, encoding="utf-8") as f:
+                    f.seek(int(meta.get("offset", 0)))
+                    while True:
+                        batch = [from_json(json.loads(line)) for line in _take_lines(f, batch_size)]
+                        if not batch:
+                            break
+                        backend.write(batch)
+                        count += len(batch)
+                        if "targets" not in meta:
+                            meta["offset"] = f.tell()
+                            _write_meta(directory / META, meta)
+            if meta.get("finish_status"):
+                finish[(target["backend"], target["run_id"])] = (backend, meta["finish_status"])
         meta["synced"] = True
         _write_meta(directory / META, meta)
         replayed[str(directory)] = count
+    for backend, status in finish.values():  # close each run once, after all its spools
+        backend.finish(status)
     return replayed
+
+
+def _replay_dead_letters(backend: Any, directory: Path, meta: dict[str, Any]) -> int:
+    path = directory / DEAD_LETTER
+    if not path.is_file() or meta.get("dead_letters_synced"):
+        return 0
+    count = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            data = json.loads(line)
+            reason = data.pop("reason", None)
+            event = from_json(data)
+            try:
+                backend.write([event])
+                count += 1
+            except Exception as exc:
+                log.error(
+                    "tracelet sync: %s refused %r again: %r (first: %s)", backend.name, event, exc, reason
+                )
+    meta["dead_letters_synced"] = True
+    _write_meta(directory / META, meta)
+    return count
 
 
 def _take_lines(f: Any, limit: int) -> list[str]:

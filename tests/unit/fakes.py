@@ -1,79 +1,171 @@
-"""In-memory backends for the unit tests: recording, blocking and failing."""
+"""Backends for the unit tests: recording, blocking, failing, flaky, refusing.
+
+They must work in the delivery agent too, a separate process: they are registered
+through ``TRACELET_EXTRA_BACKENDS`` (see ``conftest.py``), keep what they receive in
+files under ``TRACELET_LOCAL_DIR``, and are controlled through files (a *gate* that
+blocked writes wait for). Tests read results back with :func:`run_view`, never from
+objects in the test's own memory.
+"""
 
 from __future__ import annotations
 
-import threading
+import json
+import os
+import time
+import uuid
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
 from tracelet.backends.base import Backend, RunInfo
 from tracelet.backends.local import LocalBackend
-from tracelet.events import Event, Metric
+from tracelet.events import Event, Metric, from_json, to_json
+
+ENV_GATE = "TRACELET_TEST_GATE"
+
+
+def _root() -> Path:
+    return Path(os.environ["TRACELET_LOCAL_DIR"]) / "_memory"
+
+
+def gate_open() -> bool:
+    gate = os.environ.get(ENV_GATE)
+    return gate is None or Path(gate).exists()
+
+
+def release() -> None:
+    """Open the gate: blocked writes go through (in whichever process they wait)."""
+    Path(os.environ[ENV_GATE]).touch()
+
+
+def hold() -> None:
+    Path(os.environ[ENV_GATE]).unlink(missing_ok=True)
+
+
+def _wait_for_gate() -> None:
+    while not gate_open():
+        time.sleep(0.01)
 
 
 class MemoryBackend(Backend):
-    """Keeps every delivered batch; ``instances`` lets a test find the run it created."""
+    """Records every delivered batch in ``<local dir>/_memory/<run id>/``."""
 
     name = "memory"
     option_keys = frozenset({"limit"})
-    instances: ClassVar[list[MemoryBackend]] = []
-
-    def __init__(self, options: Any = None) -> None:
-        super().__init__(options)
-        self.batches: list[list[Event]] = []
-        self.status: str | None = None
-        self.info: RunInfo | None = None
-        MemoryBackend.instances.append(self)
-
-    @property
-    def events(self) -> list[Event]:
-        return [e for batch in self.batches for e in batch]
 
     def param_value_limit(self) -> int | None:
         limit = self.options.get("limit")
         return int(limit) if limit is not None else None
 
     def start(self, info: RunInfo) -> str:
-        self.info = info
-        self.run_id = f"mem-{len(MemoryBackend.instances)}"
+        self.run_id = f"mem-{uuid.uuid4().hex[:8]}"
+        self._dir = _root() / self.run_id
+        self._dir.mkdir(parents=True)
+        self._meta = {
+            "backend": self.name,
+            "project": info.project,
+            "run_name": info.run_name,
+            "system_tags": info.system_tags,
+            "status": None,
+            "started": time.time(),
+        }
+        self._save()
         return self.run_id
 
+    def _save(self) -> None:
+        tmp = self._dir / "run.json.tmp"
+        tmp.write_text(json.dumps(self._meta))
+        os.replace(tmp, self._dir / "run.json")
+
     def write(self, events: Sequence[Event]) -> None:
-        self.batches.append(list(events))
+        with open(self._dir / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(to_json(e)) + "\n" for e in events))
+        with open(self._dir / "batches.jsonl", "a", encoding="utf-8") as f:
+            f.write(f"{len(events)}\n")
 
     def finish(self, status: str) -> None:
-        self.status = status
+        self._meta["status"] = status
+        self._save()
 
 
 class BlockingBackend(MemoryBackend):
-    """Blocks in ``write`` until ``release`` is set: a stalled server."""
+    """Blocks in ``write`` until the gate is open: a stalled server."""
 
     name = "blocking"
-    release = threading.Event()
 
     def write(self, events: Sequence[Event]) -> None:
-        BlockingBackend.release.wait()
+        _wait_for_gate()
         super().write(events)
 
 
 class FailingBackend(MemoryBackend):
-    """Every write raises: a broken store."""
+    """Refuses every write for good (a permanent error): a broken store. ``fail_start`` fails the open."""
 
     name = "failing"
+    option_keys = frozenset({"limit", "fail_start"})
+
+    def start(self, info: RunInfo) -> str:
+        if self.options.get("fail_start"):
+            raise ConnectionError("no server")
+        return super().start(info)
 
     def write(self, events: Sequence[Event]) -> None:
-        raise ConnectionError("store unreachable")
+        raise PermissionError("store refuses everything")
+
+
+class FlakyBackend(MemoryBackend):
+    """Fails with a transient error (connection refused) for its first ``fail_times`` writes."""
+
+    name = "flaky"
+    option_keys = frozenset({"fail_times", "partial"})
+
+    def write(self, events: Sequence[Event]) -> None:
+        from tracelet.backends.base import PartialWriteError
+
+        failures = self._meta.get("failures", 0)
+        if failures < int(self.options.get("fail_times", 3)):
+            self._meta["failures"] = failures + 1
+            self._save()
+            cause = ConnectionRefusedError(111, "Connection refused")
+            landed = min(int(self.options.get("partial", 0)), len(events) - 1)
+            if landed > 0:
+                super().write(events[:landed])
+                raise PartialWriteError(landed, cause)
+            raise cause
+        super().write(events)
+
+
+class RefusingBackend(MemoryBackend):
+    """Like MLflow: a batch holding one metric whose name has a ``..`` segment is refused whole."""
+
+    name = "refusing"
+
+    def write(self, events: Sequence[Event]) -> None:
+        for e in events:
+            if isinstance(e, Metric) and ".." in e.name.split("/"):
+                raise ValueError(f"INVALID_PARAMETER_VALUE: invalid metric name {e.name!r}")
+        super().write(events)
+
+
+class HangingBackend(MemoryBackend):
+    """Hangs in every metric write until the gate opens (forever, unless a test opens it)."""
+
+    name = "hanging"
+
+    def write(self, events: Sequence[Event]) -> None:
+        if any(isinstance(e, Metric) for e in events):
+            _wait_for_gate()
+        super().write(events)
 
 
 class StallingLocalBackend(LocalBackend):
-    """The local backend behind a gate, so a stop can time out and leave a spool to sync."""
+    """The local backend behind the gate, so a stop can time out and leave a spool to sync."""
 
     name = "stalling-local"
-    release = threading.Event()
 
     def write(self, events: Sequence[Event]) -> None:
         if any(isinstance(e, Metric) for e in events):  # not the system tags written at start
-            StallingLocalBackend.release.wait()
+            _wait_for_gate()
         super().write(events)
 
 
@@ -81,5 +173,65 @@ FAKES = {
     "memory": "tests.unit.fakes:MemoryBackend",
     "blocking": "tests.unit.fakes:BlockingBackend",
     "failing": "tests.unit.fakes:FailingBackend",
+    "flaky": "tests.unit.fakes:FlakyBackend",
+    "refusing": "tests.unit.fakes:RefusingBackend",
+    "hanging": "tests.unit.fakes:HangingBackend",
     "stalling-local": "tests.unit.fakes:StallingLocalBackend",
 }
+
+
+class RunView:
+    """What a fake backend recorded for one run, read from its files on every access."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.dir = _root() / run_id
+
+    def _meta(self) -> dict[str, Any]:
+        return dict(json.loads((self.dir / "run.json").read_text()))
+
+    @property
+    def events(self) -> list[Event]:
+        path = self.dir / "events.jsonl"
+        if not path.exists():
+            return []
+        return [from_json(json.loads(line)) for line in path.read_text().splitlines()]
+
+    @property
+    def metrics(self) -> list[Metric]:
+        return [e for e in self.events if isinstance(e, Metric)]
+
+    @property
+    def batches(self) -> list[int]:
+        path = self.dir / "batches.jsonl"
+        return [int(n) for n in path.read_text().split()] if path.exists() else []
+
+    @property
+    def status(self) -> str | None:
+        status = self._meta()["status"]
+        return str(status) if status is not None else None
+
+    @property
+    def project(self) -> str:
+        return str(self._meta()["project"])
+
+    @property
+    def run_name(self) -> str:
+        return str(self._meta()["run_name"])
+
+    @property
+    def system_tags(self) -> dict[str, str]:
+        return dict(self._meta()["system_tags"])
+
+
+def run_view(run_id: str | None) -> RunView:
+    assert run_id is not None, "the backend opened no run"
+    return RunView(run_id)
+
+
+def all_runs() -> list[RunView]:
+    """Every run any fake opened in this test, oldest first."""
+    if not _root().exists():
+        return []
+    dirs = sorted(_root().iterdir(), key=lambda d: json.loads((d / "run.json").read_text())["started"])
+    return [RunView(d.name) for d in dirs]

@@ -8,22 +8,23 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.unit.fakes import MemoryBackend
+from tests.unit.fakes import RunView, all_runs, run_view
 from tracelet.events import Artifact, Image, Metric, Params, Tags
 from tracelet.testing import read_run
 
+pytestmark = pytest.mark.usefixtures("delivery_mode")
 
-def memory_run(**kwargs: object) -> tuple[tracelet.Experiment, MemoryBackend]:
+
+def memory_run(**kwargs: object) -> tuple[tracelet.Experiment, RunView]:
     exp = tracelet.start_logging(exp_name="run", project="proj", backend="memory", **kwargs)  # type: ignore[arg-type]
-    return exp, MemoryBackend.instances[-1]
+    return exp, run_view(exp.runs["memory"])
 
 
 def test_names_and_mapping_reach_the_backend() -> None:
     exp, backend = memory_run(config={"lr": 0.1, "model": {"depth": 3}}, tags={"team": "a"})
     assert exp.runs == {"memory": backend.run_id}
-    assert backend.info is not None
-    assert (backend.info.project, backend.info.run_name) == ("proj", "run")
-    assert backend.info.system_tags["tracelet.version"] == tracelet.__version__
+    assert (backend.project, backend.run_name) == ("proj", "run")
+    assert backend.system_tags["tracelet.version"] == tracelet.__version__
     tracelet.stop_logging()
     assert backend.events[0] == Params({"lr": "0.1", "model/depth": "3"})
     assert backend.events[1] == Tags({"team": "a"}, system=False)
@@ -178,13 +179,13 @@ def test_second_start_raises_and_stop_is_idempotent() -> None:
 def test_context_manager_marks_failures() -> None:
     with pytest.raises(ZeroDivisionError), tracelet.start_logging(backend="memory"):
         _ = 1 / 0
-    assert MemoryBackend.instances[-1].status == "failed"
+    assert all_runs()[-1].status == "failed"
     with tracelet.start_logging(backend="memory") as exp:
         exp.log_metric("x", 1.0)
-    assert MemoryBackend.instances[-1].status == "finished"
+    assert all_runs()[-1].status == "finished"
     with pytest.raises(KeyboardInterrupt), tracelet.start_logging(backend="memory"):
         raise KeyboardInterrupt
-    assert MemoryBackend.instances[-1].status == "killed"
+    assert all_runs()[-1].status == "killed"
 
 
 def test_environment_fills_what_the_call_leaves_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,7 +249,7 @@ def test_non_zero_rank_does_not_log(monkeypatch: pytest.MonkeyPatch) -> None:
     exp = tracelet.start_logging(backend="memory")
     exp.log_metric("loss", 1.0)
     assert exp.runs == {}
-    assert MemoryBackend.instances == []
+    assert all_runs() == []
     assert tracelet.get_active_experiment() is None
 
 

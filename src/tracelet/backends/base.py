@@ -9,6 +9,7 @@ needs locks of its own.
 from __future__ import annotations
 
 import importlib.util
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,28 @@ FAILED = "failed"
 KILLED = "killed"
 RUNNING = "running"
 STATUSES = (FINISHED, FAILED, KILLED)
+
+
+#: Error text that marks a store error as transient: worth retrying with backoff.
+TRANSIENT_PATTERN = re.compile(
+    r"connection (refused|reset|aborted)|max retries exceeded|timed? ?out|temporarily unavailable"
+    r"|database is locked|service unavailable|bad gateway|gateway time-?out|too many requests"
+    r"|status code (429|5\d\d)|\b(429|50[0234])\b (server )?error|remote end closed|broken pipe",
+    re.IGNORECASE,
+)
+
+
+class PartialWriteError(Exception):
+    """Raised by ``Backend.write`` when the first ``landed`` events of the batch did land.
+
+    The writer then counts those as delivered and retries (or splits) only the rest,
+    so a retry never sends a point twice.
+    """
+
+    def __init__(self, landed: int, cause: BaseException) -> None:
+        super().__init__(f"{landed} event(s) landed before: {cause!r}")
+        self.landed = landed
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -80,13 +103,26 @@ class Backend(ABC):
         """Longest param value the store accepts (read from the package at runtime), or None."""
         return None
 
+    def is_transient(self, error: BaseException) -> bool:
+        """True when ``error`` may pass if the same write is tried again later (retried with backoff).
+
+        Anything else is a refusal: the writer splits the batch to isolate the refused
+        events. Backends refine this with their store's error codes.
+        """
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return True
+        return bool(TRANSIENT_PATTERN.search(str(error)))
+
     @abstractmethod
     def start(self, info: RunInfo) -> str:
         """Open a run and return its id. Runs on the caller's thread."""
 
     @abstractmethod
     def write(self, events: Sequence[Event]) -> None:
-        """Deliver a batch, in order, with the store's bulk API. Raise on failure."""
+        """Deliver a batch, in order, with the store's bulk API. Raise on failure.
+
+        Raise :class:`PartialWriteError` when a known prefix of the batch landed.
+        """
 
     @abstractmethod
     def finish(self, status: str) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, RunInfo
+from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
 from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
 
 #: MLflow's documented ``log_batch`` limits.
@@ -83,42 +83,97 @@ class MLflowBackend(Backend):
         self._connect().get_run(run_id)
         self.run_id = run_id
 
+    def is_transient(self, error: BaseException) -> bool:
+        """MLflow's own codes first: a refused name or value is ``INVALID_PARAMETER_VALUE``."""
+        code = getattr(error, "error_code", None)
+        if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"):
+            return False
+        if code in ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"):
+            return True
+        return super().is_transient(error)
+
     def write(self, events: Sequence[Event]) -> None:
+        """One ``log_batch`` per chunk of consecutive metrics/params/tags, in order.
+
+        A chunk is one store transaction. When one fails, :class:`PartialWriteError`
+        tells the writer how many events landed before it, and the per-key timestamp
+        state is rolled back to that point: a retried chunk carries the very same
+        timestamps, so MLflow keeps one copy of each point, never two.
+        """
         from mlflow.entities import Metric as MlflowMetric
         from mlflow.entities import Param, RunTag
 
+        done = 0  # events known to have landed
+        chunk_events = 0
         metrics: list[Any] = []
         params: list[Any] = []
         tags: list[Any] = []
+        saved_ts = dict(self._last_ts)
 
         def flush() -> None:
-            while metrics or params or tags:
-                chunk_p = params[:MAX_PARAMS_TAGS_PER_BATCH]
-                chunk_t = tags[:MAX_PARAMS_TAGS_PER_BATCH]
-                room = MAX_ENTITIES_PER_BATCH - len(chunk_p) - len(chunk_t)
-                chunk_m = metrics[: min(room, MAX_METRICS_PER_BATCH)]
-                self._client.log_batch(self.run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
-                del metrics[: len(chunk_m)], params[: len(chunk_p)], tags[: len(chunk_t)]
+            nonlocal done, chunk_events, saved_ts
+            if chunk_events:
+                try:
+                    for start in range(0, max(len(params), len(tags), 1), MAX_PARAMS_TAGS_PER_BATCH):
+                        end = start + MAX_PARAMS_TAGS_PER_BATCH
+                        self._client.log_batch(
+                            self._require_run(),
+                            metrics=metrics if start == 0 else [],
+                            params=params[start:end],
+                            tags=tags[start:end],
+                        )
+                except BaseException as exc:
+                    self._last_ts = saved_ts
+                    raise PartialWriteError(done, exc) if done else exc from None
+                done += chunk_events
+            metrics.clear()
+            params.clear()
+            tags.clear()
+            chunk_events = 0
+            saved_ts = dict(self._last_ts)
 
-        for event in events:
-            if isinstance(event, Metric):
-                ts = int(event.timestamp * 1000)
-                last = self._last_ts.get(event.name)
-                if last is not None and ts <= last:
-                    ts = last + 1
-                self._last_ts[event.name] = ts
-                metrics.append(MlflowMetric(event.name, event.value, ts, event.step))
-            elif isinstance(event, Params):
-                params.extend(Param(k, v) for k, v in event.values.items())
-            elif isinstance(event, Tags):
-                tags.extend(RunTag(k, v) for k, v in event.values.items())
-            elif isinstance(event, Artifact):
-                flush()
-                self._upload(event.local_path, event.artifact_path)
-            elif isinstance(event, Image):
-                flush()
-                self._upload(event.local_path, f"{IMAGE_DIR}/{event.name}/{event.step}.png")
-        flush()
+        try:
+            for event in events:
+                if isinstance(event, Metric):
+                    if len(metrics) + len(params) + len(tags) >= MAX_ENTITIES_PER_BATCH:
+                        flush()
+                    ts = int(event.timestamp * 1000)
+                    last = self._last_ts.get(event.name)
+                    if last is not None and ts <= last:
+                        ts = last + 1
+                    self._last_ts[event.name] = ts
+                    metrics.append(MlflowMetric(event.name, event.value, ts, event.step))
+                    chunk_events += 1
+                elif isinstance(event, (Params, Tags)):
+                    size = len(event.values)
+                    if (params or tags) and max(len(params), len(tags)) + size > MAX_PARAMS_TAGS_PER_BATCH:
+                        flush()
+                    if isinstance(event, Params):
+                        params.extend(Param(k, v) for k, v in event.values.items())
+                    else:
+                        tags.extend(RunTag(k, v) for k, v in event.values.items())
+                    chunk_events += 1
+                else:
+                    flush()
+                    if isinstance(event, Artifact):
+                        self._upload(event.local_path, event.artifact_path)
+                    elif isinstance(event, Image):
+                        self._upload(event.local_path, f"{IMAGE_DIR}/{event.name}/{event.step}.png")
+                    done += 1
+                    saved_ts = dict(self._last_ts)
+            flush()
+        except PartialWriteError:
+            raise
+        except BaseException as exc:
+            self._last_ts = saved_ts
+            if done:
+                raise PartialWriteError(done, exc) from exc
+            raise
+
+    def _require_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("MLflow run was never started")
+        return self.run_id
 
     def _upload(self, local_path: str, artifact_path: str) -> None:
         """Upload one file so that it lands exactly at ``artifact_path``."""

@@ -1,13 +1,19 @@
 """One ordered writer per backend: a bounded in-memory queue, a spool for overflow, batched delivery.
 
-The caller's thread only appends to a deque (``put``); the writer thread takes
-batches and hands them to the backend's bulk API. Nothing is ever dropped:
+This is the only code that calls a backend's ``write``. The thread mode runs it in
+the training process; the agent mode runs the very same class inside the delivery
+agent. Nothing is ever dropped:
 
 * when the queue holds ``maxsize`` items, new items go to the durable spool, and
   from then on *every* new item goes there until the writer has drained it, so
   the order of each key is kept;
-* a batch the backend rejects is counted as ``failed`` and logged, never retried
-  blindly (a half-applied batch retried would duplicate points);
+* a transient store error (connection refused, 5xx, timeouts, a locked sqlite
+  database) is retried with capped exponential backoff, for as long as the run
+  lasts and, at stop, until ``flush_timeout``; what is still undelivered then is
+  spooled for ``tracelet sync``;
+* a batch the store refuses for good is split in halves until the refused events
+  are isolated: every other event lands, and only the refused ones go to the
+  spool's dead-letter file with the store's reason (counted as ``failed``);
 * a stop that times out moves what is left in memory to the spool, so ``pending``
   events can be replayed with ``tracelet sync``.
 
@@ -23,7 +29,7 @@ import time
 from collections import deque
 from typing import Any
 
-from tracelet.backends.base import Backend
+from tracelet.backends.base import Backend, PartialWriteError
 from tracelet.events import Event, from_raw
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
@@ -34,6 +40,17 @@ DEFAULT_MAXSIZE = 100_000
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_INTERVAL = 0.2
 MAX_KEPT_ERRORS = 5
+#: Backoff between retries of a transient error: doubles from the first to the cap (seconds).
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
+#: A batch whose split isolates this many single events refused for the *same* reason is
+#: refused store-wide (bad credentials, a deleted run): the rest is dead-lettered without
+#: spending two calls per event on it.
+SAME_REASON_LIMIT = 8
+
+#: Injectable clock, so backoff is unit-tested without sleeping.
+_monotonic = time.monotonic
+_sleep = time.sleep
 
 
 def _count_value(counter: itertools.count[int]) -> int:
@@ -43,6 +60,10 @@ def _count_value(counter: itertools.count[int]) -> int:
     without a lock on the hot path; its repr is ``count(N)``.
     """
     return int(repr(counter)[6:-1])
+
+
+class _Abandoned(Exception):
+    """Raised inside the writer thread when ``stop`` gave up waiting for it."""
 
 
 class BackendWriter:
@@ -70,13 +91,14 @@ class BackendWriter:
         self._sent = itertools.count()
         self.delivered = 0
         self.failed = 0
+        self.retries = 0
         self._in_flight: list[Event] = []
         self._in_flight_spooled = 0
         self.errors: list[str] = []
         self._stopping = False
         self._abandoned = False
         self._final_status: str | None = None
-        self._dead = start_error is not None
+        self._start_error = start_error
         if start_error is not None:
             self._record_error(f"start failed: {start_error!r}")
         self._thread = threading.Thread(target=self._run, name=f"tracelet-writer-{backend.name}", daemon=True)
@@ -124,6 +146,15 @@ class BackendWriter:
         with self._lock:
             return len(self._queue) + len(self._in_flight) + self.spool.unread
 
+    def durable(self) -> int:
+        """How many of the events sent so far are delivered, dead-lettered or on disk in the spool.
+
+        The delivery agent acknowledges this count to the trainer, which may then
+        forget those events: nothing it acknowledged can be lost by the agent dying.
+        """
+        with self._lock:
+            return self.sent - len(self._queue) - len(self._in_flight)
+
     def idle(self) -> bool:
         return self.pending() == 0
 
@@ -150,7 +181,7 @@ class BackendWriter:
         if self._thread.is_alive():
             with self._lock:
                 # The batch stuck in the backend goes to the spool too, so a crash cannot lose it;
-                # if that write completes later after all, _deliver skips it in the spool.
+                # if that write completes later after all, _account skips it in the spool.
                 self._abandoned = True
                 leftovers = self._in_flight + [from_raw(raw) for raw in self._queue]
                 self._queue.clear()
@@ -190,6 +221,8 @@ class BackendWriter:
             pending=pending,
             spool_path=str(self.spool.directory) if pending else None,
             errors=tuple(self.errors),
+            retries=self.retries,
+            dead_letter_path=str(self.spool.dead_letter_path) if self.spool.dead_lettered else None,
         )
 
     # -- writer thread ---------------------------------------------------------------------
@@ -201,11 +234,11 @@ class BackendWriter:
             if self._queue:
                 n = min(self.batch_size, len(self._queue))
                 self._in_flight = [from_raw(self._queue.popleft()) for _ in range(n)]
-                return self._in_flight, False
+                return list(self._in_flight), False
             if self._spooling:
                 events = self.spool.read(self.batch_size)
                 if events:
-                    self._in_flight = events
+                    self._in_flight = list(events)
                     return events, True
                 self.spool.reset()
                 self._spooling = False
@@ -213,33 +246,102 @@ class BackendWriter:
             return [], False
 
     def _deliver(self, events: list[Event], from_spool: bool) -> None:
-        error: Exception | None = None
+        """Deliver one batch: retry transient errors, isolate refused events, dead-letter those."""
+        if self._start_error is not None:
+            self._dead_letter(events, f"the run was never opened: {self._start_error!r}")
+            return
+        refusals: dict[str, int] = {}
         try:
-            if self._dead:
-                raise RuntimeError("backend run was never started")
-            self.backend.write(events)
-        except Exception as exc:
-            error = exc
+            self._deliver_piece(events, refusals)
+        except _Abandoned:
+            return
+        with self._lock:
+            if from_spool and not self._abandoned:
+                self.spool.commit()
+
+    def _deliver_piece(self, piece: list[Event], refusals: dict[str, int]) -> None:
+        attempt = 0
+        while piece:
+            reason = next((r for r, n in refusals.items() if n >= SAME_REASON_LIMIT), None)
+            if reason is not None:
+                self._dead_letter(piece, f"refused store-wide: {reason}")
+                return
+            error: BaseException | None = None
+            try:
+                self.backend.write(piece)
+                landed = len(piece)
+            except PartialWriteError as exc:
+                landed, error = exc.landed, exc.cause
+            except Exception as exc:
+                landed, error = 0, exc
+            if landed:
+                self._account(landed, delivered=True)
+                piece = piece[landed:]
+            if error is None:
+                return
+            if self.backend.is_transient(error):
+                self.retries += 1
+                self._backoff(attempt, error)
+                attempt += 1
+                continue
+            reason = f"{type(error).__name__}: {error}"
+            if len(piece) == 1:
+                refusals[reason] = refusals.get(reason, 0) + 1
+                self._dead_letter(piece, reason)
+                return
+            mid = len(piece) // 2
+            self._deliver_piece(piece[:mid], refusals)
+            piece = piece[mid:]
+            attempt = 0
+
+    def _backoff(self, attempt: int, error: BaseException) -> None:
+        delay = min(MAX_BACKOFF, FIRST_BACKOFF * (2**attempt))
+        if attempt == 0:
+            log.warning("tracelet: %s: transient error, retrying: %r", self.backend.name, error)
+        else:
+            log.debug("tracelet: %s: retry %d in %.2fs: %r", self.backend.name, attempt + 1, delay, error)
+        deadline = _monotonic() + delay
+        while True:
+            if self._abandoned:
+                raise _Abandoned
+            left = deadline - _monotonic()
+            if left <= 0:
+                return
+            _sleep(min(left, 0.05))
+
+    def _account(self, count: int, *, delivered: bool) -> None:
+        """The first ``count`` in-flight events are done: delivered, or failed and dead-lettered."""
         with self._lock:
             if self._abandoned:
-                # stop() timed out during this write and already moved the batch to the spool.
-                if error is None and self._in_flight_spooled:
-                    self.spool.skip(self._in_flight_spooled)
-                    self.delivered += self._in_flight_spooled
-                self._in_flight_spooled = 0
-                return
-            if error is None:
-                self.delivered += len(events)
+                # stop() timed out during this write and already moved the in-flight events to
+                # the spool: events that did land after all are skipped there, not replayed.
+                if delivered and self._in_flight_spooled:
+                    done = min(count, self._in_flight_spooled)
+                    self.spool.skip(done)
+                    self.delivered += done
+                    self._in_flight_spooled -= done
+                raise _Abandoned
+            del self._in_flight[:count]
+            if delivered:
+                self.delivered += count
             else:
-                self.failed += len(events)
-            self._in_flight = []
-            if from_spool:
-                self.spool.commit()
-        if error is not None:
-            self._record_error(f"write of {len(events)} event(s) failed: {error!r}")
-            log.warning(
-                "tracelet: %s failed to deliver %d event(s): %r", self.backend.name, len(events), error
-            )
+                self.failed += count
+
+    def _dead_letter(self, events: list[Event], reason: str) -> None:
+        with self._lock:
+            if not self._abandoned:
+                self.spool.dead_letter(events, reason)
+        self._account(len(events), delivered=False)
+        self._record_error(
+            f"{len(events)} event(s) refused: {reason} (kept in {self.spool.dead_letter_path})"
+        )
+        log.warning(
+            "tracelet: %s refused %d event(s): %s; kept in %s (replay: tracelet sync)",
+            self.backend.name,
+            len(events),
+            reason,
+            self.spool.dead_letter_path,
+        )
 
     def _record_error(self, message: str) -> None:
         if len(self.errors) < MAX_KEPT_ERRORS:
@@ -262,7 +364,7 @@ class BackendWriter:
 
     def _finish(self) -> None:
         status = self._final_status or "finished"
-        if not self._dead:
+        if self._start_error is None:
             try:
                 self.backend.finish(status)
             except Exception as exc:
