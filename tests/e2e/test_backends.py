@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -167,20 +168,9 @@ def test_fan_out_to_a_backend_and_local(environment: str, isolated_env: Path, tm
 @pytest.mark.requires("mlflow")
 def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A backend whose every write raises: training finishes, mlflow holds everything, failures counted."""
-    from tracelet.backends import registry
-    from tracelet.backends.local import LocalBackend
+    from tests.e2e.agent_backends import extra_backends_env
 
-    class Broken(LocalBackend):
-        name = "broken"
-
-        def write(self, events: Any) -> None:
-            if events:
-                raise OSError("disk on fire")
-
-    monkeypatch.setattr(
-        registry, "get_backend_class", _with_extra(registry.get_backend_class, "broken", Broken)
-    )
-    monkeypatch.setattr("tracelet.api.get_backend_class", registry.get_backend_class)
+    monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", extra_backends_env())
     with e2e_framework.backend_environment("mlflow", project="failing") as config:
         expected = Expected(project="failing", run_name="with-broken")
         exp = tracelet.start_logging(
@@ -198,6 +188,8 @@ def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.
         assert report["broken"].delivered == 0
         assert report["broken"].sent == report["broken"].failed + report["broken"].pending
         assert "disk on fire" in report["broken"].errors[0]
+        assert report["broken"].dead_letter_path is not None  # refused, yet kept for a look and a replay
+        assert len(Path(report["broken"].dead_letter_path).read_text().splitlines()) == 500
         assert_run_matches(expected, config["read"](exp.runs["mlflow"]))
 
         monkeypatch.setenv("TRACELET_STRICT", "1")
@@ -221,36 +213,40 @@ def _read_eventually(config: dict[str, Any], run_id: str, timeout: float = 90.0)
             time.sleep(0.2)
 
 
-def _with_extra(original: Any, name: str, cls: type) -> Any:
-    def lookup(requested: str) -> type:
-        return cls if requested == name else original(requested)
-
-    return lookup
-
-
 @pytest.mark.e2e_basic
 @pytest.mark.requires("mlflow")
 def test_mlflow_batches_with_log_batch(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Delivery uses log_batch with at most 1000 metrics per call, never one call per point."""
-    from mlflow.tracking import MlflowClient
+    """Delivery uses log_batch with at most 1000 metrics per call, never one call per point.
 
-    calls: list[int] = []
-    original = MlflowClient.log_batch
+    The calls happen in the delivery agent, so they are counted there (by a subclass of the
+    real backend that writes each call's size to a file) and the points are read back from
+    the store.
+    """
+    from tests.e2e.agent_backends import ENV_CALLS_FILE, extra_backends_env
 
-    def spy(self: Any, run_id: str, metrics: Any = (), params: Any = (), tags: Any = (), **kw: Any) -> Any:
-        calls.append(len(metrics))
-        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
-
-    monkeypatch.setattr(MlflowClient, "log_batch", spy)
-    monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **k: pytest.fail("per-point log_metric used"))
+    calls_file = isolated_env / "log_batch_calls.jsonl"
+    monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", extra_backends_env())
+    monkeypatch.setenv(ENV_CALLS_FILE, str(calls_file))
     with e2e_framework.backend_environment("mlflow", project="batching") as config:
-        exp = _start(config, "batching")
+        exp = tracelet.start_logging(
+            exp_name="batching",
+            project="batching",
+            backend="mlflow-counting",
+            backend_options={"mlflow-counting": config["backend_options"]["mlflow"]},
+        )
         for i in range(5000):
             exp.log_metric("loss", float(i), i)
-        tracelet.stop_logging()
-        assert sum(calls) == 5000
-        assert max(calls) <= 1000
-        assert len(calls) <= 10
+        report = tracelet.stop_logging()
+        assert report.ok
+        calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+        sizes = [c["metrics"] for c in calls]
+        assert sum(sizes) == 5000
+        assert max(sizes) <= 1000
+        assert len(sizes) <= 10
+        if os.environ.get("TRACELET_DELIVERY", "agent") == "agent":
+            assert {c["pid"] for c in calls} != {os.getpid()}  # delivered by the agent, not the trainer
+        record = config["read"](exp.runs["mlflow-counting"])
+        assert record.metrics["loss"] == [(i, float(i)) for i in range(5000)]
 
 
 @pytest.mark.e2e_basic

@@ -110,6 +110,8 @@ class FailingBackend(MemoryBackend):
         return super().start(info)
 
     def write(self, events: Sequence[Event]) -> None:
+        with open(self._dir / "calls.txt", "a") as f:  # how often delivery tried
+            f.write(f"{len(events)}\n")
         raise PermissionError("store refuses everything")
 
 
@@ -235,3 +237,32 @@ def all_runs() -> list[RunView]:
         return []
     dirs = sorted(_root().iterdir(), key=lambda d: json.loads((d / "run.json").read_text())["started"])
     return [RunView(d.name) for d in dirs]
+
+
+class SlowStartBackend(MemoryBackend):
+    """Takes ``seconds`` to open its run (a slow server): for the handshake timeout."""
+
+    name = "slow-start"
+    option_keys = frozenset({"seconds"})
+
+    def start(self, info: RunInfo) -> str:
+        time.sleep(float(self.options.get("seconds", 30)))
+        return super().start(info)
+
+
+class RefusingLocalBackend(StallingLocalBackend):
+    """The local backend refusing ``..`` names until the gate opens: a refusal that a later sync fixes."""
+
+    name = "refusing-local"
+
+    def write(self, events: Sequence[Event]) -> None:
+        if not gate_open():
+            for e in events:
+                if isinstance(e, Metric) and ".." in e.name.split("/"):
+                    raise ValueError(f"INVALID_PARAMETER_VALUE: invalid metric name {e.name!r}")
+        LocalBackend.write(self, events)
+
+
+FAKES["slow-start"] = "tests.unit.fakes:SlowStartBackend"
+FAKES["refusing-local"] = "tests.unit.fakes:RefusingLocalBackend"
+FAKES["agent-import-fails"] = "tests.unit.agent_import_fails:Backend"

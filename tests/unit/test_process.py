@@ -16,6 +16,8 @@ from tracelet.testing import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.usefixtures("delivery_mode")
+
 
 def run_script(code: str, tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     script = tmp_path / "script.py"

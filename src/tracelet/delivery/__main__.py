@@ -27,7 +27,7 @@ import threading
 import time
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tracelet.backends.base import KILLED
 from tracelet.delivery import OpenRequest, protocol
@@ -173,7 +173,7 @@ class Agent:
             time.sleep(WATCH_INTERVAL)
             if not _pid_alive(self.trainer_pid):
                 if self.trainer_gone(f"pid {self.trainer_pid} is gone"):
-                    os._exit(0)
+                    _exit(0)
                 return
 
     def stop(self, token: int, status: str, timeout: float) -> None:
@@ -232,9 +232,28 @@ def main() -> int:
     sys.stdin.close()
     agent = Agent(Client(address, authkey=authkey))
     code = agent.run()
-    # Backends may leave non-daemon threads behind (a hung store): the reports are out, so exit now.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit now: a hung store may leave threads behind, and the reports are out.
+
+    ``os._exit`` skips interpreter shutdown, so coverage (when the test suite measures
+    the agent through coverage's subprocess patch) is saved here first.
+    """
+    coverage = sys.modules.get("coverage")
+    current = coverage.Coverage.current() if coverage is not None else None
+    if current is not None:
+        try:
+            current.stop()
+            current.save()
+        except Exception:
+            pass
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
 
 

@@ -220,7 +220,7 @@ class AgentDelivery(Delivery):
                 (
                     protocol.OPEN,
                     self._request,
-                    list(sys.path),
+                    [os.path.abspath(entry) for entry in sys.path],  # '' and '.' mean the cwd here
                     os.getcwd(),
                     level,
                     os.getpid(),

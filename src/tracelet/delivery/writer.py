@@ -62,6 +62,11 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+def backoff_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt + 1``: doubling from FIRST_BACKOFF, capped at MAX_BACKOFF."""
+    return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** min(attempt, 30)))
+
+
 class _Abandoned(Exception):
     """Raised inside the writer thread when ``stop`` gave up waiting for it."""
 
@@ -92,6 +97,10 @@ class BackendWriter:
         self.delivered = 0
         self.failed = 0
         self.retries = 0
+        #: single events the store refused, per reason: once a reason has refused
+        #: SAME_REASON_LIMIT of them, a piece refused for it is dead-lettered whole
+        self._refusals: dict[str, int] = {}
+        self._refusal_logs = 0
         self._in_flight: list[Event] = []
         self._in_flight_spooled = 0
         self.errors: list[str] = []
@@ -250,9 +259,8 @@ class BackendWriter:
         if self._start_error is not None:
             self._dead_letter(events, f"the run was never opened: {self._start_error!r}")
             return
-        refusals: dict[str, int] = {}
         try:
-            self._deliver_piece(events, refusals)
+            self._deliver_piece(events, self._refusals)
         except _Abandoned:
             return
         with self._lock:
@@ -260,12 +268,9 @@ class BackendWriter:
                 self.spool.commit()
 
     def _deliver_piece(self, piece: list[Event], refusals: dict[str, int]) -> None:
+        """Deliver ``piece`` in order, or dead-letter what the store refuses (never raises but _Abandoned)."""
         attempt = 0
         while piece:
-            reason = next((r for r, n in refusals.items() if n >= SAME_REASON_LIMIT), None)
-            if reason is not None:
-                self._dead_letter(piece, f"refused store-wide: {reason}")
-                return
             error: BaseException | None = None
             try:
                 self.backend.write(piece)
@@ -278,6 +283,7 @@ class BackendWriter:
                 self._account(landed, delivered=True)
                 piece = piece[landed:]
             if error is None:
+                refusals.clear()  # the store takes events again
                 return
             if self.backend.is_transient(error):
                 self.retries += 1
@@ -285,6 +291,9 @@ class BackendWriter:
                 attempt += 1
                 continue
             reason = f"{type(error).__name__}: {error}"
+            if refusals.get(reason, 0) >= SAME_REASON_LIMIT:
+                self._dead_letter(piece, f"refused store-wide: {reason}")
+                return
             if len(piece) == 1:
                 refusals[reason] = refusals.get(reason, 0) + 1
                 self._dead_letter(piece, reason)
@@ -295,7 +304,7 @@ class BackendWriter:
             attempt = 0
 
     def _backoff(self, attempt: int, error: BaseException) -> None:
-        delay = min(MAX_BACKOFF, FIRST_BACKOFF * (2**attempt))
+        delay = backoff_delay(attempt)
         if attempt == 0:
             log.warning("tracelet: %s: transient error, retrying: %r", self.backend.name, error)
         else:
@@ -335,7 +344,9 @@ class BackendWriter:
         self._record_error(
             f"{len(events)} event(s) refused: {reason} (kept in {self.spool.dead_letter_path})"
         )
-        log.warning(
+        self._refusal_logs += 1
+        log.log(
+            logging.WARNING if self._refusal_logs <= MAX_KEPT_ERRORS else logging.DEBUG,
             "tracelet: %s refused %d event(s): %s; kept in %s (replay: tracelet sync)",
             self.backend.name,
             len(events),

@@ -1,0 +1,62 @@
+"""Backends the E2E tests add next to the real stores, registered through ``TRACELET_EXTRA_BACKENDS``.
+
+The delivery agent is another process, so a test cannot patch a class in its own
+memory and expect the agent to see it; these classes are importable by both, and
+report what they saw through files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tracelet.backends.local import LocalBackend
+from tracelet.backends.mlflow import MLflowBackend
+from tracelet.events import Event
+
+ENV_CALLS_FILE = "TRACELET_E2E_CALLS_FILE"
+
+
+class BrokenBackend(LocalBackend):
+    """Every write raises: a store that refuses everything."""
+
+    name = "broken"
+
+    def write(self, events: Sequence[Event]) -> None:
+        if events:
+            raise OSError("disk on fire")
+
+
+class CountingMLflowBackend(MLflowBackend):
+    """The real MLflow backend, recording the size of every ``log_batch`` call in a JSON-lines file."""
+
+    name = "mlflow-counting"
+
+    def _connect(self) -> Any:
+        client = super()._connect()
+        original = client.log_batch
+        calls = Path(os.environ[ENV_CALLS_FILE])
+
+        def log_batch(run_id: str, metrics: Any = (), params: Any = (), tags: Any = (), **kw: Any) -> Any:
+            with open(calls, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"metrics": len(metrics), "pid": os.getpid()}) + "\n")
+            return original(run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+        client.log_batch = log_batch
+        return client
+
+    def log_metric_forbidden(self) -> None:  # pragma: no cover - documentation only
+        """Per-point ``log_metric`` is never used: the backend has no code path that calls it."""
+
+
+EXTRA = {
+    "broken": "tests.e2e.agent_backends:BrokenBackend",
+    "mlflow-counting": "tests.e2e.agent_backends:CountingMLflowBackend",
+}
+
+
+def extra_backends_env() -> str:
+    return ",".join(f"{k}={v}" for k, v in EXTRA.items())

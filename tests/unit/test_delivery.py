@@ -1,0 +1,133 @@
+"""What both delivery modes share: retries with backoff, batch splitting, the dead-letter file."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tests.unit.fakes import FlakyBackend, release, run_view
+from tracelet.delivery import writer as writer_module
+from tracelet.delivery.writer import BackendWriter
+from tracelet.events import Metric
+from tracelet.spool import Spool, sync
+from tracelet.testing import read_run
+
+pytestmark = pytest.mark.usefixtures("delivery_mode")
+
+
+def test_transient_errors_are_retried_and_counted() -> None:
+    exp = tracelet.start_logging(backend="flaky", backend_options={"flaky": {"fail_times": 3}})
+    for i in range(2000):
+        exp.log_metric("loss", float(i), i)
+    report = tracelet.stop_logging(flush_timeout=30)
+    r = report["flaky"]
+    assert r.ok
+    assert r.delivered == 2000
+    assert r.retries == 3
+    assert "retries=3" in report.format()
+    assert [(m.step, m.value) for m in run_view(exp.runs["flaky"]).metrics] == [
+        (i, float(i)) for i in range(2000)
+    ]
+
+
+def test_a_partly_applied_batch_is_retried_without_duplicates() -> None:
+    exp = tracelet.start_logging(backend="flaky", backend_options={"flaky": {"fail_times": 2, "partial": 7}})
+    for i in range(500):
+        exp.log_metric("loss", float(i), i)
+    report = tracelet.stop_logging(flush_timeout=30)
+    assert report.ok
+    assert report["flaky"].retries == 2
+    steps = [m.step for m in run_view(exp.runs["flaky"]).metrics]
+    assert steps == list(range(500))  # the landed prefix was not sent again
+
+
+def test_one_refused_event_does_not_sink_its_batch() -> None:
+    """Like MLflow's INVALID_PARAMETER_VALUE: the batch is split, every good event lands."""
+    exp = tracelet.start_logging(backend="refusing")
+    for i in range(1000):
+        exp.log_metric("loss", float(i), i)
+        if i == 600:
+            exp.log_metric("a/../b", 1.0, i)  # passes tracelet's check; the store refuses it
+    report = tracelet.stop_logging()
+    r = report["refusing"]
+    assert (r.sent, r.delivered, r.failed, r.pending) == (1001, 1000, 1, 0)
+    assert r.retries == 0
+    assert r.dead_letter_path is not None
+    (line,) = Path(r.dead_letter_path).read_text().splitlines()
+    dead = json.loads(line)
+    assert dead["name"] == "a/../b"
+    assert "INVALID_PARAMETER_VALUE" in dead["reason"]
+    assert [m.step for m in run_view(exp.runs["refusing"]).metrics] == list(range(1000))
+
+
+def test_a_dead_letter_is_replayed_by_sync() -> None:
+    """Refused while the store refuses it, replayed once the store takes it (the gate opens)."""
+    exp = tracelet.start_logging(exp_name="dl", project="p", backend="refusing-local")
+    exp.log_metric("ok", 1.0, 0)
+    exp.log_metric("a/../b", 2.0, 0)
+    report = tracelet.stop_logging()
+    r = report["refusing-local"]
+    assert (r.sent, r.delivered, r.failed, r.pending) == (2, 1, 1, 0)
+    assert r.dead_letter_path is not None
+    release()  # the store is fixed
+    replayed = sync(Path(r.dead_letter_path).parent)
+    assert sum(replayed.values()) == 1
+    record = read_run("local", exp.runs["refusing-local"])  # type: ignore[arg-type]
+    assert record.metrics == {"ok": [(0, 1.0)], "a/../b": [(0, 2.0)]}
+    assert sum(sync(Path(r.dead_letter_path).parent).values()) == 0  # exactly once
+
+
+def test_a_store_wide_refusal_is_not_split_event_by_event() -> None:
+    exp = tracelet.start_logging(backend=["failing", "memory"])
+    for i in range(5000):
+        exp.log_metric("loss", float(i), i)
+    report = tracelet.stop_logging()
+    failing = report["failing"]
+    assert failing.failed == 5000
+    assert failing.dead_letter_path is not None
+    reasons = [json.loads(line)["reason"] for line in Path(failing.dead_letter_path).read_text().splitlines()]
+    assert len(reasons) == 5000  # every event kept
+    assert "refused store-wide: PermissionError: store refuses everything" in reasons
+    calls = (run_view(exp.runs["failing"]).dir / "calls.txt").read_text().split()
+    assert len(calls) < 100  # not two calls per event
+    assert report["memory"].delivered == 5000
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_backoff_doubles_up_to_its_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(writer_module, "_monotonic", clock.monotonic)
+    monkeypatch.setattr(writer_module, "_sleep", clock.sleep)
+    backend = FlakyBackend({"fail_times": 8})
+    from tracelet.backends.base import RunInfo
+
+    backend.start(RunInfo("p", "r"))
+    writer = BackendWriter(backend, Spool(tmp_path / "spool", {}), interval=0.01)
+    writer.put(("metric", "x", 1.0, 0, 1.0))
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (writer._deliver([Metric("x", 1.0, 0, 1.0)], False), done.set()))
+    thread.start()
+    thread.join(10)
+    assert done.is_set()
+    delays = [writer_module.backoff_delay(i) for i in range(8)]
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    assert clock.now == pytest.approx(sum(delays))  # it waited exactly that long, in short slices
+    assert max(clock.sleeps) <= 0.05  # so a stop that gives up is noticed at once
+    assert run_view(backend.run_id).metrics == [Metric("x", 1.0, 0, 1.0)]
+    assert writer.retries == 8
