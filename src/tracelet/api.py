@@ -27,15 +27,30 @@ _previous_handlers: dict[int, Any] = {}
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _rank() -> int:
-    """This process's distributed rank: torch.distributed if initialized, else ``RANK``, else 0."""
+def _rank() -> int | None:
+    """This process's distributed rank: torch.distributed if initialized, else ``RANK``; None if unknown."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         return int(dist.get_rank())
     try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+        return int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _why_not_logging() -> str | None:
+    """Why this process must not log, if it must not: a non-zero rank, or a ``multiprocessing`` child.
+
+    A known rank decides (rank 0 of ``torch.multiprocessing.spawn`` is a multiprocessing child
+    and logs); without one, a process started by ``multiprocessing`` (a spawned DataLoader
+    worker) does not, since its parent does.
+    """
+    rank = _rank()
+    if rank is not None:
+        return None if rank == 0 else f"rank {rank} does not log (only rank 0 does)"
+    if multiprocessing.parent_process() is not None:
+        return "a process started by multiprocessing does not log (its parent does)"
+    return None
 
 
 def start_logging(
@@ -66,11 +81,9 @@ def start_logging(
         settings = resolve(
             exp_name=exp_name, project=project, backend=backend, backend_options=backend_options
         )
-        if _rank() != 0:
-            log.info("tracelet: rank %d does not log (only rank 0 does)", _rank())
-            return Experiment(settings, enabled=False)
-        if multiprocessing.parent_process() is not None:
-            log.info("tracelet: a process started by multiprocessing does not log (its parent does)")
+        reason = _why_not_logging()
+        if reason is not None:
+            log.info("tracelet: %s", reason)
             return Experiment(settings, enabled=False)
         classes = [get_backend_class(name) for name in settings.backends]
         for cls in classes:

@@ -192,3 +192,33 @@ def test_cli_doctor_and_sync_usage(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "no tracelet spool" in missing.stderr
+
+
+def test_a_multiprocessing_child_does_not_log_unless_it_is_rank_0(tmp_path: Path) -> None:
+    """A spawned worker (parent_process() set) starts no agent; rank 0 of a spawn-started job does log."""
+    proc = run_script(
+        """
+        import multiprocessing as mp, os, tracelet
+
+        def child(rank):
+            if rank is not None:
+                os.environ["RANK"] = str(rank)
+            exp = tracelet.start_logging(backend="local")
+            exp.log_metric("x", 1.0)
+            print("CHILD", rank, sorted(exp.runs), flush=True)
+            if exp.runs:
+                tracelet.stop_logging()
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            for rank in (None, 0, 1):
+                p = ctx.Process(target=child, args=(rank,))
+                p.start()
+                p.join()
+        """,
+        tmp_path,
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().strip() for _ in range(3)]
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    assert lines == ["CHILD None []", "CHILD 0 ['local']", "CHILD 1 []"]
