@@ -90,16 +90,36 @@ def install_set_problems(declared: frozenset[str], importable: frozenset[str]) -
     return problems
 
 
+def framework_of(declared: frozenset[str]) -> str:
+    """The matrix's framework column a declared set belongs to: lightning, vision, torch or none."""
+    if "lightning" in declared:
+        return "lightning"
+    if "torchvision" in declared:
+        return "vision"
+    return "torch" if "torch" in declared else "none"
+
+
 def expected_skip(
-    requires: Iterable[str], platforms: Iterable[str] | None, declared: frozenset[str], platform: str
+    requires: Iterable[str],
+    platforms: Iterable[str] | None,
+    declared: frozenset[str],
+    platform: str,
+    frameworks: Iterable[str] | None = None,
 ) -> str | None:
-    """The one skip reason a test *should* get, from its markers alone (None: it must run)."""
+    """The one skip reason a test *should* get, from its markers alone (None: it must run).
+
+    ``frameworks`` (marker ``framework_only``) keeps a test that does not depend on the
+    framework set (fault tests) to one column of the matrix, so it runs once per backend.
+    """
     allowed = list(platforms or [])
     if allowed and platform not in allowed:
         return f"not supported on {platform}"
     for package in requires:
         if package not in declared:
             return f"{package} not installed"
+    columns = list(frameworks or [])
+    if columns and framework_of(declared) not in columns:
+        return f"runs in the {'/'.join(columns)} column only (this is {framework_of(declared)})"
     return None
 
 

@@ -68,14 +68,17 @@ def _param(item: pytest.Item, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _markers(item: pytest.Item) -> tuple[list[str], list[str] | None]:
+def _markers(item: pytest.Item) -> tuple[list[str], list[str] | None, list[str] | None]:
     requires: list[str] = []
     for mark in item.iter_markers("requires"):
         requires.extend(mark.args)
     platforms: list[str] | None = None
     for mark in item.iter_markers("platform_only"):
         platforms = list(mark.args)
-    return requires, platforms
+    frameworks: list[str] | None = None
+    for mark in item.iter_markers("framework_only"):
+        frameworks = list(mark.args)
+    return requires, platforms, frameworks
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -111,8 +114,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             name = getattr(item, "originalname", item.name)
             workflow = _param(item, "workflow") or name.removeprefix("test_")
             item.user_properties += [("workflow", workflow), ("backend", environment)]
-        requires, platforms = _markers(item)
-        reason = expected_skip(requires, platforms, declared(), sys.platform)
+        requires, platforms, frameworks = _markers(item)
+        reason = expected_skip(requires, platforms, declared(), sys.platform, frameworks)
         expected[item.nodeid] = reason
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -27,6 +27,17 @@ def test_expected_skip_comes_from_markers_and_the_declared_set(
     assert expected_skip(requires, platforms, DECLARED, platform) == reason
 
 
+def test_framework_only_keeps_a_test_to_one_column() -> None:
+    torch_column = frozenset({"mlflow", "torch"})
+    lightning_column = frozenset({"mlflow", "torch", "lightning"})
+    assert expected_skip(["mlflow"], None, torch_column, "linux", ["torch"]) is None
+    assert (
+        expected_skip(["mlflow"], None, lightning_column, "linux", ["torch"])
+        == "runs in the torch column only (this is lightning)"
+    )
+    assert expected_skip(["mlflow"], None, frozenset({"torch"}), "linux", ["torch"]) == "mlflow not installed"
+
+
 def test_audit_passes_when_skips_match_exactly() -> None:
     expected = {"a": None, "b": "mlflow not installed"}
     observed = {"a": ("passed", None), "b": ("skipped", "mlflow not installed")}
