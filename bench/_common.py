@@ -1,0 +1,605 @@
+"""What ``bench/overhead.py`` and ``bench/throughput.py`` share: targets, store isolation, natives.
+
+The two benchmarks compare tracelet with each store's own client, so both sides must
+run against the same kind of store, configured the same way, in an equally fresh
+process. Keeping that here (one ``TARGETS`` dict, one environment recipe, one native
+adapter per store) means the two scripts cannot drift apart on what "fair" means.
+
+Nothing here is imported from ``tests/``: the isolation recipe mirrors
+``tests/e2e/framework.py`` (its ``*Environment`` classes and ``MLflowServer``) but is
+copied, so the benchmarks run from a plain install without the test suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+#: The targets from the issue, in one place. Both scripts judge PASS/MISS against these.
+TARGETS: dict[str, float] = {
+    # overhead.py: median step time with logging vs without, in percent
+    "overhead_fast_max_pct": 5.0,  # ~0.5 ms/step loop
+    "overhead_slow_max_pct": 1.0,  # ~12 ms/step loop
+    # overhead.py: stop_logging() after the fast loop may take at most the native close + this
+    "stop_max_extra_s": 0.5,
+    # throughput.py: native_time / tracelet_time, on every store
+    "throughput_min_ratio": 0.95,
+}
+
+#: Store -> the package it needs (``None``: nothing beyond tracelet).
+PACKAGES: dict[str, str | None] = {
+    "mlflow": "mlflow",
+    "mlflow_server": "mlflow",
+    "wandb": "wandb",
+    "clearml": "clearml",
+    "local": None,
+}
+
+#: The tracelet backend name behind each store label.
+BACKEND_OF: dict[str, str] = {
+    "mlflow": "mlflow",
+    "mlflow_server": "mlflow",
+    "wandb": "wandb",
+    "clearml": "clearml",
+    "local": "local",
+}
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The W&B settings tracelet's wandb backend uses. The native W&B run gets the same ones,
+#: so the comparison is between the two ways of logging, not two configurations.
+WANDB_SETTINGS: dict[str, Any] = {"x_disable_stats": True, "console": "off", "save_code": False}
+
+#: ``Task.init(auto_connect_frameworks=...)`` with everything off, as tracelet's clearml
+#: backend passes it. A plain ``False`` would still scan the git repository and pip
+#: environment: only an explicit ``detect_repository: False`` skips that.
+CLEARML_FRAMEWORKS_OFF: dict[str, bool] = {
+    name: False
+    for name in (
+        "hydra",
+        "scikit",
+        "joblib",
+        "matplotlib",
+        "tensorflow",
+        "tensorboard",
+        "tfdefines",
+        "pytorch",
+        "megengine",
+        "xgboost",
+        "catboost",
+        "fastai",
+        "lightgbm",
+        "gradio",
+        "detect_repository",
+    )
+}
+
+
+def installed(store: str) -> bool:
+    """True when the package a store needs can be imported (checked without importing it)."""
+    package = PACKAGES[store]
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+def select_stores(requested: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The requested stores that can run here; prints a note for each one skipped."""
+    chosen = []
+    for store in requested:
+        if store not in known:
+            raise SystemExit(f"unknown backend {store!r}; choose from {', '.join(known)}")
+        if installed(store):
+            chosen.append(store)
+        else:
+            print(f"note: skipping {store}: package {PACKAGES[store]!r} is not installed")
+    return chosen
+
+
+# -- isolation -----------------------------------------------------------------------------------
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path.as_posix()}"
+
+
+def store_env(root: Path, delivery: str | None) -> dict[str, str]:
+    """The environment of one benchmark child: every store writes under ``root`` only.
+
+    Mirrors the E2E environments (``tests/e2e/framework.py``): W&B's five directories and
+    offline mode, ClearML offline with its own ``HOME`` and cache (it writes
+    ``~/.clearml``), MLflow without telemetry, tracelet's spool and local runs. The
+    child also runs with ``cwd=root``, so a store's relative default (``./mlruns``,
+    ``./wandb``) lands there too. ``delivery`` sets ``TRACELET_DELIVERY``; ``None``
+    leaves the caller's setting (or the library default) alone.
+    """
+    env = dict(os.environ)
+    wandb_dirs = {
+        "WANDB_DIR": root / "wandb",
+        "WANDB_CACHE_DIR": root / "wandb_cache_dir",
+        "WANDB_DATA_DIR": root / "wandb_data_dir",
+        "WANDB_CONFIG_DIR": root / "wandb_config_dir",
+        "WANDB_ARTIFACT_DIR": root / "wandb_artifact_dir",
+    }
+    dirs = {
+        **wandb_dirs,
+        "HOME": root / "home",
+        "CLEARML_CACHE_DIR": root / "clearml-cache",
+        "TRACELET_SPOOL_DIR": root / "spool",
+        "TRACELET_LOCAL_DIR": root / "local",
+    }
+    for key, path in dirs.items():
+        path.mkdir(parents=True, exist_ok=True)
+        env[key] = str(path)
+    env.update(
+        {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_DISABLE_GIT": "true",
+            "CLEARML_OFFLINE_MODE": "1",
+            "CLEARML_LOG_LEVEL": "ERROR",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # A tracking URI inherited from the caller's shell must not send a child elsewhere.
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if delivery is not None:
+        env["TRACELET_DELIVERY"] = delivery
+    return env
+
+
+def tracelet_backend(store: str, root: Path, server_url: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The ``backend`` and ``backend_options`` that point tracelet at the store under ``root``."""
+    backend = BACKEND_OF[store]
+    options: dict[str, Any]
+    if store == "mlflow":
+        options = {
+            "tracking_uri": sqlite_uri(root / "tracelet-mlflow.db"),
+            "artifact_location": (root / "tracelet-mlflow-artifacts").as_uri(),
+        }
+    elif store == "mlflow_server":
+        if not server_url:
+            raise ValueError("mlflow_server needs a server URL")
+        options = {"tracking_uri": server_url}
+    elif store == "wandb":
+        options = {"dir": str(root / "wandb"), "mode": "offline"}
+    elif store == "clearml":
+        options = {"offline": True}
+    elif store == "local":
+        options = {"root": str(root / "local")}
+    else:
+        raise ValueError(f"unknown store {store!r}")
+    return backend, {backend: options}
+
+
+# -- native clients ------------------------------------------------------------------------------
+
+
+class NativeRun:
+    """One run opened with a store's own client; ``log_step`` then ``close``.
+
+    ``import_s`` and ``create_s`` say how long importing the client and opening the run
+    took: the native counterparts of ``import tracelet`` and ``start_logging()``.
+    """
+
+    store = ""
+
+    def __init__(self) -> None:
+        self.import_s = 0.0
+        self.create_s = 0.0
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class MLflowNative(NativeRun):
+    """``MlflowClient.log_batch``: per step (``chunk=None``) or in chunks of ``chunk`` metrics.
+
+    Per step is what a training loop without a logging library does; chunks of 1000
+    (MLflow's batch limit) is the best the store's bulk API can do, the throughput
+    baseline. Close is ``set_terminated``.
+    """
+
+    store = "mlflow"
+
+    def __init__(self, tracking_uri: str, project: str, run_name: str, chunk: int | None) -> None:
+        super().__init__()
+        t0 = time.perf_counter()
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        t1 = time.perf_counter()
+        self._metric = Metric
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self._client.get_experiment_by_name(project)
+        experiment_id = (
+            experiment.experiment_id if experiment is not None else self._client.create_experiment(project)
+        )
+        self._run_id = self._client.create_run(experiment_id, run_name=run_name).info.run_id
+        self.import_s, self.create_s = t1 - t0, time.perf_counter() - t1
+        self._chunk = chunk
+        self._buffer: list[Any] = []
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        metric = self._metric
+        self._buffer.extend(metric(key, value, ts, step) for key, value in metrics.items())
+        if self._chunk is None:
+            self._client.log_batch(self._run_id, metrics=self._buffer)
+            self._buffer = []
+            return
+        while len(self._buffer) >= self._chunk:
+            self._client.log_batch(self._run_id, metrics=self._buffer[: self._chunk])
+            del self._buffer[: self._chunk]
+
+    def close(self) -> None:
+        if self._buffer:
+            self._client.log_batch(self._run_id, metrics=self._buffer)
+            self._buffer = []
+        self._client.set_terminated(self._run_id, "FINISHED")
+
+
+class WandbNative(NativeRun):
+    """``run.log({...})``, one row per step, offline; close is ``run.finish()``."""
+
+    store = "wandb"
+
+    def __init__(self, wandb_dir: Path, project: str, run_name: str) -> None:
+        super().__init__()
+        t0 = time.perf_counter()
+        import wandb
+
+        t1 = time.perf_counter()
+        self._run = wandb.init(
+            project=project,
+            name=run_name,
+            dir=str(wandb_dir),
+            mode="offline",
+            reinit="create_new",
+            settings=wandb.Settings(**WANDB_SETTINGS),
+        )
+        self.import_s, self.create_s = t1 - t0, time.perf_counter() - t1
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._run.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class ClearMLNative(NativeRun):
+    """``Logger.report_scalar`` per value, offline, reporting subprocess off; close is ``task.close()``.
+
+    The reporting subprocess is switched off the way tracelet's clearml backend does
+    it (the private ``Task._report_subprocess_enabled``): with it on, ``report_scalar``
+    is ~70x slower and ``close()`` takes seconds, which would flatter tracelet.
+    """
+
+    store = "clearml"
+
+    def __init__(self, project: str, run_name: str) -> None:
+        super().__init__()
+        t0 = time.perf_counter()
+        from clearml import Task
+
+        t1 = time.perf_counter()
+        Task._report_subprocess_enabled = False
+        Task.set_offline(offline_mode=True)
+        self._task = Task.init(
+            project_name=project,
+            task_name=run_name,
+            task_type=Task.TaskTypes.training,
+            reuse_last_task_id=False,
+            continue_last_task=False,
+            auto_connect_arg_parser=False,
+            auto_connect_frameworks=dict(CLEARML_FRAMEWORKS_OFF),
+            auto_resource_monitoring=False,
+            auto_connect_streams=False,
+        )
+        self._logger = self._task.get_logger()
+        self.import_s, self.create_s = t1 - t0, time.perf_counter() - t1
+        self._split: dict[str, tuple[str, str]] = {}
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        report = self._logger.report_scalar
+        split = self._split
+        for key, value in metrics.items():
+            names = split.get(key)
+            if names is None:
+                title, _, series = key.partition("/")
+                names = split[key] = (title, series or title)
+            report(names[0], names[1], value, iteration=step)
+
+    def close(self) -> None:
+        self._task.close()
+
+
+def open_native(
+    store: str,
+    root: Path,
+    project: str,
+    run_name: str,
+    *,
+    mlflow_chunk: int | None,
+    server_url: str | None = None,
+) -> NativeRun:
+    """Open a run on ``store`` with its own client, under ``root`` (or on the server)."""
+    if store == "mlflow":
+        return MLflowNative(sqlite_uri(root / "native-mlflow.db"), project, run_name, mlflow_chunk)
+    if store == "mlflow_server":
+        if not server_url:
+            raise ValueError("mlflow_server needs a server URL")
+        return MLflowNative(server_url, project, run_name, mlflow_chunk)
+    if store == "wandb":
+        return WandbNative(root / "wandb", project, run_name)
+    if store == "clearml":
+        return ClearMLNative(project, run_name)
+    raise ValueError(f"store {store!r} has no native client")
+
+
+def backend_counts(report: Any, backend: str) -> dict[str, Any]:
+    """The ``DeliveryReport`` counts for one backend, as plain JSON."""
+    r = report[backend]
+    return {
+        "sent": r.sent,
+        "delivered": r.delivered,
+        "failed": r.failed,
+        "pending": r.pending,
+        "ok": bool(r.ok),
+        "errors": list(r.errors)[:3],
+    }
+
+
+# -- a real mlflow server ------------------------------------------------------------------------
+
+
+class MLflowServer:
+    """A real ``mlflow server`` on a free 127.0.0.1 port, in its own session; always stopped.
+
+    Same recipe as the E2E suite's server (``tests/e2e/framework.py``), with the two
+    workers the issue asks for. ``start_new_session`` puts the server and its workers in
+    one process group, so :meth:`stop` can end all of them and a Ctrl-C in the terminal
+    does not kill it half-way through a measurement. Use it as a context manager.
+    """
+
+    def __init__(self, root: Path, workers: int = 2) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "server.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            sqlite_uri(root / "server.db"),
+            "--artifacts-destination",
+            (root / "server-artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+        ]
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            # No background job runner (huey workers): a benchmark needs tracking only.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
+        )
+        self.started_s = 0.0
+        try:
+            self.started_s = self._wait_healthy(timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+            time.sleep(0.3)
+        raise RuntimeError(f"mlflow server did not answer /health within {timeout}s")
+
+    def stop(self) -> None:
+        """TERM the whole process group, then KILL whatever is left: no process survives."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> MLflowServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- children ------------------------------------------------------------------------------------
+
+
+def run_child(
+    script: Path, spec: dict[str, Any], root: Path, env: dict[str, str], timeout: float
+) -> dict[str, Any]:
+    """Run ``script --child <spec>`` in a fresh process and return the JSON it wrote.
+
+    One process per measurement: a store's threads and helper processes (wandb-core,
+    ClearML's reporters, tracelet's agent) end with it and cannot slow the next
+    variant. The child runs in its own session so a timeout or Ctrl-C here can kill its
+    whole group; its output goes to a log whose tail is kept if it fails.
+    """
+    result_path = root / "result.json"
+    log_path = root / "child.log"
+    spec = {**spec, "root": str(root), "result": str(result_path)}
+    command = [sys.executable, str(script), "--child", json.dumps(spec)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
+        try:
+            code = process.wait(timeout=timeout)
+        except BaseException as exc:  # timeout or Ctrl-C: never leave the child running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            code = None
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    if code != 0 or not result_path.exists():
+        why = f"timed out after {timeout:.0f}s" if code is None else f"exit code {code}"
+        return {"error": why, "log_tail": tail}
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    return result
+
+
+def write_child_result(spec: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    Path(spec["result"]).write_text(json.dumps(result, indent=1))
+
+
+# -- facts and numbers ---------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    """What a reader needs to judge the numbers: cores, load, versions, the code measured."""
+    versions = {}
+    for dist in ("tracelet", "mlflow", "wandb", "clearml", "torch"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    commit = dirty = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "src"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "versions": versions,
+        "git_commit": commit,
+        "src_dirty": dirty,
+        "tracelet_delivery_env": os.environ.get("TRACELET_DELIVERY"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def load_1min(facts: Mapping[str, Any]) -> str:
+    """The 1-minute load average from :func:`machine_facts`, or ``n/a`` where the OS has none."""
+    load = facts.get("load_average")
+    return f"{load[0]:.2f}" if load else "n/a"
+
+
+def warn_if_busy() -> None:
+    """Say so when the machine is already loaded: the numbers would be noise, not tracelet."""
+    if not hasattr(os, "getloadavg"):
+        return
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load > 0.5 * cores:
+        print(f"warning: 1-minute load average is {load:.2f} on {cores} cores; expect noisy numbers")
+
+
+def spread(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Median, min and max over repetitions (``None`` entries, from failed runs, are left out)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def fmt_spread(s: Mapping[str, Any], fmt: str = "{:.2f}", unit: str = "") -> str:
+    """``median [min..max]unit``, or ``-`` when nothing was measured."""
+    if not s or s.get("median") is None:
+        return "-"
+    if s["n"] == 1:
+        return f"{fmt.format(s['median'])}{unit}"
+    return f"{fmt.format(s['median'])}{unit} [{fmt.format(s['min'])}..{fmt.format(s['max'])}]"
+
+
+def rep_orders(items: Sequence[str], reps: int, seed: int) -> list[list[str]]:
+    """One run order per repetition: a seeded shuffle, rotated each rep.
+
+    Rotation moves every variant through different positions, so none always runs
+    first (cold page cache) or right after the heaviest one (a warm, busy CPU).
+    """
+    base = list(items)
+    random.Random(seed).shuffle(base)
+    step = max(1, len(base) // max(1, reps))
+    return [base[(r * step) % len(base) :] + base[: (r * step) % len(base)] for r in range(reps)]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table (no dependency, readable in CI logs)."""
+    widths = [
+        max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(lines)
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "MISS")
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
