@@ -14,6 +14,7 @@ TRACELET_SPOOL_DIR          where overflow and leftovers are spooled         use
 TRACELET_DELIVERY           ``agent``: a delivery process; ``thread``: here  ``agent``
 TRACELET_AGENT_TIMEOUT      seconds ``start_logging`` waits for the agent    ``120``
 TRACELET_AGENT_DRAIN        seconds the agent delivers after trainer death   ``30``
+TRACELET_AGENT_NICE         added to the agent's niceness (0: none)          ``10``
 ==========================  ==============================================  ============
 
 The default backend is ``local`` (a JSONL directory, ``./tracelet-runs``): it needs

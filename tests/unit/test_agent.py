@@ -21,7 +21,7 @@ import tracelet
 from tests.unit.fakes import release, run_view
 from tracelet.errors import AgentStartError
 from tracelet.spool import sync
-from tracelet.testing import read_run
+from tracelet.testing import RunRecord, read_run
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -169,6 +169,16 @@ def _run_until_ready(tmp_path: Path, before: str = "") -> tuple[subprocess.Popen
     return proc, info
 
 
+def closed_run(info: dict[str, object], tmp_path: Path, timeout: float = 30.0) -> RunRecord:
+    """The trainer's local run once it is no longer ``running`` (or as it is after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = read_run("local", str(info["run"]), root=tmp_path / "runs")
+        if record.status != "running" or time.monotonic() > deadline:
+            return record
+        time.sleep(0.1)
+
+
 def _agents_of(pid: int) -> list[int]:
     return agent_pids(pid) if sys.platform.startswith("linux") else []
 
@@ -180,20 +190,13 @@ def test_a_sigkilled_trainer_has_its_run_delivered_and_closed_killed(tmp_path: P
     time.sleep(0.6)  # what was logged more than the feeder's interval ago has reached the agent
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    record = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        record = read_run("local", str(info["run"]), root=tmp_path / "runs")
-        if record.status != "running":
-            break
-        time.sleep(0.1)
-    assert record is not None
+    record = closed_run(info, tmp_path)
     assert record.status == "killed"
     steps = [s for s, _ in record.metrics["step"]]
     assert len(steps) >= 3000
     assert steps == list(range(len(steps)))
-    if agents:
-        wait_for(lambda: not any(Path(f"/proc/{a}").exists() and a in agent_pids() for a in agents), 30)
+    if agents:  # the agent exits once it has closed the run: no orphan
+        wait_for(lambda: not set(agents) & set(agent_pids()), 30)
 
 
 @posix_only
@@ -211,12 +214,7 @@ def test_a_forked_child_holding_the_pipe_does_not_keep_the_agent_waiting(tmp_pat
         time.sleep(0.6)  # what was logged more than the feeder's interval ago has reached the agent
         os.kill(proc.pid, signal.SIGKILL)  # the trainer only: the forked child lives on
         proc.wait(10)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            record = read_run("local", str(info["run"]), root=tmp_path / "runs")
-            if record.status != "running":
-                break
-            time.sleep(0.1)
+        record = closed_run(info, tmp_path)
         assert record.status == "killed"
         assert len(record.metrics["step"]) >= 3000
     finally:

@@ -223,7 +223,36 @@ class Agent:
             pass
 
 
+def _lower_priority() -> None:
+    """Delivery is background work: when training keeps every core busy, training comes first.
+
+    ``TRACELET_AGENT_NICE`` (default 10; 0 keeps the trainer's priority) is added to
+    the agent's niceness; the stores' own helper processes it starts (wandb-core)
+    inherit it. A backlog this causes waits in the agent's bounded queue and spool,
+    and drains when a core is free, at the latest at ``stop_logging()``.
+    """
+    raw = os.environ.get("TRACELET_AGENT_NICE", "10")
+    try:
+        increment = int(raw)
+    except ValueError:
+        log.warning("tracelet: TRACELET_AGENT_NICE=%r is not an integer; using 10", raw)
+        increment = 10
+    if increment <= 0:
+        return
+    try:
+        if hasattr(os, "nice"):
+            os.nice(increment)
+        elif sys.platform == "win32":  # BELOW_NORMAL_PRIORITY_CLASS
+            import ctypes
+
+            kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+            kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), 0x00004000)
+    except OSError as exc:
+        log.debug("tracelet: could not lower the agent's priority: %r", exc)
+
+
 def main() -> int:
+    _lower_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _on_sigterm)

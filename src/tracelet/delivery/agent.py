@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import pickle
+import site
 import subprocess
 import sys
 import threading
@@ -75,7 +76,9 @@ def _agent_env() -> dict[str, str]:
     """
     env = dict(os.environ)
     here = str(Path(tracelet.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    site_dirs = {str(Path(d).resolve()) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    if here not in site_dirs:  # never put site-packages ahead of the standard library
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     return env
 
 
