@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, machine_facts, sqlite_uri, store_env
+from _common import RESULTS_DIR, TARGETS, machine_facts, sqlite_uri, store_env
 
-TARGET_WINDOW_MS = 50.0
+TARGET_WINDOW_MS = TARGETS["kill_window_ms"]
 
 TRAINER = textwrap.dedent(
     """

@@ -42,8 +42,9 @@ from tracelet.spool import Spool
 
 log = logging.getLogger(__name__)
 
-#: How often the feeder ships what accumulated; few, large messages keep the trainer's cost low.
-SHIP_INTERVAL = 0.1
+#: How often the feeder ships what accumulated. Few, large messages keep the trainer's cost low; this
+#: interval is also what a SIGKILLed trainer can lose (what it logged since the last shipment).
+SHIP_INTERVAL = 0.04
 #: Ship at once when this many events wait, whatever the interval.
 SHIP_EARLY = 20_000
 #: Largest batch per message.
