@@ -48,9 +48,6 @@ class CountingMLflowBackend(MLflowBackend):
         client.log_batch = log_batch
         return client
 
-    def log_metric_forbidden(self) -> None:  # pragma: no cover - documentation only
-        """Per-point ``log_metric`` is never used: the backend has no code path that calls it."""
-
 
 EXTRA = {
     "broken": "tests.e2e.agent_backends:BrokenBackend",
