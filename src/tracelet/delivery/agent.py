@@ -36,7 +36,7 @@ import tracelet
 from tracelet.delivery import Delivery, Opened, OpenRequest, protocol
 from tracelet.delivery.writer import DEFAULT_MAXSIZE, _count_value
 from tracelet.errors import AgentStartError
-from tracelet.events import resolve_value, to_raw
+from tracelet.events import from_raw, resolve_value, to_raw
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
@@ -118,9 +118,10 @@ class AgentDelivery(Delivery):
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._lost_reason: str | None = None
         self._held: dict[str, int] = {}
+        self._drain_timeout = drain_timeout
         self._proc = self._spawn()
         try:
-            self._conn = self._connect(handshake_timeout, drain_timeout)
+            self._conn = self._connect(handshake_timeout)
             self.opened = self._handshake(handshake_timeout)
         except BaseException:
             self._kill()
@@ -175,7 +176,7 @@ class AgentDelivery(Delivery):
         tail = "".join(self._stderr_tail).rstrip()
         return AgentStartError(why, self._proc.poll(), tail)
 
-    def _connect(self, timeout: float, drain_timeout: float) -> Connection:
+    def _connect(self, timeout: float) -> Connection:
         """The agent connects back with the key it read on its stdin; nothing is on a command line."""
         authkey = os.urandom(32)
         listener = Listener(authkey=authkey)
@@ -214,7 +215,6 @@ class AgentDelivery(Delivery):
             conn = accepted[0]
         finally:
             listener.close()
-        self._drain_timeout = drain_timeout
         return conn
 
     def _handshake(self, timeout: float) -> Opened:
@@ -441,8 +441,6 @@ class AgentDelivery(Delivery):
         self._queue.clear()
         overflow = self._overflow_spool()
         if unshipped:
-            from tracelet.events import from_raw
-
             overflow.prepend([from_raw(item) for item in unshipped])
         self._spooling = True
 
