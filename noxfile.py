@@ -88,6 +88,22 @@ def declared_set(backend: str, framework: str) -> list[str]:
     return sorted(set(PROVIDES[backend]) | set(PROVIDES[framework]))
 
 
+def bytecode_env(session: nox.Session) -> dict[str, str]:
+    """Let the session's processes cache bytecode, inside the session's own virtualenv.
+
+    Machines and images often export ``PYTHONDONTWRITEBYTECODE=1``. Then every process
+    compiles every module it imports from source again: ``import mlflow`` takes 3.7 s
+    instead of 1.4 s here, and the E2E suite starts hundreds of processes (each run's
+    delivery agent, every ``mlflow server``, every trainer subprocess). The cache lives
+    under the virtualenv (``PYTHONPYCACHEPREFIX``), so the checkout stays clean and a
+    fresh virtualenv starts from nothing. An empty value means "unset" to Python.
+    """
+    return {
+        "PYTHONDONTWRITEBYTECODE": "",
+        "PYTHONPYCACHEPREFIX": str(Path(session.virtualenv.location) / "pycache"),
+    }
+
+
 def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
     """Install one backend and one framework set, run the E2E suite, and record the session."""
     name = f"e2e-{backend}-{framework}"
@@ -107,6 +123,7 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
         )
         env = {
             **QUIET_ENV,
+            **bytecode_env(session),
             "TRACELET_E2E_INSTALL_SET": ",".join(declared),
             "TRACELET_E2E_AUDIT_FILE": str(out / "audit.json"),
             "COVERAGE_FILE": str(out / ".coverage"),
@@ -184,7 +201,14 @@ for _backend in BACKENDS:
 def unit(session: nox.Session) -> None:
     """Unit tests: no optional package installed, fakes and subprocesses only."""
     session.install(".", "-r", TEST_REQUIREMENTS)
-    session.run("pytest", "tests/unit", "-p", "no:cacheprovider", *session.posargs, env=QUIET_ENV)
+    session.run(
+        "pytest",
+        "tests/unit",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={**QUIET_ENV, **bytecode_env(session)},
+    )
 
 
 @nox.session(python=E2E_PYTHON)
