@@ -25,6 +25,8 @@ nox.options.error_on_missing_interpreters = True
 
 # -- the matrix ------------------------------------------------------------------------------
 E2E_PYTHON = "3.11"
+#: pytest-xdist workers per E2E session ("auto": one per CPU); ``nox -s <cell> -- -n 0`` runs serially
+E2E_WORKERS = "auto"
 UNIT_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: backend axis: name -> pip extra (``None``: no backend extra at all)
 BACKENDS: dict[str, str | None] = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml", "none": None}
@@ -130,6 +132,8 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
         }
         pytest_args = [
             "tests/e2e",
+            "-n",
+            E2E_WORKERS,
             "-p",
             "no:cacheprovider",
             "--durations=10",

@@ -3,6 +3,11 @@
 The suite refuses to run without ``TRACELET_E2E_INSTALL_SET`` (the nox session
 exports it from the matrix). Before any test it checks that exactly the declared
 optional packages are importable; after the last test it audits the skips.
+
+Under ``pytest-xdist`` the controller collects nothing and runs nothing: each worker
+computes the expected skips of what it collected and hands them (and any process
+that survived its shared MLflow server) to the controller through ``workeroutput``.
+The controller sees every test's report, so it alone audits and writes the audit file.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +58,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "the installed optional packages differ from TRACELET_E2E_INSTALL_SET="
             f"{','.join(sorted(declared))}:\n  " + "\n  ".join(problems)
         )
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    """True inside an xdist worker (which reports to a controller)."""
+    return hasattr(config, "workerinput")
 
 
 def declared() -> frozenset[str]:
@@ -119,7 +130,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         expected[item.nodeid] = reason
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
-    _STATE["expected"] = expected
+    merged = _STATE.setdefault("expected", {})
+    assert isinstance(merged, dict)
+    merged.update(expected)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -141,14 +154,38 @@ def _write_audit(data: dict[str, object]) -> None:
         Path(target).write_text(json.dumps(data, indent=2))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Controller: merge what a finished xdist worker expected and left behind."""
+    output = getattr(node, "workeroutput", None) or {}
+    raw = output.get("tracelet_e2e")
+    if raw is None:
+        return
+    data = json.loads(raw)
+    expected = _STATE.setdefault("expected", {})
+    assert isinstance(expected, dict)
+    expected.update(data["expected"])
+    survivors = _STATE.setdefault("survivors", [])
+    assert isinstance(survivors, list)
+    survivors.extend(data["survivors"])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.e2e.framework import e2e_framework
 
+    config = session.config
     survivors = e2e_framework.shutdown()
+    if _is_worker(config):
+        workeroutput = config.workeroutput  # type: ignore[attr-defined]
+        workeroutput["tracelet_e2e"] = json.dumps(
+            {"expected": _STATE.get("expected", {}), "survivors": survivors}
+        )
+        return
+    survivors += _STATE.get("survivors", [])  # type: ignore[arg-type]
     if survivors:
         sys.stderr.write("\n".join(survivors) + "\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if session.config.option.collectonly or "expected" not in _STATE:
+    if config.option.collectonly or "expected" not in _STATE:
         return
     expected = _STATE["expected"]
     observed = _STATE["observed"]
