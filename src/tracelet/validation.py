@@ -9,6 +9,9 @@ from typing import Any
 #: One character set every backend accepts: segments of letters, digits, ``_ . -``
 #: joined by single ``/`` (MLflow's rules are the strictest; W&B and ClearML accept it).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.\-]+)*\Z")
+#: Path segments MLflow refuses (a name must equal its own ``posixpath.normpath``), and
+#: with them the whole batch the name rides in: so tracelet refuses them up front.
+DOT_SEGMENTS = frozenset({".", ".."})
 MAX_NAME_LENGTH = 250
 RESERVED_PREFIXES = ("tracelet/", "tracelet.")
 
@@ -22,6 +25,8 @@ def check_name(name: Any, what: str) -> str:
             f"invalid {what} name {name!r}: use letters, digits, '_', '.', '-' in segments joined by "
             f"single '/', starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
         )
+    if any(segment in DOT_SEGMENTS for segment in name.split("/")):
+        raise ValueError(f"invalid {what} name {name!r}: a '.' or '..' segment is a path step, not a name")
     if name.startswith(RESERVED_PREFIXES):
         raise ValueError(f"invalid {what} name {name!r}: the prefix 'tracelet' is reserved")
     return name

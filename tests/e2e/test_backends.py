@@ -105,6 +105,27 @@ def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Pa
         assert record.metrics["grad"] == [(0, 4.0)]
 
 
+#: Names tracelet's check accepts at its edges: dots inside a segment, a digit first, the
+#: longest name. Each must land, as spelled, in every store (a name tracelet accepts and a
+#: store refuses is a bug in the check: MLflow would refuse the whole batch it rides in).
+ACCEPTED_EDGE_NAMES = ["a/..b", "a/b.", "a/.b", "v1.2/loss", "0", "A-b_c.d/e-f", "n" * 250]
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("environment", environments())
+def test_accepted_edge_names_land_as_spelled(environment: str, isolated_env: Path) -> None:
+    with e2e_framework.backend_environment(environment, project="names") as config:
+        expected = Expected(project="names", run_name="edge-names")
+        exp = _start(config, "edge-names")
+        for i, name in enumerate(ACCEPTED_EDGE_NAMES):
+            expected.metric(exp, name, float(i), 0)
+            expected.metric(exp, name, i + 0.5, 1)
+        expected.params_(exp, {name: f"value-{i}" for i, name in enumerate(ACCEPTED_EDGE_NAMES)})
+        report = tracelet.stop_logging()
+        assert report.ok, report.format()
+        assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
+
+
 def _log_one_run_to(
     backends: list[str], options: dict[str, Any], run_name: str, tmp_path: Path
 ) -> tuple[Expected, tracelet.Experiment, tracelet.DeliveryReport]:

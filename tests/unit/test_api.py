@@ -38,6 +38,12 @@ def test_names_and_mapping_reach_the_backend() -> None:
         ("a b", ValueError),
         ("/x", ValueError),
         ("a//b", ValueError),
+        ("a/", ValueError),
+        ("..", ValueError),
+        ("a/../b", ValueError),
+        ("a/./b", ValueError),
+        ("a/..", ValueError),
+        ("lösung", ValueError),
         ("x" * 251, ValueError),
         ("tracelet/step", ValueError),
         (3, TypeError),
@@ -49,6 +55,16 @@ def test_bad_metric_names_raise_naming_the_metric(name: object, error: type[Exce
         exp.log_metric(name, 1.0)  # type: ignore[arg-type]
     tracelet.stop_logging()
     assert backend.events == []
+
+
+def test_names_with_dots_inside_a_segment_are_names() -> None:
+    """Only whole '.' and '..' segments are paths; dots inside a segment are ordinary characters."""
+    exp, backend = memory_run()
+    names = ["a/..b", "a/b.", "a/.b", "v1.2/loss", "x" * 250]
+    for name in names:
+        exp.log_metric(name, 1.0, 0)
+    tracelet.stop_logging()
+    assert [e.name for e in backend.events if isinstance(e, Metric)] == names
 
 
 @pytest.mark.parametrize("value", ["1.0", None, [1.0], {"a": 1}, 1j])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tests.unit.fakes import FlakyBackend, release, run_view
+from tests.unit.fakes import REFUSED_NAME, FlakyBackend, release, run_view
 from tracelet.delivery import writer as writer_module
 from tracelet.delivery.writer import BackendWriter
 from tracelet.events import Metric
@@ -51,7 +51,7 @@ def test_one_refused_event_does_not_sink_its_batch() -> None:
     for i in range(1000):
         exp.log_metric("loss", float(i), i)
         if i == 600:
-            exp.log_metric("a/../b", 1.0, i)  # passes tracelet's check; the store refuses it
+            exp.log_metric(REFUSED_NAME, 1.0, i)  # passes tracelet's check; the store refuses it
     report = tracelet.stop_logging()
     r = report["refusing"]
     assert (r.sent, r.delivered, r.failed, r.pending) == (1001, 1000, 1, 0)
@@ -59,7 +59,7 @@ def test_one_refused_event_does_not_sink_its_batch() -> None:
     assert r.dead_letter_path is not None
     (line,) = Path(r.dead_letter_path).read_text().splitlines()
     dead = json.loads(line)
-    assert dead["name"] == "a/../b"
+    assert dead["name"] == REFUSED_NAME
     assert "INVALID_PARAMETER_VALUE" in dead["reason"]
     assert [m.step for m in run_view(exp.runs["refusing"]).metrics] == list(range(1000))
 
@@ -68,7 +68,7 @@ def test_a_dead_letter_is_replayed_by_sync() -> None:
     """Refused while the store refuses it, replayed once the store takes it (the gate opens)."""
     exp = tracelet.start_logging(exp_name="dl", project="p", backend="refusing-local")
     exp.log_metric("ok", 1.0, 0)
-    exp.log_metric("a/../b", 2.0, 0)
+    exp.log_metric(REFUSED_NAME, 2.0, 0)
     report = tracelet.stop_logging()
     r = report["refusing-local"]
     assert (r.sent, r.delivered, r.failed, r.pending) == (2, 1, 1, 0)
@@ -77,7 +77,7 @@ def test_a_dead_letter_is_replayed_by_sync() -> None:
     replayed = sync(Path(r.dead_letter_path).parent)
     assert sum(replayed.values()) == 1
     record = read_run("local", exp.runs["refusing-local"])  # type: ignore[arg-type]
-    assert record.metrics == {"ok": [(0, 1.0)], "a/../b": [(0, 2.0)]}
+    assert record.metrics == {"ok": [(0, 1.0)], REFUSED_NAME: [(0, 2.0)]}
     assert sum(sync(Path(r.dead_letter_path).parent).values()) == 0  # exactly once
 
 
