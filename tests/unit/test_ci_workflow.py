@@ -154,3 +154,25 @@ def test_only_github_and_pytorch_hosts_are_named() -> None:
     text = WORKFLOW.read_text(encoding="utf-8")
     hosts = set(re.findall(r"https?://([^/\s\"']+)", text))
     assert hosts <= {"download.pytorch.org", "github.com"}
+
+
+@pytest.mark.parametrize("name", ["unit", "e2e"])
+def test_uv_cache_is_kept_keyed_on_what_decides_the_installs(jobs: dict[str, Any], name: str) -> None:
+    """Issue 9 (seed 001, "caching mechanisms"): uv's cache survives between runs, pruned for CI."""
+    job = jobs[name]
+    (cache,) = _uses(job, "actions/cache@")
+    path = cache["with"]["path"]
+    assert any(f"UV_CACHE_DIR={path}" in run for run in _runs(job)), "uv must use the cached folder"
+    key = cache["with"]["key"]
+    assert "hashFiles('requirements/**', 'noxfile.py', 'pyproject.toml')" in key
+    assert "runner.os" in key
+    assert "matrix.python" in key
+    assert key.startswith(cache["with"]["restore-keys"])
+    if name == "e2e":
+        assert "matrix.session" in key  # each cell installs another set
+    names = [str(step.get("run", step.get("uses", ""))) for step in job["steps"]]
+    nox_step = max(i for i, n in enumerate(names) if n.startswith("nox -s"))
+    prune = names.index("uv cache prune --ci")
+    assert prune > nox_step
+    assert job["steps"][prune].get("if") == "always()"
+    assert names.index(f"{cache['uses']}") < nox_step
