@@ -115,6 +115,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = selected
 
 
+def _merge_expected(expected: dict[str, str | None]) -> None:
+    """Add expected skips: from this process's collection, or from an xdist worker's."""
+    merged = _STATE.setdefault("expected", {})
+    assert isinstance(merged, dict)
+    merged.update(expected)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """After every deselection (ours, ``-k``, ``-m``): the expected skip of each selected test."""
@@ -130,9 +137,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         expected[item.nodeid] = reason
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
-    merged = _STATE.setdefault("expected", {})
-    assert isinstance(merged, dict)
-    merged.update(expected)
+    _merge_expected(expected)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -162,9 +167,7 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     if raw is None:
         return
     data = json.loads(raw)
-    expected = _STATE.setdefault("expected", {})
-    assert isinstance(expected, dict)
-    expected.update(data["expected"])
+    _merge_expected(data["expected"])
     survivors = _STATE.setdefault("survivors", [])
     assert isinstance(survivors, list)
     survivors.extend(data["survivors"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tests.unit.fakes import release, run_view
+from tests.unit.fakes import release, run_view, wait_for
 from tracelet.errors import AgentStartError
 from tracelet.spool import sync
 from tracelet.testing import RunRecord, read_run
@@ -44,14 +44,6 @@ def agent_pids(parent: int | None = None) -> list[int]:
         if parent is None or ppid == parent:
             pids.append(int(entry.name))
     return pids
-
-
-def wait_for(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)

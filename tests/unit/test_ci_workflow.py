@@ -175,4 +175,4 @@ def test_uv_cache_is_kept_keyed_on_what_decides_the_installs(jobs: dict[str, Any
     prune = names.index("uv cache prune --ci")
     assert prune > nox_step
     assert job["steps"][prune].get("if") == "always()"
-    assert names.index(f"{cache['uses']}") < nox_step
+    assert names.index(cache["uses"]) < nox_step

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tests.unit.fakes import hold, release, run_view
+from tests.unit.fakes import hold, release, run_view, wait_for
 from tracelet.api import start_logging
 from tracelet.config import resolve
 from tracelet.events import Metric
@@ -84,13 +84,12 @@ def test_backpressure_bounds_memory_and_loses_nothing() -> None:
         exp.log_metric("loss", float(i), i)
     # In agent mode the surplus reaches the disk asynchronously (shipped, then spooled by the
     # agent): wait for it, with a deadline. Memory stays bounded; everything past it is on disk.
-    deadline = time.monotonic() + 20
-    while True:
-        spooled = sum(len(p.read_text().splitlines()) for p in exp.spool_dir.rglob("events.jsonl"))
-        if spooled >= 99 * maxsize - 200_000 // maxsize or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert spooled >= 99 * maxsize - 200_000 // maxsize
+    bound = 99 * maxsize - 200_000 // maxsize
+    wait_for(
+        lambda: sum(len(p.read_text().splitlines()) for p in exp.spool_dir.rglob("events.jsonl")) >= bound,
+        20,
+        f"at least {bound} events in the spool",
+    )
     release()
     report = exp.stop(flush_timeout=30)
     values = [e.value for e in run_view(exp.runs["blocking"]).metrics]
