@@ -15,6 +15,8 @@ TRACELET_DELIVERY           ``agent``: a delivery process; ``thread``: here  ``a
 TRACELET_AGENT_TIMEOUT      seconds ``start_logging`` waits for the agent    ``120``
 TRACELET_AGENT_DRAIN        seconds the agent delivers after trainer death   ``30``
 TRACELET_AGENT_NICE         added to the agent's niceness (0: none)          ``10``
+TRACELET_TRACK_GIT          ``0``: record no git commit/branch/remote       ``1``
+TRACELET_TRACK_TENSORBOARD  ``0``: do not capture ``SummaryWriter`` calls   ``1``
 ==========================  ==============================================  ============
 
 The default backend is ``local`` (a JSONL directory, ``./tracelet-runs``): it needs
@@ -90,6 +92,10 @@ class Settings:
     delivery: str = "agent"
     agent_timeout: float = DEFAULT_AGENT_TIMEOUT
     agent_drain: float = DEFAULT_AGENT_DRAIN
+    #: record the git commit, branch, dirty flag and (credential-free) remote
+    track_git: bool = True
+    #: capture ``torch.utils.tensorboard.SummaryWriter`` calls while the run is active
+    track_tensorboard: bool = True
 
 
 def _seconds(name: str, default: float) -> float:
@@ -146,4 +152,6 @@ def resolve(
         delivery=delivery,
         agent_timeout=_seconds("TRACELET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT),
         agent_drain=_seconds("TRACELET_AGENT_DRAIN", DEFAULT_AGENT_DRAIN),
+        track_git=env_flag("TRACELET_TRACK_GIT", True),
+        track_tensorboard=env_flag("TRACELET_TRACK_TENSORBOARD", True),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import sys
 import threading
@@ -17,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, RunInfo
+from tracelet.collectors import run_metadata
 from tracelet.config import Settings
 from tracelet.delivery import Delivery, OpenRequest, open_delivery
 from tracelet.errors import DeliveryError, TraceletError
@@ -28,15 +28,6 @@ from tracelet.validation import check_name, check_step, coerce_value, flatten_pa
 log = logging.getLogger(__name__)
 
 _COPY_CHUNK = 1 << 20
-
-
-def _system_tags() -> dict[str, str]:
-    from tracelet import __version__
-
-    return {
-        "tracelet.version": __version__,
-        "tracelet.python": platform.python_version(),
-    }
 
 
 class Experiment:
@@ -83,7 +74,7 @@ class Experiment:
             return
         request = OpenRequest(
             backends=[(name, dict(settings.backend_options.get(name, {}))) for name in settings.backends],
-            info=RunInfo(self.project, self.name, _system_tags()),
+            info=RunInfo(self.project, self.name, run_metadata(track_git=settings.track_git)),
             spool_dir=str(self.spool_dir),
             writer_options=dict(writer_options or {}),
         )

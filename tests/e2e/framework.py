@@ -136,6 +136,10 @@ class BackendEnvironment(ABC):
         """Delete a run through the backend's own API; False where the offline store has none."""
         return False
 
+    def stored_roots(self) -> list[Path]:
+        """Every directory the store writes into (searched by the tests that look for leaks)."""
+        return [self.root]
+
     def teardown(self) -> None:
         for key, value in self._saved.items():
             if value is None:
@@ -297,6 +301,9 @@ class MLflowServerEnvironment(MLflowEnvironment):
     def options(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri}
 
+    def stored_roots(self) -> list[Path]:
+        return [self.root, *([self._server_root] if self._server_root is not None else [])]
+
 
 class WandbEnvironment(BackendEnvironment):
     """W&B offline, with every W&B directory redirected into the temp dir."""
@@ -316,7 +323,6 @@ class WandbEnvironment(BackendEnvironment):
             WANDB_MODE="offline",
             WANDB_DIR=str(self.root),
             WANDB_SILENT="true",
-            WANDB_DISABLE_GIT="true",
             **dirs,
         )
 

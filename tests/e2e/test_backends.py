@@ -361,3 +361,91 @@ def test_forgotten_stop_is_flushed_before_the_backend_exits(environment: str, is
         record = config["read"](run_id)
         assert record.metrics["loss"] == [(i, 1.0 / (i + 1)) for i in range(2000)]
         assert record.status == "finished"
+
+
+#: Written into the test repository's remote URL; it must land nowhere.
+GIT_SECRET = "s3cr3t-t0ken-8f2a"
+
+
+def _git_repo(path: Path) -> dict[str, str]:
+    """A real repository with a credential in its remote and an uncommitted change."""
+    path.mkdir()
+
+    def git(*args: str) -> str:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid"}
+        env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+        return subprocess.run(
+            ["git", *args], cwd=path, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "feature/e2e")
+    git("remote", "add", "origin", f"https://tracelet-bot:{GIT_SECRET}@git.example.invalid/org/repo.git")
+    (path / "train.py").write_text("print('v1')\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "first")
+    (path / "train.py").write_text("print('v2')\n")  # tracked and modified: dirty
+    return {"commit": git("rev-parse", "HEAD")}
+
+
+def _files_holding(secret: str, roots: list[Path]) -> list[str]:
+    found = []
+    needle = secret.encode()
+    for root in roots:
+        for file in Path(root).rglob("*"):
+            if file.is_file() and needle in file.read_bytes():
+                found.append(str(file))
+    return found
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("environment", environments())
+def test_git_and_environment_are_recorded_without_credentials(
+    environment: str,
+    isolated_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Commit, branch, dirty flag, the remote without its token, and the versions, read back from the store.
+
+    The token in the remote URL is then searched for in every file the store, the spool
+    and the logs (tracelet's at DEBUG, the agent's stderr) hold: it is in none of them.
+    """
+    import importlib.metadata
+    import logging
+    import platform
+
+    repo = _git_repo(tmp_path / "repo")
+    monkeypatch.chdir(tmp_path / "repo")
+    monkeypatch.setenv("TRACELET_LOG_LEVEL", "DEBUG")  # the agent logs at DEBUG too, to stderr
+    caplog.set_level(logging.DEBUG, logger="tracelet")
+    with e2e_framework.backend_environment(environment, project="provenance") as config:
+        env = config["environment_object"]
+        exp = _start(config, "git-run")
+        exp.log_metric("loss", 0.5, 0)
+        assert exp.flush(30)
+        in_flight = _files_holding(GIT_SECRET, [tmp_path / "spool"])
+        report = tracelet.stop_logging()
+        assert report.ok, report.format()
+        record = config["read"](exp.runs[config["backend"]])
+        leaked = in_flight + _files_holding(GIT_SECRET, [*env.stored_roots(), tmp_path / "spool"])
+    fields = record.system_tags
+    assert fields["tracelet.git.commit"] == repo["commit"]
+    assert fields["tracelet.git.branch"] == "feature/e2e"
+    assert fields["tracelet.git.dirty"] == "true"
+    assert fields["tracelet.git.remote"] == "https://git.example.invalid/org/repo.git"
+    assert fields["tracelet.python"] == platform.python_version()
+    assert fields["tracelet.platform"] == platform.platform()
+    assert fields["tracelet.torch"] == importlib.metadata.version("torch")
+    assert ("tracelet.cuda" in fields) == bool(__import__("torch").version.cuda)
+    assert record.params == {}, "tracelet's own fields are kept apart from the user's params"
+    assert record.tags == {}
+    if environment.startswith("mlflow"):
+        tags = env.client().get_run(record.run_id).data.tags
+        assert tags["mlflow.source.git.commit"] == repo["commit"]
+        assert tags["mlflow.source.git.repoURL"] == "https://git.example.invalid/org/repo.git"
+    assert leaked == []
+    assert "delivered" in caplog.text  # the log was captured, and holds no secret
+    out, err = capfd.readouterr()
+    assert GIT_SECRET not in caplog.text + out + err

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: as ``model/depth`` is stored whole as the name and reads back unchanged.
 PARAMS_SECTION = "General"
 
+#: Section of ``task.set_user_properties``: tracelet's own ``tracelet.*`` fields (versions, git).
+PROPERTIES_SECTION = "properties"
+
 #: Private class attribute of ``clearml.Task`` that decides whether reports go through a
 #: separate reporting subprocess (config ``sdk.development.report_use_subprocess``,
 #: default on for Linux). That subprocess makes ``report_scalar`` ~70x slower and
@@ -223,13 +226,11 @@ class ClearMLBackend(Backend):
         self._restore_report_subprocess = disable_report_subprocess(Task)
         # A task tracelet opens is this process's own, even when a parent process ran ClearML.
         self._saved_master_env = {name: os.environ.pop(name, None) for name in _MASTER_ENV_VARS}
-        labels = [tag_to_label(k, v) for k, v in info.system_tags.items()]
         try:
             task: Any = Task.init(
                 project_name=info.project,
                 task_name=info.run_name,
                 task_type=self.options.get("task_type") or Task.TaskTypes.training,
-                tags=labels or None,
                 reuse_last_task_id=False,
                 continue_last_task=False,
                 output_uri=self.options.get("output_uri"),
@@ -246,6 +247,10 @@ class ClearMLBackend(Backend):
             self._restore_settings()
             raise RuntimeError(f"ClearML returned no real task (got {type(task).__name__})")
         self._task = task
+        if info.system_tags:
+            # What the run ran on (versions, git): ClearML's "User Properties", where
+            # such facts live, apart from the hyperparameters.
+            task.set_user_properties(**info.system_tags)
         release_process_hooks(Task)
         self._staging = Path(tempfile.mkdtemp(prefix="tracelet-clearml-"))
         self._staged = 0

@@ -1,7 +1,8 @@
 """The MLflow backend: ``MlflowClient`` with explicit run ids, one ``log_batch`` per chunk.
 
 Mapping: ``project`` is the experiment name and ``exp_name`` the run name. User tags
-and tracelet's ``tracelet.*`` tags are MLflow tags; artifacts keep their relative
+and tracelet's ``tracelet.*`` fields (versions, git) are MLflow tags, and the git
+fields also fill MLflow's own ``mlflow.source.git.*`` tags; artifacts keep their relative
 path; images land as ``tracelet-images/<name>/<step>.png``.
 
 MLflow returns a metric's history ordered by (timestamp, step, value) and drops
@@ -27,6 +28,22 @@ MAX_ENTITIES_PER_BATCH = 1000
 
 IMAGE_DIR = "tracelet-images"
 STATUS_TO_MLFLOW = {FINISHED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
+
+#: tracelet's git fields -> the tags MLflow's own UI shows as the run's source version.
+MLFLOW_GIT_TAGS = {
+    "tracelet.git.commit": "mlflow.source.git.commit",
+    "tracelet.git.branch": "mlflow.source.git.branch",
+    "tracelet.git.remote": "mlflow.source.git.repoURL",
+}
+
+
+def mlflow_tags(system_tags: dict[str, str]) -> dict[str, str]:
+    """tracelet's own fields as tags, plus MLflow's standard ``mlflow.source.git.*`` tags."""
+    tags = dict(system_tags)
+    for ours, theirs in MLFLOW_GIT_TAGS.items():
+        if ours in system_tags:
+            tags[theirs] = system_tags[ours]
+    return tags
 
 
 class MLflowBackend(Backend):
@@ -75,7 +92,7 @@ class MLflowBackend(Backend):
                 if experiment is None:
                     raise
                 experiment_id = experiment.experiment_id
-        run = client.create_run(experiment_id, run_name=info.run_name, tags=dict(info.system_tags))
+        run = client.create_run(experiment_id, run_name=info.run_name, tags=mlflow_tags(info.system_tags))
         self.run_id = str(run.info.run_id)
         return self.run_id
 

@@ -1,8 +1,9 @@
 """The Weights & Biases backend: one ``wandb`` run per tracelet run, history rows keyed by our own step.
 
 Mapping: ``project`` and ``exp_name`` are the W&B project and run name; params are
-the run config; user tags and tracelet's ``tracelet.*`` tags are W&B tags spelled
-``key=value`` (see :mod:`tracelet.backends.naming`); artifacts are files in the run's
+the run config, and so are tracelet's own ``tracelet.*`` fields (versions, git: a W&B
+tag holds at most 64 characters); user tags are W&B tags spelled ``key=value`` (see
+:mod:`tracelet.backends.naming`); artifacts are files in the run's
 ``files/`` folder at their relative path; images are ``wandb.Image`` values in history.
 
 Steps: W&B's own ``_step`` must only grow, and ``run.log(step=...)`` silently drops
@@ -56,11 +57,14 @@ LOG_FRAGMENT_HEADER = struct.Struct("<IHB")
 ZERO, FULL, FIRST, MIDDLE, LAST = 0, 1, 2, 3, 4
 
 #: Settings tracelet needs (users may still override them through ``settings``):
-#: no system-metrics sampler, no stdout/stderr capture, no copy of the user's code.
+#: no system-metrics sampler, no stdout/stderr capture, no copy of the user's code, and
+#: no git scan of its own: tracelet records git itself, with the remote's credentials
+#: stripped (``tracelet.git.*`` in the config).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "x_disable_stats": True,
     "console": "off",
     "save_code": False,
+    "disable_git": True,
 }
 
 
@@ -94,18 +98,12 @@ class WandbBackend(Backend):
         for key in ("mode", "dir", "entity"):
             if self.options.get(key) is not None:
                 init_kwargs[key] = self.options[key]
-        labels = []
-        for key, value in info.system_tags.items():
-            label = tag_to_label(key, value)
-            problem = _tag_problem(label)
-            if problem:  # failing ``start`` would lose the whole run for one tag; say so instead
-                log.warning("tracelet: W&B cannot store tag %r (%s); left out", label, problem)
-            else:
-                labels.append(label)
         run = wandb.init(
             project=info.project,
             name=info.run_name,
-            tags=labels,
+            # What the run ran on (``tracelet.*``: versions, git) goes in the config, not in
+            # tags: W&B tags hold at most 64 characters, a remote URL does not fit.
+            config=dict(info.system_tags),
             # Several runs, one after another or side by side, in one process; the
             # user's own ``wandb.run`` is left alone.
             reinit="create_new",

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tracelet.backends.clearml import PARAMS_SECTION
+from tracelet.backends.clearml import PARAMS_SECTION, PROPERTIES_SECTION
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, join_clearml, label_to_tag
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
@@ -159,7 +159,11 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
         }
 
         tags: dict[str, str] = {}
-        system_tags: dict[str, str] = {}
+        system_tags: dict[str, str] = {
+            name: str(item.get("value") or "")
+            for name, item in (task.get("hyperparams") or {}).get(PROPERTIES_SECTION, {}).items()
+            if name.startswith(SYSTEM_TAG_PREFIX)
+        }
         for label in task.get("tags") or []:
             key, value = label_to_tag(label)
             (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value

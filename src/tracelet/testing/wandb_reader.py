@@ -80,6 +80,7 @@ class _State:
         self.seen_run = False
         self.exit_code: int | None = None
         self.labels: list[str] = []
+        self.system_fields: dict[str, str] = {}
         self.params: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.images: list[ImageRecord] = []
@@ -114,7 +115,9 @@ class _State:
             if key == "_wandb":
                 continue
             value = json.loads(item.value_json) if item.value_json else None
-            self.params[key] = value if isinstance(value, str) else json.dumps(value)
+            text = value if isinstance(value, str) else json.dumps(value)
+            # user params can never start with "tracelet" (a reserved prefix): these are tracelet's own
+            (self.system_fields if key.startswith(SYSTEM_TAG_PREFIX) else self.params)[key] = text
         for item in config.remove:
             self.params.pop(_key(item), None)
 
@@ -150,7 +153,7 @@ class _State:
         if not self.seen_run:
             raise ValueError(f"W&B run {self.run_id!r} has no run record")
         tags: dict[str, str] = {}
-        system_tags: dict[str, str] = {}
+        system_tags: dict[str, str] = dict(self.system_fields)
         for label in self.labels:
             key, value = label_to_tag(label)
             (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value
