@@ -1,0 +1,58 @@
+"""What a run records about itself: credential stripping and git outside a repository."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracelet.collectors import git_metadata, run_metadata, strip_url_credentials
+
+
+@pytest.mark.parametrize(
+    ("url", "stripped"),
+    [
+        ("https://user:token@github.com/org/repo.git", "https://github.com/org/repo.git"),
+        ("https://ghp_abc123@github.com/org/repo.git", "https://github.com/org/repo.git"),
+        ("https://host/repo.git?private_token=abc#frag", "https://host/repo.git"),
+        ("ssh://git:pw@host:2222/org/repo.git", "ssh://host:2222/org/repo.git"),
+        ("http://u:p@[::1]:8080/x", "http://[::1]:8080/x"),
+        ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
+        ("/srv/git/repo.git", "/srv/git/repo.git"),
+        ("https://github.com/org/repo.git", "https://github.com/org/repo.git"),
+    ],
+)
+def test_remote_urls_lose_their_credentials(url: str, stripped: str) -> None:
+    assert strip_url_credentials(url) == stripped
+
+
+def test_no_repository_records_no_git(tmp_path: Path) -> None:
+    assert git_metadata(str(tmp_path)) == {}
+
+
+def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@x", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    commit = git("rev-parse", "HEAD")
+    git("checkout", "-q", "--detach")
+    (tmp_path / "untracked").write_text("y")  # untracked files do not make it dirty
+    fields = git_metadata(str(tmp_path))
+    assert fields == {"tracelet.git.commit": commit, "tracelet.git.dirty": "false"}
+
+
+def test_track_git_off_records_versions_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = run_metadata(track_git=False)
+    assert not any(key.startswith("tracelet.git.") for key in fields)
+    assert {"tracelet.version", "tracelet.python", "tracelet.platform"} <= set(fields)
