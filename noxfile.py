@@ -34,6 +34,7 @@ BACKENDS: dict[str, str | None] = {"mlflow": "mlflow", "wandb": "wandb", "clearm
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "requirements/constraints.txt"),
     "lightning": ("lightning", "requirements/constraints.txt"),
+    "pytorch_lightning": ("pytorch-lightning", "requirements/constraints.txt"),
     "vision": ("vision", "requirements/constraints-vision.txt"),
 }
 #: what each axis value makes importable: the install set the E2E suite verifies
@@ -42,8 +43,9 @@ PROVIDES: dict[str, tuple[str, ...]] = {
     "wandb": ("wandb",),
     "clearml": ("clearml",),
     "none": (),
-    "torch": ("torch",),
-    "lightning": ("torch", "lightning"),
+    "torch": ("torch", "tensorboard"),
+    "lightning": ("torch", "lightning", "tensorboard"),
+    "pytorch_lightning": ("torch", "pytorch_lightning", "tensorboard"),
     "vision": ("torch", "torchvision"),
 }
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +160,10 @@ def _write_meta(
     duration: float,
 ) -> None:
     """``reports/<session>/meta.json``: what the summary reads (never nox's own --report)."""
-    names = ["tracelet", "mlflow", "wandb", "clearml", "torch", "lightning", "torchvision", "pillow"]
+    names = [
+        "tracelet", "mlflow", "wandb", "clearml", "torch", "lightning", "pytorch-lightning",
+        "torchvision", "tensorboard", "pillow",
+    ]
     facts: dict[str, object] = {"installed": {}, "python": None, "platform": sys.platform}
     try:
         printed = session.run("python", "-c", _VERSIONS_SCRIPT.format(names=names), silent=True, log=False)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -17,12 +17,16 @@ from tracelet.backends.registry import get_backend_class
 from tracelet.config import resolve
 from tracelet.errors import ExperimentActiveError
 from tracelet.experiment import Experiment
+from tracelet.integrations.tensorboard import TensorBoardCapture, start_capture
 from tracelet.report import DeliveryReport
 
 log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
 _active: Experiment | None = None
+_capture: TensorBoardCapture | None = None
+#: runs opened by :func:`open_run` beside the active one, until they stop
+_beside: set[Experiment] = set()
 _previous_handlers: dict[int, Any] = {}
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -72,38 +76,75 @@ def start_logging(
     ``pip install`` extra) for an absent backend package, and
     :class:`~tracelet.errors.ExperimentActiveError` if a run is already active.
     """
-    global _active
+    global _active, _capture
     with _lock:
         if _active is not None:
             raise ExperimentActiveError(
                 f"experiment {_active.name!r} is still active; call tracelet.stop_logging() first"
             )
-        settings = resolve(
-            exp_name=exp_name, project=project, backend=backend, backend_options=backend_options
-        )
-        reason = _why_not_logging()
-        if reason is not None:
-            log.info("tracelet: %s", reason)
-            return Experiment(settings, enabled=False)
-        classes = [get_backend_class(name) for name in settings.backends]
-        for cls in classes:
-            cls.ensure_installed()
-            cls(settings.backend_options.get(cls.name))  # checks the option keys here, on the caller's thread
-        experiment = Experiment(settings, on_close=_forget)
-        try:
-            if config:
-                experiment.log_params(config)
-            if tags:
-                experiment.set_tags(tags)
-        except Exception:
-            experiment.stop(status="failed")
-            raise
+        experiment = _open(exp_name, project, backend, config, tags, backend_options, on_close=_forget)
+        if experiment.closed:  # a non-zero rank or a multiprocessing child: it logs nothing
+            return experiment
         _active = experiment
+        if experiment.settings.track_tensorboard:
+            _capture = start_capture(experiment)
         # Registered after the backends started, so it runs before their own exit hooks (LIFO).
         atexit.register(_flush_at_exit)
-        if settings.handle_signals and threading.current_thread() is threading.main_thread():
+        if experiment.settings.handle_signals and threading.current_thread() is threading.main_thread():
             _install_signal_handlers()
         return experiment
+
+
+def open_run(
+    exp_name: str | None = None,
+    project: str | None = None,
+    backend: str | Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Experiment:
+    """Start a run *beside* the active experiment, for integrations (a second Lightning logger).
+
+    Same arguments and checks as :func:`start_logging`, but the run does not become
+    the active experiment and captures no TensorBoard calls. It is flushed at exit
+    (and marked ``killed`` by a handled signal) like the active one.
+    """
+    with _lock:
+        experiment = _open(exp_name, project, backend, config, tags, backend_options, on_close=_forget)
+        if not experiment.closed:
+            _beside.add(experiment)
+            atexit.register(_flush_at_exit)
+        return experiment
+
+
+def _open(
+    exp_name: str | None,
+    project: str | None,
+    backend: str | Sequence[str] | None,
+    config: Mapping[str, Any] | None,
+    tags: Mapping[str, Any] | None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None,
+    on_close: Callable[[Experiment], None],
+) -> Experiment:
+    settings = resolve(exp_name=exp_name, project=project, backend=backend, backend_options=backend_options)
+    reason = _why_not_logging()
+    if reason is not None:
+        log.info("tracelet: %s", reason)
+        return Experiment(settings, enabled=False)
+    classes = [get_backend_class(name) for name in settings.backends]
+    for cls in classes:
+        cls.ensure_installed()
+        cls(settings.backend_options.get(cls.name))  # checks the option keys here, on the caller's thread
+    experiment = Experiment(settings, on_close=on_close)
+    try:
+        if config:
+            experiment.log_params(config)
+        if tags:
+            experiment.set_tags(tags)
+    except Exception:
+        experiment.stop(status="failed")
+        raise
+    return experiment
 
 
 def stop_logging(status: str | None = None, flush_timeout: float | None = None) -> DeliveryReport:
@@ -121,30 +162,44 @@ def get_active_experiment() -> Experiment | None:
 
 def _forget(experiment: Experiment) -> None:
     """Called by ``Experiment.stop``: drop the hooks that belonged to this run."""
-    global _active
     with _lock:
+        _beside.discard(experiment)
         if _active is experiment:
-            _active = None
-            atexit.unregister(_flush_at_exit)
+            _stop_capture()
+            _clear_active()
             _restore_signal_handlers()
+        if _active is None and not _beside:
+            atexit.unregister(_flush_at_exit)
+
+
+def _stop_capture() -> None:
+    """Undo the ``SummaryWriter`` patch: a writer used after the run is not captured."""
+    global _capture
+    if _capture is not None:
+        _capture.uninstall()
+        _capture = None
+
+
+def _clear_active() -> None:
+    global _active
+    _active = None
 
 
 def _flush_at_exit() -> None:
-    experiment = _active
-    if experiment is None or experiment.closed:
-        return
-    status = experiment._exit_status()
-    log.info("tracelet: stop_logging() was not called; flushing %r at exit (%s)", experiment.name, status)
-    try:
-        experiment.stop(status=status)
-    except Exception as exc:  # at exit, an error can only be reported
-        log.error("tracelet: flush at exit failed: %s", exc)
+    for experiment in [*([_active] if _active is not None else []), *list(_beside)]:
+        if experiment.closed:
+            continue
+        status = experiment.exit_status()
+        log.info("tracelet: stop_logging() was not called; flushing %r at exit (%s)", experiment.name, status)
+        try:
+            experiment.stop(status=status)
+        except Exception as exc:  # at exit, an error can only be reported
+            log.error("tracelet: flush at exit failed: %s", exc)
 
 
 def _handle_signal(signum: int, frame: FrameType | None) -> None:
     """Mark the run killed, wake the writers, and pass the signal on. Never flushes here."""
-    experiment = _active
-    if experiment is not None:
+    for experiment in [*([_active] if _active is not None else []), *list(_beside)]:
         experiment.mark_killed()
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
@@ -177,11 +232,11 @@ def _restore_signal_handlers() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child (e.g. a DataLoader worker) must not log through its parent's dead threads."""
-    global _active
-    experiment = _active
-    if experiment is not None:
+    for experiment in [*([_active] if _active is not None else []), *list(_beside)]:
         experiment.detach()
-    _active = None
+    _beside.clear()
+    _stop_capture()
+    _clear_active()
 
 
 if hasattr(os, "register_at_fork"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tracelet.backends.registry import available_backends, get_backend_class
 
-INTEGRATIONS = ("torch", "lightning", "torchvision", "tensorboard", "matplotlib")
+INTEGRATIONS = ("torch", "lightning", "pytorch_lightning", "torchvision", "tensorboard", "matplotlib")
 
 
 def _version(distribution: str) -> str | None:

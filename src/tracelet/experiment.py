@@ -58,6 +58,7 @@ class Experiment:
         self._image_steps: dict[str, int] = {}
         self._valid_names: set[str] = set()
         self._signal_status: str | None = None
+        self._end_status: str | None = None
         self._report: DeliveryReport | None = None
         self._inactive = not enabled
         self._disabled = not enabled
@@ -225,6 +226,16 @@ class Experiment:
         if self._delivery is not None:
             self._delivery.wake()
 
+    def set_end_status(self, status: str) -> None:
+        """The status this run closes with when ``stop`` is given none (at exit, or ``stop_logging()``).
+
+        A Lightning logger's ``finalize("failed")`` leaves its run open (a later
+        ``trainer.test()`` may still log to it), but the run must not end ``finished``.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        self._end_status = status
+
     def mark_killed(self) -> None:
         """A signal ends this run: it closes as ``killed`` (at exit or at the next stop)."""
         self._signal_status = KILLED
@@ -258,7 +269,7 @@ class Experiment:
         """Flush (bounded by ``flush_timeout``), close every run, and report what landed."""
         if self._report is not None:
             return self._report
-        status = status or self._signal_status or FINISHED
+        status = status or self._signal_status or self._end_status or FINISHED
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         self._inactive = True
@@ -279,14 +290,14 @@ class Experiment:
             raise DeliveryError(self._report)
         return self._report
 
-    def _exit_status(self) -> str:
+    def exit_status(self) -> str:
         """The status an exiting interpreter implies: killed by a signal, failed by an uncaught error."""
         if self._signal_status:
             return self._signal_status
         last = getattr(sys, "last_value", None)
         if isinstance(last, KeyboardInterrupt):
             return KILLED
-        return FAILED if last is not None else FINISHED
+        return FAILED if last is not None else self._end_status or FINISHED
 
     def __enter__(self) -> Experiment:
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,27 @@ def check_name(name: Any, what: str) -> str:
     if name.startswith(RESERVED_PREFIXES):
         raise ValueError(f"invalid {what} name {name!r}: the prefix 'tracelet' is reserved")
     return name
+
+
+_OUTSIDE_CHARSET = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def safe_name(name: str) -> str:
+    """A name from elsewhere (a TensorBoard tag, a Lightning key) made one that :func:`check_name` accepts.
+
+    Kept as spelled where possible. Any character outside the set becomes ``_``;
+    empty, ``.`` and ``..`` segments are dropped; a name that does not start with a
+    letter or digit, or starts with the reserved ``tracelet``, gets ``tb/`` in front;
+    one over :data:`MAX_NAME_LENGTH` is cut and ends in ``-`` and 8 hex digits of its hash.
+    """
+    cleaned = _OUTSIDE_CHARSET.sub("_", str(name))
+    mapped = "/".join(s for s in cleaned.split("/") if s not in ("", ".", ".."))
+    if not mapped or not mapped[0].isalnum() or mapped.startswith("tracelet"):
+        mapped = f"tb/{mapped}" if mapped else "tb"
+    if len(mapped) > MAX_NAME_LENGTH:
+        digest = hashlib.sha256(mapped.encode()).hexdigest()[:8]
+        mapped = f"{mapped[: MAX_NAME_LENGTH - 9].rstrip('/')}-{digest}"
+    return check_name(mapped, "mapped")
 
 
 def check_step(iteration: Any) -> int:

@@ -16,7 +16,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 #: The optional packages the matrix varies; everything else is always installed.
-OPTIONAL_PACKAGES = ("mlflow", "wandb", "clearml", "torch", "lightning", "torchvision")
+OPTIONAL_PACKAGES = (
+    "mlflow",
+    "wandb",
+    "clearml",
+    "torch",
+    "lightning",
+    "pytorch_lightning",
+    "torchvision",
+    "tensorboard",
+)
 
 _PROBE = """
 import importlib.util, json, sys
@@ -91,9 +100,11 @@ def install_set_problems(declared: frozenset[str], importable: frozenset[str]) -
 
 
 def framework_of(declared: frozenset[str]) -> str:
-    """The matrix's framework column a declared set belongs to: lightning, vision, torch or none."""
+    """The matrix's framework column a declared set belongs to: (pytorch_)lightning, vision, torch or none."""
     if "lightning" in declared:
         return "lightning"
+    if "pytorch_lightning" in declared:
+        return "pytorch_lightning"
     if "torchvision" in declared:
         return "vision"
     return "torch" if "torch" in declared else "none"

@@ -21,6 +21,7 @@ def test_computer_vision_workflow(workflow: str, environment: str, isolated_env:
     assert {(n, s) for n, s, _, _ in results["expected"].images} == {("samples/input", e) for e in range(3)}
 
 
+@pytest.mark.framework_only("torch")  # plain torch: the same run in every framework column
 @pytest.mark.parametrize("workflow", [workflow("time_series")])
 @pytest.mark.parametrize("environment", environments())
 def test_time_series_workflow(workflow: str, environment: str, isolated_env: Path) -> None:

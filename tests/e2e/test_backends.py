@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests.e2e.audit import OPTIONAL_PACKAGES
 from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
 from tests.e2e.params import BACKEND_ENVIRONMENTS, environments
 
@@ -28,6 +29,7 @@ def _start(config: dict[str, Any], name: str) -> tracelet.Experiment:
     )
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
 def test_experiment_lifecycle(environment: str, isolated_env: Path) -> None:
@@ -64,6 +66,7 @@ def test_experiment_lifecycle(environment: str, isolated_env: Path) -> None:
             assert environment in ("wandb", "clearml")
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_performance
 @pytest.mark.slow
 @pytest.mark.parametrize("environment", environments())
@@ -82,6 +85,7 @@ def test_100k_points(environment: str, isolated_env: Path) -> None:
         assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.requires("torch")
 @pytest.mark.parametrize("environment", environments())
@@ -111,6 +115,7 @@ def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Pa
 ACCEPTED_EDGE_NAMES = ["a/..b", "a/b.", "a/.b", "v1.2/loss", "0", "A-b_c.d/e-f", "n" * 250]
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
 def test_accepted_edge_names_land_as_spelled(environment: str, isolated_env: Path) -> None:
@@ -165,6 +170,7 @@ def test_all_three_backends_at_once(isolated_env: Path, tmp_path: Path) -> None:
             env.teardown()
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_comprehensive
 @pytest.mark.parametrize("environment", environments(BACKEND_ENVIRONMENTS))
 def test_fan_out_to_a_backend_and_local(environment: str, isolated_env: Path, tmp_path: Path) -> None:
@@ -185,6 +191,7 @@ def test_fan_out_to_a_backend_and_local(environment: str, isolated_env: Path, tm
             local.teardown()
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_advanced
 @pytest.mark.requires("mlflow")
 def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,6 +241,7 @@ def _read_eventually(config: dict[str, Any], run_id: str, timeout: float = 90.0)
             time.sleep(0.2)
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.requires("mlflow")
 def test_mlflow_batches_with_log_batch(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,6 +290,7 @@ def test_clearml_private_settings_still_exist() -> None:
         assert hasattr(Task, attr), f"clearml.Task.{attr} is gone: update tracelet.backends.clearml"
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.requires("mlflow")
 @pytest.mark.platform_only("linux", "darwin")
@@ -316,8 +325,7 @@ def test_backend_availability_matches_install_set(
 def test_import_tracelet_imports_no_optional_package() -> None:
     code = (
         "import sys, json, tracelet, tracelet.testing; "
-        "print(json.dumps([m for m in ('mlflow','wandb','clearml','torch','lightning','torchvision') "
-        "if m in sys.modules]))"
+        f"print(json.dumps([m for m in {OPTIONAL_PACKAGES!r} if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
@@ -332,7 +340,7 @@ def test_doctor_reports_exactly_the_install_set(install_set: frozenset[str]) -> 
     installed = {
         n for n, v in {**report["backends"], **report["integrations"]}.items() if v and v != "built-in"
     }
-    assert installed & {"mlflow", "wandb", "clearml", "torch", "lightning", "torchvision"} == set(install_set)
+    assert installed & set(OPTIONAL_PACKAGES) == set(install_set)
 
 
 EXIT_SCRIPT = """
@@ -347,6 +355,7 @@ print("RUNS", json.dumps(exp.runs), flush=True)
 """
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_advanced
 @pytest.mark.parametrize("environment", environments())
 def test_forgotten_stop_is_flushed_before_the_backend_exits(environment: str, isolated_env: Path) -> None:
@@ -397,6 +406,7 @@ def _files_holding(secret: str, roots: list[Path]) -> list[str]:
     return found
 
 
+@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
 def test_git_and_environment_are_recorded_without_credentials(
