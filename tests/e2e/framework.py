@@ -140,6 +140,14 @@ class BackendEnvironment(ABC):
         """Every directory the store writes into (searched by the tests that look for leaks)."""
         return [self.root]
 
+    def list_runs(self, project: str) -> list[RunRecord]:
+        """Every run the store holds for ``project``, found through the store itself (not our run ids)."""
+        return [r for r in (self.read(run_id) for run_id in self.run_ids()) if r.project == project]
+
+    @abstractmethod
+    def run_ids(self) -> list[str]:
+        """Every run id the store holds (all projects)."""
+
     def teardown(self) -> None:
         for key, value in self._saved.items():
             if value is None:
@@ -183,6 +191,11 @@ class MLflowEnvironment(BackendEnvironment):
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(self.tracking_uri)
+
+    def run_ids(self) -> list[str]:
+        client = self.client()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        return [run.info.run_id for run in client.search_runs(experiments, max_results=10_000)]
 
     def delete(self, run_id: str) -> bool:
         client = self.client()
@@ -334,6 +347,9 @@ class WandbEnvironment(BackendEnvironment):
     def read(self, run_id: str) -> RunRecord:
         return read_run("wandb", run_id, wandb_dir=str(self.root))
 
+    def run_ids(self) -> list[str]:
+        return sorted({p.stem.removeprefix("run-") for p in self.root.rglob("run-*.wandb")})
+
 
 class ClearMLEnvironment(BackendEnvironment):
     """ClearML offline, with HOME and the cache redirected (no server, no config file)."""
@@ -354,6 +370,10 @@ class ClearMLEnvironment(BackendEnvironment):
     def read(self, run_id: str) -> RunRecord:
         return read_run("clearml", run_id, offline_dir=str(self.root / "cache" / "offline"))
 
+    def run_ids(self) -> list[str]:
+        offline = self.root / "cache" / "offline"
+        return sorted({p.name for p in offline.glob("offline-*") if p.is_dir()}) if offline.is_dir() else []
+
 
 class LocalEnvironment(BackendEnvironment):
     """tracelet's own JSONL backend."""
@@ -366,6 +386,9 @@ class LocalEnvironment(BackendEnvironment):
 
     def read(self, run_id: str) -> RunRecord:
         return read_run("local", run_id, root=str(self.root / "runs"))
+
+    def run_ids(self) -> list[str]:
+        return sorted(p.parent.name for p in (self.root / "runs").glob("*/*/run.json"))
 
     def delete(self, run_id: str) -> bool:
         matches = list((self.root / "runs").glob(f"*/{run_id}"))
@@ -514,23 +537,29 @@ class LightningWorkflow(TrainingWorkflow):
     A second, recording Logger receives exactly what Lightning hands to tracelet.
     """
 
-    requires = ("torch", "lightning")
+    requires: tuple[str, ...] = ("torch", "lightning")
+    #: the package the Trainer comes from: ``lightning`` (``lightning.pytorch``) or ``pytorch_lightning``
+    package = "lightning"
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
-        super().__init__("lightning", {"epochs": 3, "lr": 0.05, **(config or {})})
+        super().__init__(self.package, {"epochs": 3, "lr": 0.05, **(config or {})})
 
     def get_expected_metrics(self) -> list[str]:
         return ["train/loss", "val/loss", "epoch"]
 
     def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
-        import lightning.pytorch as pl
+        import importlib
+
         import torch
-        from lightning.pytorch.loggers.logger import Logger
         from torch import nn
         from torch.utils.data import DataLoader, TensorDataset
 
         from tracelet.integrations.lightning import TraceletLogger
 
+        pl: Any = importlib.import_module(
+            "lightning.pytorch" if self.package == "lightning" else self.package
+        )
+        Logger: Any = importlib.import_module(f"{pl.__name__}.loggers.logger").Logger
         expected = self.new_expected(backend_config)
         cfg = self.config
 
@@ -592,10 +621,17 @@ class LightningWorkflow(TrainingWorkflow):
         )
         trainer.fit(model, train, val)
         exp = logger.experiment
-        report = exp.stop()  # finalize() already stopped it; stop() returns the same report
+        report = exp.stop()  # finalize() flushed and left the run open, as WandbLogger does
         return self.results(
             backend_config, exp, expected, report, model.losses[0], model.losses[-1], trainer.current_epoch
         )
+
+
+class PyTorchLightningWorkflow(LightningWorkflow):
+    """The Lightning workflow with the standalone ``pytorch-lightning`` package (``pytorch_lightning``)."""
+
+    requires = ("torch", "pytorch_lightning")
+    package = "pytorch_lightning"
 
 
 class VisionWorkflow(TrainingWorkflow):
@@ -714,6 +750,7 @@ class E2EFramework:
         self.workflows: dict[str, Callable[..., TrainingWorkflow]] = {
             "simple_pytorch": SimplePyTorchWorkflow,
             "lightning": LightningWorkflow,
+            "pytorch_lightning": PyTorchLightningWorkflow,
             "vision": VisionWorkflow,
             "time_series": TimeSeriesWorkflow,
         }

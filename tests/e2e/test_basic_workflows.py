@@ -37,7 +37,7 @@ def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path) -
     assert "checkpoints/model.pt" in results["expected"].artifacts
 
 
-@pytest.mark.parametrize("workflow", [workflow("lightning")])
+@pytest.mark.parametrize("workflow", [workflow("lightning"), workflow("pytorch_lightning")])
 @pytest.mark.parametrize("environment", environments())
 def test_lightning_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)

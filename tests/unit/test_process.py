@@ -38,7 +38,18 @@ def run_id_from(proc: subprocess.Popen[str]) -> str:
 
 
 def test_import_tracelet_imports_no_backend_or_framework() -> None:
-    heavy = "{'mlflow', 'wandb', 'clearml', 'torch', 'lightning', 'pytorch_lightning', 'torchvision', 'tensorboard'}"
+    heavy = str(
+        {
+            "mlflow",
+            "wandb",
+            "clearml",
+            "torch",
+            "lightning",
+            "pytorch_lightning",
+            "torchvision",
+            "tensorboard",
+        }
+    )
     code = (
         "import sys, json, tracelet\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})))"
