@@ -40,10 +40,16 @@ from junitparser import Error, Failure, JUnitXml, Properties, Skipped, TestCase
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BACKENDS: tuple[str, ...] = ("mlflow", "wandb", "clearml", "none")
-DEFAULT_FRAMEWORKS: tuple[str, ...] = ("torch", "lightning", "vision")
+DEFAULT_FRAMEWORKS: tuple[str, ...] = ("torch", "lightning", "pytorch_lightning", "vision")
 # Orders used for the per-workflow table so it reads the same from run to run; unknown values
 # follow alphabetically.
-KNOWN_WORKFLOWS: tuple[str, ...] = ("simple_pytorch", "lightning", "vision", "time_series")
+KNOWN_WORKFLOWS: tuple[str, ...] = (
+    "simple_pytorch",
+    "lightning",
+    "pytorch_lightning",
+    "vision",
+    "time_series",
+)
 KNOWN_CASE_BACKENDS: tuple[str, ...] = ("mlflow", "mlflow_server", "wandb", "clearml", "local")
 UNLABELLED = "(unlabelled)"
 MESSAGE_LIMIT = 200

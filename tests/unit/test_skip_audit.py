@@ -36,6 +36,11 @@ def test_framework_only_keeps_a_test_to_one_column() -> None:
         == "runs in the torch column only (this is lightning)"
     )
     assert expected_skip(["mlflow"], None, frozenset({"torch"}), "linux", ["torch"]) == "mlflow not installed"
+    pl_column = frozenset({"torch", "pytorch_lightning", "tensorboard"})
+    assert (
+        expected_skip([], None, pl_column, "linux", ["torch"])
+        == "runs in the torch column only (this is pytorch_lightning)"
+    )
 
 
 def test_audit_passes_when_skips_match_exactly() -> None:
