@@ -161,8 +161,16 @@ def _write_meta(
 ) -> None:
     """``reports/<session>/meta.json``: what the summary reads (never nox's own --report)."""
     names = [
-        "tracelet", "mlflow", "wandb", "clearml", "torch", "lightning", "pytorch-lightning",
-        "torchvision", "tensorboard", "pillow",
+        "tracelet",
+        "mlflow",
+        "wandb",
+        "clearml",
+        "torch",
+        "lightning",
+        "pytorch-lightning",
+        "torchvision",
+        "tensorboard",
+        "pillow",
     ]
     facts: dict[str, object] = {"installed": {}, "python": None, "platform": sys.platform}
     try:
