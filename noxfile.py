@@ -44,7 +44,8 @@ PROVIDES: dict[str, tuple[str, ...]] = {
     "clearml": ("clearml",),
     "none": (),
     "torch": ("torch", "tensorboard"),
-    "lightning": ("torch", "lightning", "tensorboard"),
+    # the `lightning` distribution itself requires `pytorch-lightning`: both are importable
+    "lightning": ("torch", "lightning", "pytorch_lightning", "tensorboard"),
     "pytorch_lightning": ("torch", "pytorch_lightning", "tensorboard"),
     "vision": ("torch", "torchvision"),
 }

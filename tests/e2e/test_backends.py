@@ -406,7 +406,6 @@ def _files_holding(secret: str, roots: list[Path]) -> list[str]:
     return found
 
 
-@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
 def test_git_and_environment_are_recorded_without_credentials(

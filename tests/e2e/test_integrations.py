@@ -133,7 +133,6 @@ def _approx(points: list[tuple[int, float]]) -> list[tuple[int, Any]]:
 
 
 @pytest.mark.requires("torch", "tensorboard")
-@pytest.mark.framework_only("torch")
 def test_tensorboard_capture_can_be_turned_off(isolated_env: Path, tmp_path: Path, monkeypatch: Any) -> None:
     """``TRACELET_TRACK_TENSORBOARD=0``: the writer works, tracelet receives nothing from it."""
     from torch.utils.tensorboard import SummaryWriter
