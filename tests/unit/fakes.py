@@ -128,7 +128,16 @@ class FlakyBackend(MemoryBackend):
     """Fails with a transient error (connection refused) for its first ``fail_times`` writes."""
 
     name = "flaky"
-    option_keys = frozenset({"fail_times", "partial"})
+    option_keys = frozenset({"fail_times", "partial", "finish_fails"})
+
+    def finish(self, status: str) -> None:
+        """Closing fails ``finish_fails`` times first, as sqlite does while a reader holds it."""
+        failures = self._meta.get("finish_failures", 0)
+        if failures < int(self.options.get("finish_fails", 0)):
+            self._meta["finish_failures"] = failures + 1
+            self._save()
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        super().finish(status)
 
     def write(self, events: Sequence[Event]) -> None:
         from tracelet.backends.base import PartialWriteError

@@ -34,6 +34,19 @@ def test_transient_errors_are_retried_and_counted() -> None:
     ]
 
 
+def test_a_transient_error_while_closing_the_run_is_retried() -> None:
+    """A store that is busy at the very end (sqlite locked by a reader) still gets its run closed."""
+    exp = tracelet.start_logging(
+        backend="flaky", backend_options={"flaky": {"fail_times": 0, "finish_fails": 2}}
+    )
+    exp.log_metric("loss", 1.0, 0)
+    report = tracelet.stop_logging(status="killed", flush_timeout=30)
+    assert report.ok, report.format()
+    view = run_view(exp.runs["flaky"])
+    assert view.status == "killed"
+    assert view._meta()["finish_failures"] == 2
+
+
 def test_a_partly_applied_batch_is_retried_without_duplicates() -> None:
     exp = tracelet.start_logging(backend="flaky", backend_options={"flaky": {"fail_times": 2, "partial": 7}})
     for i in range(500):

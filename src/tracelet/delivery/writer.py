@@ -42,6 +42,8 @@ DEFAULT_INTERVAL = 0.2
 MAX_KEPT_ERRORS = 5
 #: Backoff between retries of a transient error: doubles from the first to the cap (seconds).
 FIRST_BACKOFF = 0.05
+#: Seconds a writer keeps retrying a transient error while closing its run.
+FINISH_RETRY_WINDOW = 10.0
 MAX_BACKOFF = 2.0
 #: A batch whose split isolates this many single events refused for the *same* reason is
 #: refused store-wide (bad credentials, a deleted run): the rest is dead-lettered without
@@ -374,12 +376,29 @@ class BackendWriter:
         self._finish()
 
     def _finish(self) -> None:
+        """Close the run; a transient error (sqlite busy while a reader looks) is retried for a while.
+
+        Left unretried, one ``database is locked`` at the very end would leave a fully
+        delivered run ``running`` for good.
+        """
         status = self._final_status or "finished"
         if self._start_error is None:
-            try:
-                self.backend.finish(status)
-            except Exception as exc:
-                self._record_error(f"finish failed: {exc!r}")
-                log.warning("tracelet: %s failed to close its run: %r", self.backend.name, exc)
+            deadline = time.monotonic() + FINISH_RETRY_WINDOW
+            attempt = 0
+            while True:
+                try:
+                    self.backend.finish(status)
+                    break
+                except Exception as exc:
+                    if self.backend.is_transient(exc) and time.monotonic() < deadline and not self._abandoned:
+                        log.info(
+                            "tracelet: %s: closing the run failed (%r); retrying", self.backend.name, exc
+                        )
+                        time.sleep(backoff_delay(attempt))
+                        attempt += 1
+                        continue
+                    self._record_error(f"finish failed: {exc!r}")
+                    log.warning("tracelet: %s failed to close its run: %r", self.backend.name, exc)
+                    break
         with self._lock:
             self.spool.close(remove_if_empty=True)
