@@ -17,6 +17,7 @@ TRACELET_AGENT_DRAIN        seconds the agent delivers after trainer death   ``3
 TRACELET_AGENT_NICE         added to the agent's niceness (0: none)          ``10``
 TRACELET_TRACK_GIT          ``0``: record no git commit/branch/remote       ``1``
 TRACELET_TRACK_TENSORBOARD  ``0``: do not capture ``SummaryWriter`` calls   ``1``
+TRACELET_REDACT             extra secret words/patterns; ``off``: none       built-in
 ==========================  ==============================================  ============
 
 The default backend is ``local`` (a JSONL directory, ``./tracelet-runs``): it needs

@@ -21,6 +21,7 @@ from tracelet.config import Settings
 from tracelet.delivery import Delivery, OpenRequest, open_delivery
 from tracelet.errors import DeliveryError, TraceletError
 from tracelet.images import png_size, to_png
+from tracelet.redaction import Redactor
 from tracelet.report import DeliveryReport
 from tracelet.spool import spool_root
 from tracelet.validation import check_name, check_step, coerce_value, flatten_params
@@ -71,6 +72,8 @@ class Experiment:
         self._delivery: Delivery | None = None
         self._send: Callable[[tuple[Any, ...]], None] = _drop
         self._param_limit: tuple[int, str] | None = None
+        #: secrets never leave the caller's thread (``TRACELET_REDACT``, see :mod:`tracelet.redaction`)
+        self._redactor = Redactor.from_env()
         if not enabled:
             return
         request = OpenRequest(
@@ -126,7 +129,12 @@ class Experiment:
         if self._inactive:
             self._check_active()
             return
-        flat = flatten_params(params)
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a dict, not {type(params).__name__}")
+        # Secrets go before anything is stored, spooled or put in an error message.
+        flat = {
+            k: self._redactor.text(v) for k, v in flatten_params(self._redactor.value("", params)).items()
+        }
         new: dict[str, str] = {}
         for key, value in flat.items():
             old = self._params.get(key)
@@ -152,7 +160,8 @@ class Experiment:
             return
         if not isinstance(tags, Mapping):
             raise TypeError(f"tags must be a dict, not {type(tags).__name__}")
-        checked = {check_name(k, "tag"): str(v) for k, v in tags.items()}
+        checked = {check_name(k, "tag"): str(self._redactor.value(k, v)) for k, v in tags.items()}
+        checked = {k: self._redactor.text(v) for k, v in checked.items()}
         if checked:
             self._put(("tags", checked, False))
 

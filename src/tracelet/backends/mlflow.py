@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
 from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
+from tracelet.redaction import strip_url_userinfo
 
 #: MLflow's documented ``log_batch`` limits.
 MAX_METRICS_PER_BATCH = 1000
@@ -35,6 +37,24 @@ MLFLOW_GIT_TAGS = {
     "tracelet.git.branch": "mlflow.source.git.branch",
     "tracelet.git.remote": "mlflow.source.git.repoURL",
 }
+
+
+def _credentials_to_env(uri: str | None) -> str | None:
+    """``http://user:pw@host`` → ``http://host``, with user and password in MLflow's own variables.
+
+    MLflow sends ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` as basic auth, as
+    it would the URL's; but it also prints and stores the tracking URI ("View run at ..."),
+    and that copy must carry no credential.
+    """
+    if not uri or "@" not in uri or "://" not in uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password)
+    return strip_url_userinfo(uri)
 
 
 def mlflow_tags(system_tags: dict[str, str]) -> dict[str, str]:
@@ -63,7 +83,7 @@ class MLflowBackend(Backend):
         from mlflow.tracking import MlflowClient
 
         uri = self.options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-        self._client = MlflowClient(tracking_uri=uri)
+        self._client = MlflowClient(tracking_uri=_credentials_to_env(uri))
         return self._client
 
     def spool_options(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from tracelet.backends.registry import get_backend_class
 from tracelet.delivery import Delivery, Opened, OpenRequest
 from tracelet.delivery.writer import BackendWriter
+from tracelet.redaction import Redactor
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
@@ -55,7 +56,8 @@ class Fanout:
                 "run_id": backend.run_id,
                 "project": request.info.project,
                 "run_name": request.info.run_name,
-                "options": backend.spool_options(),
+                # no credential on disk: `tracelet sync` takes them from the store's own variables
+                "options": Redactor.from_env().without_secrets(backend.spool_options()),
                 "order": 0,
             }
             spool = Spool(spool_dir / name, meta)

@@ -31,6 +31,7 @@ from typing import Any
 
 from tracelet.backends.base import Backend, PartialWriteError
 from tracelet.events import Event, from_raw
+from tracelet.redaction import strip_url_userinfo
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
@@ -339,6 +340,7 @@ class BackendWriter:
                 self.failed += count
 
     def _dead_letter(self, events: list[Event], reason: str) -> None:
+        reason = strip_url_userinfo(reason)  # a store's message may quote a URL with credentials
         with self._lock:
             if not self._abandoned:
                 self.spool.dead_letter(events, reason)
@@ -358,7 +360,7 @@ class BackendWriter:
 
     def _record_error(self, message: str) -> None:
         if len(self.errors) < MAX_KEPT_ERRORS:
-            self.errors.append(message)
+            self.errors.append(strip_url_userinfo(message))
 
     def _run(self) -> None:
         while True:

@@ -1,0 +1,105 @@
+"""Secrets land nowhere: not in a store, the spool, tracelet's logs or the store's own logs.
+
+A config with secret-looking keys (nested, and inside a list), a tag holding a URL with a
+token, and (for the MLflow server) a tracking URI with credentials go to the real store.
+The run is read back (masked values, ordinary hyperparameters intact), then every file
+the store and the spool wrote, and everything logged, is searched for each secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracelet
+from tests.e2e.framework import e2e_framework
+from tests.e2e.params import environments
+
+pytestmark = pytest.mark.e2e_advanced
+
+SECRETS = {
+    "api_key": "sk-live-4f9a0c21",
+    "nested_token": "hf_tok_77b3e1",
+    "listed_password": "pw-in-a-list-5d2",
+    "url_token": "ghp_url_token_91ac",
+    "uri_password": "uri-pass-c4e8",
+}
+CONFIG = {
+    "lr": 0.01,
+    "max_tokens": 512,  # not a secret: its value lands
+    "tokenizer": "bpe",
+    "openai": {"api_key": SECRETS["api_key"], "model": "gpt"},
+    "hub": {"auth": {"token": SECRETS["nested_token"]}},
+    "replicas": [{"host": "db1", "password": SECRETS["listed_password"]}],
+}
+
+
+def _files_holding(secrets: list[str], roots: list[Path]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for root in roots:
+        for file in Path(root).rglob("*"):
+            if file.is_file():
+                data = file.read_bytes()
+                hits = [s for s in secrets if s.encode() in data]
+                if hits:
+                    found[str(file)] = hits
+    return found
+
+
+@pytest.mark.parametrize("environment", environments())
+def test_secrets_land_nowhere(
+    environment: str,
+    isolated_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("TRACELET_LOG_LEVEL", "DEBUG")  # the agent logs at DEBUG too, to stderr
+    caplog.set_level(logging.DEBUG, logger="tracelet")
+    secrets = list(SECRETS.values())
+    with e2e_framework.backend_environment(environment, project="secrets") as config:
+        env = config["environment_object"]
+        options = dict(config["backend_options"])
+        if environment == "mlflow_server":  # credentials in the tracking URI: MLflow sends them as basic auth
+            uri = options["mlflow"]["tracking_uri"].replace(
+                "http://", f"http://ci-user:{SECRETS['uri_password']}@"
+            )
+            options = {"mlflow": {**options["mlflow"], "tracking_uri": uri}}
+        exp = tracelet.start_logging(
+            exp_name="secrets",
+            project="secrets",
+            backend=config["backend"],
+            backend_options=options,
+            config=CONFIG,
+            tags={"endpoint": f"https://bot:{SECRETS['url_token']}@git.example.invalid/org/repo"},
+        )
+        exp.log_metric("loss", 0.5, 0)
+        assert exp.flush(30)
+        in_flight = _files_holding(secrets, [tmp_path / "spool"])  # the spool while the run is open
+        report = tracelet.stop_logging()
+        assert report.ok, report.format()
+        record = config["read"](exp.runs[config["backend"]])
+        at_rest = _files_holding(secrets, [*env.stored_roots(), tmp_path / "spool"])
+
+    assert record.params == {
+        "lr": "0.01",
+        "max_tokens": "512",
+        "tokenizer": "bpe",
+        "openai/api_key": "***",
+        "openai/model": "gpt",
+        "hub/auth": "***",  # a secret key masks its whole value, whatever lies beneath
+        "replicas": "[{'host': 'db1', 'password': '***'}]",
+    }
+    assert record.tags == {"endpoint": "https://git.example.invalid/org/repo"}
+    assert in_flight == {}
+    assert at_rest == {}
+    assert "delivered" in caplog.text  # the logs were captured, and hold no secret
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err
+    assert [s for s in secrets if s in logged] == [], [
+        line for line in logged.splitlines() if any(s in line for s in secrets)
+    ]
