@@ -41,6 +41,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from tests.e2e import netaudit_plugin
+
+    if not config.pluginmanager.is_registered(netaudit_plugin):
+        # pytest_configure is a historic hook: the plugin's own runs as it registers
+        config.pluginmanager.register(netaudit_plugin, "tracelet-netaudit")
     if os.environ.get("TRACELET_E2E_INSTALL_SET") is None:
         raise pytest.UsageError(
             "TRACELET_E2E_INSTALL_SET is not set: run the E2E suite through nox "
