@@ -118,7 +118,14 @@ def resolve(
     backend_options: Mapping[str, Mapping[str, Any]] | None,
 ) -> Settings:
     """Merge the call with the environment. Bad values raise errors that name them."""
-    names = parse_backends(backend) or parse_backends(os.environ.get("TRACELET_BACKEND"))
+    names = parse_backends(backend)
+    if backend is not None and not names:
+        raise ValueError(f"backend={backend!r} names no backend")
+    if not names:
+        raw = os.environ.get("TRACELET_BACKEND")
+        names = parse_backends(raw)
+        if raw is not None and raw.strip() and not names:
+            raise ValueError(f"TRACELET_BACKEND={raw!r} names no backend")
     if not names:
         names = [DEFAULT_BACKEND]
     options: dict[str, dict[str, Any]] = {}

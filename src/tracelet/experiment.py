@@ -182,6 +182,13 @@ class Experiment:
             files = sorted(p for p in source.rglob("*") if p.is_file())
             if not files:
                 raise ValueError(f"log_artifact: directory {str(path)!r} holds no files")
+            root = source.resolve()
+            for file in files:  # checked before any byte is copied: nothing is half-logged
+                if not file.resolve().is_relative_to(root):
+                    raise ValueError(
+                        f"log_artifact: {str(file)!r} is a link to {str(file.resolve())!r}, outside "
+                        f"the directory {str(path)!r}; log that file on its own if it is meant"
+                    )
             targets = [(f, f.relative_to(source).as_posix()) for f in files]
         else:
             targets = [(source, source.name)]
