@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,23 @@ class BrokenBackend(LocalBackend):
     def write(self, events: Sequence[Event]) -> None:
         if events:
             raise OSError("disk on fire")
+
+
+class HangingBackend(LocalBackend):
+    """Opens its run, then every write hangs forever: a store that stopped answering mid-run."""
+
+    name = "hanging"
+
+    def write(self, events: Sequence[Event]) -> None:
+        if getattr(self, "_opened", False):
+            while True:
+                time.sleep(1.0)
+        super().write(events)
+
+    def start(self, info: Any) -> str:
+        run_id = super().start(info)
+        self._opened = True
+        return run_id
 
 
 class CountingMLflowBackend(MLflowBackend):
@@ -51,6 +69,7 @@ class CountingMLflowBackend(MLflowBackend):
 
 EXTRA = {
     "broken": "tests.e2e.agent_backends:BrokenBackend",
+    "hanging": "tests.e2e.agent_backends:HangingBackend",
     "mlflow-counting": "tests.e2e.agent_backends:CountingMLflowBackend",
 }
 

@@ -117,7 +117,18 @@ class MLflowBackend(Backend):
         return self.run_id
 
     def attach(self, run_id: str) -> None:
-        self._connect().get_run(run_id)
+        """Reopen a run for ``tracelet sync``, continuing each key's timestamps where the run left them.
+
+        MLflow orders a key's history by timestamp. The original writer gave each key strictly
+        increasing timestamps, which may run ahead of the clock; a replayed point must come after
+        every stored one, or it would read back out of order.
+        """
+        client = self._connect()
+        run = client.get_run(run_id)
+        for key in run.data.metrics:
+            history = client.get_metric_history(run_id, key)
+            if history:
+                self._last_ts[key] = max(int(m.timestamp) for m in history)
         self.run_id = run_id
 
     def is_transient(self, error: BaseException) -> bool:

@@ -1,0 +1,276 @@
+"""Faults survived against the real stores: how a trainer ends, failing backends beside a real one, an
+outage that outlasts ``stop_logging``.
+
+Each test runs once per backend, in the ``torch`` column (``framework_only``): what it proves does not
+depend on the framework set. With the SIGKILL and server-outage tests of ``test_delivery_faults.py``,
+these are the ``e2e_faults`` tests the summary's faults table counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracelet
+from tests.e2e.agent_backends import extra_backends_env
+from tests.e2e.framework import Expected, assert_run_matches, e2e_framework
+from tests.e2e.params import POSIX, environments
+from tests.e2e.test_delivery_faults import (
+    GRACE_S,
+    MARKER_VAR,
+    ProcessWatch,
+    RestartableMLflowServer,
+    _check_landed,
+    _history_problems,
+    _read_tally,
+    _wait_for,
+)
+from tracelet.testing import RunRecord, read_run
+
+pytestmark = [
+    pytest.mark.e2e_faults,
+    pytest.mark.platform_only(*POSIX),
+    pytest.mark.framework_only("torch"),
+]
+
+#: Every store once (the MLflow server's faults are the outage tests).
+FAULT_ENVIRONMENTS = ["mlflow", "wandb", "clearml", "local"]
+
+# -- 1. how a trainer ends -----------------------------------------------------------------------
+
+TRAINER = r"""
+import json, os, sys, time
+import tracelet
+
+cfg = json.loads(open(sys.argv[1]).read())
+exp = tracelet.start_logging(
+    exp_name=cfg["run_name"], project=cfg["project"], backend=cfg["backend"],
+    backend_options=cfg["backend_options"], config={"lr": 0.1, "ending": cfg["ending"]},
+)
+with open(cfg["runs_file"] + ".tmp", "w") as f:
+    json.dump(exp.runs, f)
+os.replace(cfg["runs_file"] + ".tmp", cfg["runs_file"])
+tally = open(cfg["tally_file"], "w", buffering=1)  # one line per call, *after* it returned
+step = 0
+while step < 100_000:
+    value = 1.0 / (step + 1)
+    exp.log_metric("loss", value, step)
+    tally.write(f"{time.time():.6f} m {step} {value!r}\n")
+    step += 1
+    if step == cfg["end_at"]:
+        if cfg["ending"] == "exception":
+            raise RuntimeError("boom in the training loop")
+        if cfg["ending"] == "forgotten_stop":
+            sys.exit(0)  # the script ends without stop_logging()
+    time.sleep(0.002)
+"""
+
+#: ending -> (signal sent to the trainer's process group, or None; the status the run must end with)
+ENDINGS: dict[str, tuple[int | None, str]] = {
+    "sigterm": (signal.SIGTERM, "killed"),
+    "sigint": (signal.SIGINT, "killed"),
+    "exception": (None, "failed"),
+    "forgotten_stop": (None, "finished"),
+    "sigkill": (signal.SIGKILL, "killed"),
+}
+END_AT = 400  # steps before the ending (the signals are sent once this many are tallied)
+
+
+def _final_status(read: Any, run_id: str, timeout: float) -> RunRecord:
+    """Read the run until the store holds a final status (the agent closes a SIGKILLed trainer's run)."""
+    deadline = time.monotonic() + timeout
+    record: RunRecord | None = None
+    while time.monotonic() < deadline:
+        try:
+            record = read(run_id)
+        except Exception:  # a store file mid-write: look again
+            record = None
+        if record is not None and record.status in ("finished", "failed", "killed"):
+            return record
+        time.sleep(0.3)
+    assert record is not None, f"run {run_id} could not be read"
+    return record
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+@pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
+def test_every_way_a_trainer_ends(ending: str, environment: str, isolated_env: Path, tmp_path: Path) -> None:
+    """A trainer in its own session, ended as a terminal or a scheduler ends it: what it owed lands.
+
+    SIGTERM, SIGINT (to the whole process group, with ``os.killpg``), an uncaught exception and a
+    forgotten ``stop_logging`` deliver every point the trainer tallied; SIGKILL every point tallied
+    more than 500 ms before the kill. The run ends ``killed``, ``killed``, ``failed``, ``finished``,
+    ``killed``, and no process of the trainer's is left.
+    """
+    sig, status = ENDINGS[ending]
+    with e2e_framework.backend_environment(environment, project="endings") as config:
+        runs_file, tally_file = tmp_path / "runs.json", tmp_path / "tally.txt"
+        script = tmp_path / "trainer.py"
+        script.write_text(TRAINER)
+        (tmp_path / "trainer.json").write_text(
+            json.dumps(
+                {
+                    "run_name": f"ended-by-{ending}",
+                    "project": "endings",
+                    "backend": config["backend"],
+                    "backend_options": config["backend_options"],
+                    "ending": ending,
+                    "end_at": END_AT if sig is None else 100_000,
+                    "runs_file": str(runs_file),
+                    "tally_file": str(tally_file),
+                }
+            )
+        )
+        marker = uuid.uuid4().hex
+        watch = ProcessWatch(marker)
+        with open(tmp_path / "trainer.out", "wb") as out:
+            trainer = subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "trainer.json")],
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, MARKER_VAR: marker},
+                start_new_session=True,  # its own process group, as a terminal or a scheduler starts it
+            )
+            try:
+                _wait_for(lambda: runs_file.exists() or trainer.poll() is not None, 120, "the trainer's run")
+                watch.snapshot(trainer.pid)
+                kill_time = math.inf
+                if sig is not None:
+                    _wait_for(lambda: _lines(tally_file) >= END_AT, 60, f"{END_AT} tallied points")
+                    watch.snapshot(trainer.pid)
+                    kill_time = time.time()
+                    os.killpg(trainer.pid, sig)
+                code = trainer.wait(timeout=120)
+            finally:
+                if trainer.poll() is None:
+                    os.killpg(trainer.pid, signal.SIGKILL)
+                    trainer.wait(timeout=10)
+        output = (tmp_path / "trainer.out").read_text(errors="replace")[-3000:]
+        runs = json.loads(runs_file.read_text())
+        record = _final_status(config["read"], runs[config["backend"]], timeout=90)
+        _wait_for(lambda: not watch.survivors(), 30, "the trainer's processes to exit")
+
+    expected_code = {"sigterm": 128 + 15, "sigint": 130, "exception": 1, "forgotten_stop": 0, "sigkill": -9}
+    assert code == expected_code[ending] or (ending == "sigint" and code == -signal.SIGINT), (code, output)
+    logged, _ = _read_tally(tally_file)
+    cutoff = kill_time - GRACE_S if ending == "sigkill" else math.inf
+    problems = _check_landed(environment, record.metrics.get("loss", []), logged, cutoff)
+    assert not problems, f"{len(logged)} points tallied\n" + "\n".join(problems) + f"\n{output}"
+    assert record.status == status, output
+    assert record.params == {"lr": "0.1", "ending": ending}
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+# -- 2. failing backends beside a real one -------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
+def test_raising_and_hanging_backends_beside_a_real_one(
+    environment: str, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend that raises on every call and one that hangs forever run beside the real store.
+
+    Training finishes; the real store holds everything; ``stop_logging`` returns within its
+    ``flush_timeout``; the raising backend's events are dead-lettered and the hung backend's are in
+    the spool, for ``tracelet sync``.
+    """
+    monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", extra_backends_env())
+    monkeypatch.setenv("TRACELET_LOCAL_DIR", str(isolated_env / "side-runs"))  # the broken one's own dir
+    with e2e_framework.backend_environment(environment, project="beside") as config:
+        expected = Expected(project="beside", run_name="beside-failing")
+        backends = [config["backend"], "broken", "hanging"]
+        exp = tracelet.start_logging(
+            exp_name=expected.run_name,
+            project=expected.project,
+            backend=backends,
+            backend_options=config["backend_options"],
+        )
+        expected.params_(exp, {"lr": 0.1, "model": {"depth": 2}})
+        for step in range(2000):
+            expected.metric(exp, "loss", 1.0 / (step + 1), step)
+        started = time.monotonic()
+        report = tracelet.stop_logging(flush_timeout=10)
+        took = time.monotonic() - started
+        record = config["read"](exp.runs[config["backend"]])
+
+    assert took < 10 + 5, f"stop_logging took {took:.1f}s with flush_timeout=10"
+    real, broken, hanging = (report[b] for b in backends)
+    assert real.ok, report.format()
+    assert real.delivered == real.sent == 2001
+    assert_run_matches(expected, record)
+    assert broken.failed == broken.sent == 2001, report.format()
+    assert hanging.pending == hanging.sent == 2001, report.format()
+    assert hanging.spool_path is not None
+    spooled = Path(exp.spool_dir) / "hanging" / "events.jsonl"
+    lines = spooled.read_text().splitlines()
+    assert len(lines) == 2001, f"{len(lines)} events in {spooled}"
+
+
+# -- 3. an outage that outlasts stop_logging -----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.requires("mlflow")
+def test_outage_at_stop_is_spooled_and_synced_exactly_once(
+    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tracking server dies and is still down at ``stop_logging(flush_timeout=3)``: what is left
+    goes to the spool; after the server is back, ``tracelet sync`` replays it once, and a second sync
+    replays nothing."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    root = tmp_path / "server"
+    root.mkdir()
+    server = RestartableMLflowServer(root)
+    try:
+        expected = Expected(project="outage-at-stop", run_name="outage-at-stop")
+        exp = tracelet.start_logging(
+            exp_name=expected.run_name,
+            project=expected.project,
+            backend="mlflow",
+            backend_options={"mlflow": {"tracking_uri": server.url}},
+        )
+        expected.params_(exp, {"lr": 0.1})
+        for step in range(500):
+            expected.metric(exp, "loss", 1.0 / (step + 1), step)
+        assert exp.flush(60)
+        server.crash()
+        for step in range(500, 1000):
+            expected.metric(exp, "loss", 1.0 / (step + 1), step)
+        expected.params_(exp, {"after_crash": "yes"})
+        started = time.monotonic()
+        report = tracelet.stop_logging(flush_timeout=3)
+        took = time.monotonic() - started
+        assert took < 3 + 5, f"stop_logging took {took:.1f}s with flush_timeout=3"
+        assert not report.ok
+        assert report["mlflow"].pending == 501, report.format()
+        assert report["mlflow"].delivered == 501, report.format()
+
+        server.restart()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+        sync = [sys.executable, "-m", "tracelet", "sync", str(exp.spool_dir)]
+        first = subprocess.run(sync, capture_output=True, text=True, timeout=120, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        second = subprocess.run(sync, capture_output=True, text=True, timeout=120, env=env)
+        assert second.returncode == 0, second.stderr[-3000:]
+        record = read_run("mlflow", exp.runs["mlflow"], tracking_uri=server.url)
+    finally:
+        server.stop()
+    problem = _history_problems("loss", record.metrics.get("loss", []), expected.metrics["loss"])
+    assert problem is None, problem
+    assert record.params == expected.params
+    assert record.status == "finished"
