@@ -274,3 +274,79 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
     assert problem is None, problem
     assert record.params == expected.params
     assert record.status == "finished"
+
+
+# -- 4. threads and DataLoader workers -----------------------------------------------------------
+
+THREADS = 8
+POINTS_PER_THREAD = 50_000
+
+
+class _LoggingDataset:
+    """A map-style dataset whose ``__getitem__`` logs, as careless code in a DataLoader worker does."""
+
+    def __init__(self, exp: tracelet.Experiment) -> None:
+        self.exp = exp
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> Any:
+        import torch
+
+        self.exp.log_metric("worker/item", float(index), index)  # in a forked worker: dropped
+        active = tracelet.get_active_experiment()
+        if active is not None:
+            active.log_metric("worker/active", float(index), index)
+        return torch.tensor([float(index)])
+
+
+@pytest.mark.slow
+@pytest.mark.requires("torch")
+@pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
+def test_threads_and_forked_dataloader_workers(environment: str, isolated_env: Path) -> None:
+    """8 threads x 50,000 points on their own keys, while a DataLoader's 2 forked workers call log_metric:
+    every thread's key lands complete and in order, nothing from the workers, and nothing hangs."""
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    with e2e_framework.backend_environment(environment, project="threads") as config:
+        exp = tracelet.start_logging(
+            exp_name="threads-and-workers",
+            project="threads",
+            backend=config["backend"],
+            backend_options=config["backend_options"],
+        )
+        errors: list[BaseException] = []
+
+        def log_from_thread(k: int) -> None:
+            try:
+                for i in range(POINTS_PER_THREAD):
+                    exp.log_metric(f"thread/{k}", float(i), i)
+            except BaseException as exc:  # handed to the test
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=log_from_thread, args=(k,), name=f"logger-{k}") for k in range(THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        loader = DataLoader(
+            _LoggingDataset(exp), batch_size=8, num_workers=2, multiprocessing_context="fork", shuffle=False
+        )
+        total = sum(float(batch.sum()) for batch in loader)
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not any(t.is_alive() for t in threads), "a logging thread hangs"
+        assert not errors, errors
+        report = tracelet.stop_logging(flush_timeout=600)
+        assert report.ok, report.format()
+        record = config["read"](exp.runs[config["backend"]])
+
+    assert total == sum(range(64))
+    assert set(record.metrics) == {f"thread/{k}" for k in range(THREADS)}, "a worker's call landed"
+    expected = [(i, float(i)) for i in range(POINTS_PER_THREAD)]
+    for k in range(THREADS):
+        assert record.metrics[f"thread/{k}"] == expected, f"thread/{k} is incomplete or out of order"
+    assert report[config["backend"]].delivered == THREADS * POINTS_PER_THREAD
