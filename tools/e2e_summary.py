@@ -71,6 +71,9 @@ class CaseResult:
     workflow: str | None = None
     backend: str | None = None
     message: str = ""
+    #: fault tests (marker ``e2e_faults``) record the fault they survived and how much it lost
+    fault: str | None = None
+    lost: int | None = None
 
     @property
     def is_failure(self) -> bool:
@@ -229,6 +232,13 @@ def case_id(case: TestCase) -> str:
     return f"{classname}::{name}" if classname else name
 
 
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def parse_junit(path: Path) -> list[CaseResult]:
     """Read every testcase of a pytest JUnit file (all suites, nested ones too)."""
     xml = JUnitXml.fromfile(str(path))
@@ -245,6 +255,8 @@ def parse_junit(path: Path) -> list[CaseResult]:
                     workflow=props.get("workflow"),
                     backend=props.get("backend"),
                     message=message,
+                    fault=props.get("fault"),
+                    lost=_int_or_none(props.get("lost")),
                 )
             )
     return cases
@@ -503,6 +515,22 @@ def workflow_table(results: Sequence[SessionResult]) -> dict[str, dict[str, dict
     return table
 
 
+def faults_table(results: Sequence[SessionResult]) -> dict[str, dict[str, dict[str, int]]]:
+    """fault -> backend -> {"runs", "failed", "lost"}: what each fault test survived, and what it lost."""
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for result in results:
+        for case in result.cases:
+            if case.fault is None or case.outcome == "skipped":
+                continue
+            cell = table.setdefault(case.fault, {}).setdefault(
+                case.backend or UNLABELLED, {"runs": 0, "failed": 0, "lost": 0}
+            )
+            cell["runs"] += 1
+            cell["failed"] += int(case.is_failure)
+            cell["lost"] += case.lost or 0
+    return table
+
+
 def _failure(result: SessionResult, test_id: str, message: str) -> dict[str, str]:
     return {"session": result.session, "variant": result.label, "test_id": test_id, "message": message}
 
@@ -592,6 +620,29 @@ def render_markdown(
         lines += ["", "Counts are passed/failed/skipped over all sessions and variants."]
     else:
         lines.append("No test results.")
+
+    lines += ["", "## Faults", ""]
+    faults = faults_table(results)
+    if faults:
+        fault_backends = _ordered({b for per in faults.values() for b in per}, KNOWN_CASE_BACKENDS)
+        lines.append("| fault | " + " | ".join(fault_backends) + " |")
+        lines.append("|---|" + "---|" * len(fault_backends))
+        for fault in sorted(faults):
+            row_cells = []
+            for be in fault_backends:
+                c = faults[fault].get(be)
+                if c is None:
+                    row_cells.append("—")
+                else:
+                    icon = ICON_FAIL if c["failed"] or c["lost"] else ICON_OK
+                    row_cells.append(f"{icon} {c['lost']} lost")
+            lines.append(f"| {_md_escape(fault)} | " + " | ".join(row_cells) + " |")
+        lines += [
+            "",
+            "Points lost over all runs of each fault test (0 expected); ❌ also marks a failed run.",
+        ]
+    else:
+        lines.append("No fault test ran.")
 
     lines += [
         "",
@@ -685,6 +736,7 @@ def render_json(
         ],
         "outside_matrix": [_result_json(r) for r in outside_matrix(results, backends, frameworks)],
         "workflows": workflow_table(results),
+        "faults": faults_table(results),
         "coverage": None
         if coverage is None
         else {

@@ -115,7 +115,6 @@ def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Pa
 ACCEPTED_EDGE_NAMES = ["a/..b", "a/b.", "a/.b", "v1.2/loss", "0", "A-b_c.d/e-f", "n" * 250]
 
 
-@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
 def test_accepted_edge_names_land_as_spelled(environment: str, isolated_env: Path) -> None:

@@ -221,7 +221,9 @@ def _check_landed(
 @pytest.mark.requires("mlflow")
 @pytest.mark.platform_only(*POSIX)
 @pytest.mark.framework_only("torch")
-def test_sigkilled_trainer_loses_nothing_older_than_500ms(isolated_env: Path, tmp_path: Path) -> None:
+def test_sigkilled_trainer_loses_nothing_older_than_500ms(
+    isolated_env: Path, tmp_path: Path, record_property: Any
+) -> None:
     """SIGKILL a logging trainer's process group: what it logged >500 ms before is stored, in order,
     exactly, in MLflow and local; both runs end ``killed``; no process of the trainer's is left."""
     project = "sigkill"
@@ -321,6 +323,12 @@ def test_sigkilled_trainer_loses_nothing_older_than_500ms(isolated_env: Path, tm
             "mlflow": mlflow_env.read(runs["mlflow"]),
             "local": read_run("local", runs["local"], root=str(local_root)),
         }
+        owed = Counter((step, value) for stamp, step, value in logged if stamp <= cutoff)
+        record_property("backend", "mlflow")
+        record_property("fault", "trainer SIGKILLed, mlflow and local at once")
+        record_property(
+            "lost", sum(sum((owed - Counter(r.metrics.get("loss", []))).values()) for r in records.values())
+        )
         for store, record in records.items():
             problems += _check_landed(store, record.metrics.get("loss", []), logged, cutoff)
             if set(record.metrics) - {"loss"}:
@@ -418,7 +426,7 @@ def _history_problems(key: str, got: list[tuple[int, float]], logged: list[tuple
 @pytest.mark.platform_only(*POSIX)
 @pytest.mark.framework_only("torch")
 def test_mlflow_server_outage_is_bridged_by_retries(
-    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Any
 ) -> None:
     """SIGKILL the tracking server mid-run, keep it down >=5 s while logging goes on, restart it on the
     same port and store: every point lands exactly once, the report is ok and counts its retries."""
@@ -484,6 +492,15 @@ def test_mlflow_server_outage_is_bridged_by_retries(
         run_id = exp.runs["mlflow"]
         assert run_id, report.format()
         record = read_run("mlflow", run_id, tracking_uri=server.url)
+        record_property("backend", "mlflow_server")
+        record_property("fault", "server SIGKILLed mid-run, down 5 s")
+        record_property(
+            "lost",
+            sum(
+                sum((Counter(expected.metrics[k]) - Counter(record.metrics.get(k, []))).values())
+                for k in OUTAGE_KEYS
+            ),
+        )
         problems = [
             p
             for key in OUTAGE_KEYS

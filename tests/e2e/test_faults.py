@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,9 @@ def _final_status(read: Any, run_id: str, timeout: float) -> RunRecord:
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
 @pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
-def test_every_way_a_trainer_ends(ending: str, environment: str, isolated_env: Path, tmp_path: Path) -> None:
+def test_every_way_a_trainer_ends(
+    ending: str, environment: str, isolated_env: Path, tmp_path: Path, record_property: Any
+) -> None:
     """A trainer in its own session, ended as a terminal or a scheduler ends it: what it owed lands.
 
     SIGTERM, SIGINT (to the whole process group, with ``os.killpg``), an uncaught exception and a
@@ -165,10 +168,18 @@ def test_every_way_a_trainer_ends(ending: str, environment: str, isolated_env: P
     assert code == expected_code[ending] or (ending == "sigint" and code == -signal.SIGINT), (code, output)
     logged, _ = _read_tally(tally_file)
     cutoff = kill_time - GRACE_S if ending == "sigkill" else math.inf
-    problems = _check_landed(environment, record.metrics.get("loss", []), logged, cutoff)
+    got = record.metrics.get("loss", [])
+    record_property("fault", f"trainer ended by {ending.replace('_', ' ')}")
+    record_property("lost", _lost([(s, v) for t, s, v in logged if t <= cutoff], got))
+    problems = _check_landed(environment, got, logged, cutoff)
     assert not problems, f"{len(logged)} points tallied\n" + "\n".join(problems) + f"\n{output}"
     assert record.status == status, output
     assert record.params == {"lr": "0.1", "ending": ending}
+
+
+def _lost(owed: list[tuple[int, float]], got: list[tuple[int, float]]) -> int:
+    """How many owed points the store does not hold (the faults table's figure)."""
+    return sum((Counter(owed) - Counter(got)).values())
 
 
 def _lines(path: Path) -> int:
@@ -180,7 +191,7 @@ def _lines(path: Path) -> int:
 
 @pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
 def test_raising_and_hanging_backends_beside_a_real_one(
-    environment: str, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+    environment: str, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, record_property: Any
 ) -> None:
     """A backend that raises on every call and one that hangs forever run beside the real store.
 
@@ -207,6 +218,8 @@ def test_raising_and_hanging_backends_beside_a_real_one(
         took = time.monotonic() - started
         record = config["read"](exp.runs[config["backend"]])
 
+    record_property("fault", "a raising and a hanging backend beside it")
+    record_property("lost", _lost(expected.metrics["loss"], record.metrics.get("loss", [])))
     assert took < 10 + 5, f"stop_logging took {took:.1f}s with flush_timeout=10"
     real, broken, hanging = (report[b] for b in backends)
     assert real.ok, report.format()
@@ -226,7 +239,7 @@ def test_raising_and_hanging_backends_beside_a_real_one(
 @pytest.mark.slow
 @pytest.mark.requires("mlflow")
 def test_outage_at_stop_is_spooled_and_synced_exactly_once(
-    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Any
 ) -> None:
     """The tracking server dies and is still down at ``stop_logging(flush_timeout=3)``: what is left
     goes to the spool; after the server is back, ``tracelet sync`` replays it once, and a second sync
@@ -270,6 +283,9 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
         record = read_run("mlflow", exp.runs["mlflow"], tracking_uri=server.url)
     finally:
         server.stop()
+    record_property("backend", "mlflow_server")
+    record_property("fault", "server down at stop, then tracelet sync")
+    record_property("lost", _lost(expected.metrics["loss"], record.metrics.get("loss", [])))
     problem = _history_problems("loss", record.metrics.get("loss", []), expected.metrics["loss"])
     assert problem is None, problem
     assert record.params == expected.params
@@ -304,7 +320,9 @@ class _LoggingDataset:
 @pytest.mark.slow
 @pytest.mark.requires("torch")
 @pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
-def test_threads_and_forked_dataloader_workers(environment: str, isolated_env: Path) -> None:
+def test_threads_and_forked_dataloader_workers(
+    environment: str, isolated_env: Path, record_property: Any
+) -> None:
     """8 threads x 50,000 points on their own keys, while a DataLoader's 2 forked workers call log_metric:
     every thread's key lands complete and in order, nothing from the workers, and nothing hangs."""
     import threading
@@ -344,9 +362,13 @@ def test_threads_and_forked_dataloader_workers(environment: str, isolated_env: P
         assert report.ok, report.format()
         record = config["read"](exp.runs[config["backend"]])
 
+    expected = [(i, float(i)) for i in range(POINTS_PER_THREAD)]
+    record_property("fault", "8 threads x 50k points, forked DataLoader workers")
+    record_property(
+        "lost", sum(_lost(expected, record.metrics.get(f"thread/{k}", [])) for k in range(THREADS))
+    )
     assert total == sum(range(64))
     assert set(record.metrics) == {f"thread/{k}" for k in range(THREADS)}, "a worker's call landed"
-    expected = [(i, float(i)) for i in range(POINTS_PER_THREAD)]
     for k in range(THREADS):
         assert record.metrics[f"thread/{k}"] == expected, f"thread/{k} is incomplete or out of order"
     assert report[config["backend"]].delivered == THREADS * POINTS_PER_THREAD

@@ -359,3 +359,33 @@ def test_failure_ids_use_the_xunit1_file_attribute(tmp_path: Path) -> None:
     assert [f["test_id"] for f in summary.failures([result])] == [
         "tests/e2e/test_backends.py::TestK::test_m[local]"
     ]
+
+
+def test_faults_table_shows_each_fault_each_backend_and_what_was_lost(tmp_path: Path) -> None:
+    def case(name: str, outcome: str, backend: str, fault: str, lost: int) -> str:
+        props = (
+            f'<properties><property name="backend" value="{backend}"/>'
+            f'<property name="fault" value="{fault}"/><property name="lost" value="{lost}"/></properties>'
+        )
+        failure = '<failure message="lost points">x</failure>' if outcome == "failed" else ""
+        return (
+            f'<testcase classname="tests.e2e.test_faults" name="{name}" time="1">{props}{failure}</testcase>'
+        )
+
+    write_session(tmp_path, "e2e-mlflow-torch")
+    junit = (
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="e2e-mlflow-torch">'
+        + case("t[mlflow-sigterm]", "passed", "mlflow", "trainer ended by sigterm", 0)
+        + case("t[local-sigterm]", "failed", "local", "trainer ended by sigterm", 3)
+        + case("t[mlflow-sigkill]", "passed", "mlflow", "trainer ended by sigkill", 0)
+        + "</testsuite></testsuites>"
+    )
+    (tmp_path / "e2e-mlflow-torch" / "junit.xml").write_text(junit, encoding="utf-8")
+    results = summary.collect(tmp_path)
+    table = summary.faults_table(results)
+    assert table["trainer ended by sigterm"]["mlflow"] == {"runs": 1, "failed": 0, "lost": 0}
+    assert table["trainer ended by sigterm"]["local"] == {"runs": 1, "failed": 1, "lost": 3}
+    markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
+    assert "| fault | mlflow | local |" in markdown
+    assert "| trainer ended by sigterm | ✅ 0 lost | ❌ 3 lost |" in markdown
+    assert "| trainer ended by sigkill | ✅ 0 lost | — |" in markdown
