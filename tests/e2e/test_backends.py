@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -113,6 +114,21 @@ def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Pa
 #: longest name. Each must land, as spelled, in every store (a name tracelet accepts and a
 #: store refuses is a bug in the check: MLflow would refuse the whole batch it rides in).
 ACCEPTED_EDGE_NAMES = ["a/..b", "a/b.", "a/.b", "v1.2/loss", "0", "A-b_c.d/e-f", "n" * 250]
+#: Values every store takes (documented differences: ClearML keeps NaN and +-inf as 0, MLflow
+#: keeps +-inf as +-1.7976931348623157e308).
+ACCEPTED_EDGE_VALUES = [
+    0.0,
+    -0.0,
+    5e-324,
+    1.7976931348623157e308,
+    -1e300,
+    2**70,
+    -(2**53),
+    True,
+    math.nan,
+    math.inf,
+    -math.inf,
+]
 
 
 @pytest.mark.e2e_basic
@@ -125,9 +141,21 @@ def test_accepted_edge_names_land_as_spelled(environment: str, isolated_env: Pat
             expected.metric(exp, name, float(i), 0)
             expected.metric(exp, name, i + 0.5, 1)
         expected.params_(exp, {name: f"value-{i}" for i, name in enumerate(ACCEPTED_EDGE_NAMES)})
+        for step, value in enumerate(ACCEPTED_EDGE_VALUES):
+            exp.log_metric("edge/value", value, step)
         report = tracelet.stop_logging()
         assert report.ok, report.format()
-        assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
+        record = config["read"](exp.runs[config["backend"]])
+    values = record.metrics.pop("edge/value")
+    assert_run_matches(expected, record)
+    assert [s for s, _ in values] == list(range(len(ACCEPTED_EDGE_VALUES)))
+    for (_, got), sent in zip(values, ACCEPTED_EDGE_VALUES, strict=True):
+        want = float(sent)
+        if environment == "clearml" and not math.isfinite(want):
+            want = 0.0  # ClearML's documented difference: NaN and +-inf are stored as 0
+        elif environment.startswith("mlflow") and math.isinf(want):
+            want = math.copysign(sys.float_info.max, want)  # MLflow's: +-inf is stored as +-max float
+        assert (math.isnan(got) and math.isnan(want)) or got == want, (sent, got)
 
 
 def _log_one_run_to(
