@@ -348,12 +348,22 @@ def test_threads_and_forked_dataloader_workers(
         threads = [
             threading.Thread(target=log_from_thread, args=(k,), name=f"logger-{k}") for k in range(THREADS)
         ]
+        loader = DataLoader(
+            _LoggingDataset(exp),
+            batch_size=8,
+            num_workers=2,
+            multiprocessing_context="fork",
+            shuffle=False,
+            timeout=120,  # a hung worker fails the test instead of blocking it
+        )
+        # The workers are forked here, before the logging threads start: a fork copies every lock as
+        # it is, and one held by another thread at that instant stays held in the child for good
+        # (coverage's tracer lock did exactly that under `coverage run`). Then the workers call
+        # log_metric while the 8 threads log.
+        batches = iter(loader)
         for thread in threads:
             thread.start()
-        loader = DataLoader(
-            _LoggingDataset(exp), batch_size=8, num_workers=2, multiprocessing_context="fork", shuffle=False
-        )
-        total = sum(float(batch.sum()) for batch in loader)
+        total = sum(float(batch.sum()) for batch in batches)
         for thread in threads:
             thread.join(timeout=300)
         assert not any(t.is_alive() for t in threads), "a logging thread hangs"
