@@ -214,13 +214,13 @@ def test_raising_and_hanging_backends_beside_a_real_one(
         for step in range(2000):
             expected.metric(exp, "loss", 1.0 / (step + 1), step)
         started = time.monotonic()
-        report = tracelet.stop_logging(flush_timeout=10)
+        report = tracelet.stop_logging(flush_timeout=3)
         took = time.monotonic() - started
         record = config["read"](exp.runs[config["backend"]])
 
     record_property("fault", "a raising and a hanging backend beside it")
     record_property("lost", _lost(expected.metrics["loss"], record.metrics.get("loss", [])))
-    assert took < 10 + 5, f"stop_logging took {took:.1f}s with flush_timeout=10"
+    assert took < 3 + 5, f"stop_logging took {took:.1f}s with flush_timeout=3"
     real, broken, hanging = (report[b] for b in backends)
     assert real.ok, report.format()
     assert real.delivered == real.sent == 2001
@@ -298,6 +298,11 @@ THREADS = 8
 POINTS_PER_THREAD = 50_000
 
 
+def _step(thread: int, i: int) -> int:
+    """The last thread's steps go backwards: W&B drops such points unless steps are handled right."""
+    return POINTS_PER_THREAD - 1 - i if thread == THREADS - 1 else i
+
+
 class _LoggingDataset:
     """A map-style dataset whose ``__getitem__`` logs, as careless code in a DataLoader worker does."""
 
@@ -341,7 +346,7 @@ def test_threads_and_forked_dataloader_workers(
         def log_from_thread(k: int) -> None:
             try:
                 for i in range(POINTS_PER_THREAD):
-                    exp.log_metric(f"thread/{k}", float(i), i)
+                    exp.log_metric(f"thread/{k}", float(i), _step(k, i))
             except BaseException as exc:  # handed to the test
                 errors.append(exc)
 
@@ -372,13 +377,15 @@ def test_threads_and_forked_dataloader_workers(
         assert report.ok, report.format()
         record = config["read"](exp.runs[config["backend"]])
 
-    expected = [(i, float(i)) for i in range(POINTS_PER_THREAD)]
+    def expected(k: int) -> list[tuple[int, float]]:
+        return [(_step(k, i), float(i)) for i in range(POINTS_PER_THREAD)]
+
     record_property("fault", "8 threads x 50k points, forked DataLoader workers")
     record_property(
-        "lost", sum(_lost(expected, record.metrics.get(f"thread/{k}", [])) for k in range(THREADS))
+        "lost", sum(_lost(expected(k), record.metrics.get(f"thread/{k}", [])) for k in range(THREADS))
     )
     assert total == sum(range(64))
     assert set(record.metrics) == {f"thread/{k}" for k in range(THREADS)}, "a worker's call landed"
     for k in range(THREADS):
-        assert record.metrics[f"thread/{k}"] == expected, f"thread/{k} is incomplete or out of order"
+        assert record.metrics[f"thread/{k}"] == expected(k), f"thread/{k} is incomplete or out of order"
     assert report[config["backend"]].delivered == THREADS * POINTS_PER_THREAD
