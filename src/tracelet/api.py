@@ -185,8 +185,13 @@ def _clear_active() -> None:
     _active = None
 
 
+def _open_runs() -> list[Experiment]:
+    """The active run (first) and the runs opened beside it."""
+    return [*([_active] if _active is not None else []), *_beside]
+
+
 def _flush_at_exit() -> None:
-    for experiment in [*([_active] if _active is not None else []), *list(_beside)]:
+    for experiment in _open_runs():
         if experiment.closed:
             continue
         status = experiment.exit_status()
@@ -199,7 +204,7 @@ def _flush_at_exit() -> None:
 
 def _handle_signal(signum: int, frame: FrameType | None) -> None:
     """Mark the run killed, wake the writers, and pass the signal on. Never flushes here."""
-    for experiment in [*([_active] if _active is not None else []), *list(_beside)]:
+    for experiment in _open_runs():
         experiment.mark_killed()
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
@@ -232,7 +237,7 @@ def _restore_signal_handlers() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child (e.g. a DataLoader worker) must not log through its parent's dead threads."""
-    for experiment in [*([_active] if _active is not None else []), *list(_beside)]:
+    for experiment in _open_runs():
         experiment.detach()
     _beside.clear()
     _stop_capture()

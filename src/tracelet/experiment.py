@@ -129,8 +129,6 @@ class Experiment:
         if self._inactive:
             self._check_active()
             return
-        if not isinstance(params, Mapping):
-            raise TypeError(f"params must be a dict, not {type(params).__name__}")
         # Secrets go before anything is stored, spooled or put in an error message.
         flat = {
             k: self._redactor.text(v) for k, v in flatten_params(self._redactor.value("", params)).items()

@@ -103,6 +103,19 @@ def assert_run_matches(expected: Expected, record: RunRecord, status: str = "fin
     assert record.system_tags.get("tracelet.version") == tracelet.__version__
 
 
+def files_holding(secrets: list[str], roots: list[Path]) -> dict[str, list[str]]:
+    """Every file under ``roots`` that holds one of ``secrets``, with the ones it holds (leak searches)."""
+    found: dict[str, list[str]] = {}
+    for root in roots:
+        for file in Path(root).rglob("*"):
+            if file.is_file():
+                data = file.read_bytes()
+                hits = [s for s in secrets if s.encode() in data]
+                if hits:
+                    found[str(file)] = hits
+    return found
+
+
 # -- backend environments ------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import tracelet
 from tests.e2e.audit import OPTIONAL_PACKAGES
-from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
+from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework, files_holding
 from tests.e2e.params import BACKEND_ENVIRONMENTS, environments
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml"}
@@ -427,16 +427,6 @@ def _git_repo(path: Path) -> dict[str, str]:
     return {"commit": git("rev-parse", "HEAD")}
 
 
-def _files_holding(secret: str, roots: list[Path]) -> list[str]:
-    found = []
-    needle = secret.encode()
-    for root in roots:
-        for file in Path(root).rglob("*"):
-            if file.is_file() and needle in file.read_bytes():
-                found.append(str(file))
-    return found
-
-
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
 def test_git_and_environment_are_recorded_without_credentials(
@@ -467,11 +457,11 @@ def test_git_and_environment_are_recorded_without_credentials(
         exp = _start(config, "git-run")
         exp.log_metric("loss", 0.5, 0)
         assert exp.flush(30)
-        in_flight = _files_holding(GIT_SECRET, [tmp_path / "spool"])
+        in_flight = files_holding([GIT_SECRET], [tmp_path / "spool"])
         report = tracelet.stop_logging()
         assert report.ok, report.format()
         record = config["read"](exp.runs[config["backend"]])
-        leaked = in_flight + _files_holding(GIT_SECRET, [*env.stored_roots(), tmp_path / "spool"])
+        leaked = {**in_flight, **files_holding([GIT_SECRET], [*env.stored_roots(), tmp_path / "spool"])}
     fields = record.system_tags
     assert fields["tracelet.git.commit"] == repo["commit"]
     assert fields["tracelet.git.branch"] == "feature/e2e"
@@ -487,7 +477,7 @@ def test_git_and_environment_are_recorded_without_credentials(
         tags = env.client().get_run(record.run_id).data.tags
         assert tags["mlflow.source.git.commit"] == repo["commit"]
         assert tags["mlflow.source.git.repoURL"] == "https://git.example.invalid/org/repo.git"
-    assert leaked == []
+    assert leaked == {}
     assert "delivered" in caplog.text  # the log was captured, and holds no secret
     out, err = capfd.readouterr()
     assert GIT_SECRET not in caplog.text + out + err

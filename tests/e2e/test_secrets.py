@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.e2e.framework import e2e_framework
+from tests.e2e.framework import e2e_framework, files_holding
 from tests.e2e.params import environments
 
 pytestmark = pytest.mark.e2e_advanced
@@ -35,18 +35,6 @@ CONFIG = {
     "hub": {"auth": {"token": SECRETS["nested_token"]}},
     "replicas": [{"host": "db1", "password": SECRETS["listed_password"]}],
 }
-
-
-def _files_holding(secrets: list[str], roots: list[Path]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for root in roots:
-        for file in Path(root).rglob("*"):
-            if file.is_file():
-                data = file.read_bytes()
-                hits = [s for s in secrets if s.encode() in data]
-                if hits:
-                    found[str(file)] = hits
-    return found
 
 
 @pytest.mark.parametrize("environment", environments())
@@ -79,11 +67,11 @@ def test_secrets_land_nowhere(
         )
         exp.log_metric("loss", 0.5, 0)
         assert exp.flush(30)
-        in_flight = _files_holding(secrets, [tmp_path / "spool"])  # the spool while the run is open
+        in_flight = files_holding(secrets, [tmp_path / "spool"])  # the spool while the run is open
         report = tracelet.stop_logging()
         assert report.ok, report.format()
         record = config["read"](exp.runs[config["backend"]])
-        at_rest = _files_holding(secrets, [*env.stored_roots(), tmp_path / "spool"])
+        at_rest = files_holding(secrets, [*env.stored_roots(), tmp_path / "spool"])
 
     assert record.params == {
         "lr": "0.01",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.audit import OPTIONAL_PACKAGES
 from tracelet.testing import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,18 +39,7 @@ def run_id_from(proc: subprocess.Popen[str]) -> str:
 
 
 def test_import_tracelet_imports_no_backend_or_framework() -> None:
-    heavy = str(
-        {
-            "mlflow",
-            "wandb",
-            "clearml",
-            "torch",
-            "lightning",
-            "pytorch_lightning",
-            "torchvision",
-            "tensorboard",
-        }
-    )
+    heavy = str(set(OPTIONAL_PACKAGES))
     code = (
         "import sys, json, tracelet\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})))"

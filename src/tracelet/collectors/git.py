@@ -14,6 +14,8 @@ import os
 import subprocess
 import urllib.parse
 
+from tracelet.redaction import strip_url_userinfo
+
 log = logging.getLogger(__name__)
 
 #: Seconds each ``git`` call may take; a huge repository must not hold up ``start_logging``.
@@ -30,16 +32,8 @@ def strip_url_credentials(url: str) -> str:
     """
     if "://" not in url:
         return url
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port is not None else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    parts = urllib.parse.urlsplit(strip_url_userinfo(url))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def _git(*args: str, cwd: str) -> str | None:

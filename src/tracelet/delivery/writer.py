@@ -22,6 +22,7 @@ Invariant, checked by the unit tests: ``sent == delivered + failed + pending``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -392,13 +393,11 @@ class BackendWriter:
                     self.backend.finish(status)
                     break
                 except Exception as exc:
-                    if self.backend.is_transient(exc) and time.monotonic() < deadline and not self._abandoned:
-                        log.info(
-                            "tracelet: %s: closing the run failed (%r); retrying", self.backend.name, exc
-                        )
-                        time.sleep(backoff_delay(attempt))
-                        attempt += 1
-                        continue
+                    if self.backend.is_transient(exc) and time.monotonic() < deadline:
+                        with contextlib.suppress(_Abandoned):  # stop() gave up waiting: report it
+                            self._backoff(attempt, exc)
+                            attempt += 1
+                            continue
                     self._record_error(f"finish failed: {exc!r}")
                     log.warning("tracelet: %s failed to close its run: %r", self.backend.name, exc)
                     break
