@@ -325,6 +325,7 @@ class _LoggingDataset:
 @pytest.mark.slow
 @pytest.mark.requires("torch")
 @pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
+@pytest.mark.no_subprocess_coverage
 def test_threads_and_forked_dataloader_workers(
     environment: str, isolated_env: Path, record_property: Any
 ) -> None:
