@@ -18,6 +18,8 @@ from xml.sax.saxutils import quoteattr
 import pytest
 from coverage import CoverageData
 from junitparser import JUnitXml
+from tools.summary_tables.faults import FaultsTable
+from tools.summary_tables.workflows import WorkflowsTable
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ["mlflow", "wandb", "clearml", "none"]
@@ -179,7 +181,7 @@ def test_workflow_table_counts_cases_by_workflow_and_backend(tmp_path: Path) -> 
             ("test_c", "error", "time_series", "mlflow_server", "RuntimeError: y"),
         ],
     )
-    table = summary.workflow_table(summary.collect(tmp_path))
+    table = WorkflowsTable().build(summary.collect(tmp_path))
     assert table["simple_pytorch"]["mlflow"] == {"passed": 1, "failed": 0, "skipped": 0}
     assert table["simple_pytorch"]["wandb"] == {"passed": 1, "failed": 1, "skipped": 0}
     assert table["vision"]["wandb"] == {"passed": 0, "failed": 0, "skipped": 1}
@@ -378,14 +380,33 @@ def test_faults_table_shows_each_fault_each_backend_and_what_was_lost(tmp_path: 
         + case("t[mlflow-sigterm]", "passed", "mlflow", "trainer ended by sigterm", 0)
         + case("t[local-sigterm]", "failed", "local", "trainer ended by sigterm", 3)
         + case("t[mlflow-sigkill]", "passed", "mlflow", "trainer ended by sigkill", 0)
+        + case("t[mlflow-threads]", "passed", "mlflow", "8 threads, forked workers", 0)
         + "</testsuite></testsuites>"
     )
     (tmp_path / "e2e-mlflow-torch" / "junit.xml").write_text(junit, encoding="utf-8")
     results = summary.collect(tmp_path)
-    table = summary.faults_table(results)
+    table = FaultsTable().build(results)
     assert table["trainer ended by sigterm"]["mlflow"] == {"runs": 1, "failed": 0, "lost": 0}
     assert table["trainer ended by sigterm"]["local"] == {"runs": 1, "failed": 1, "lost": 3}
     markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
     assert "| fault | mlflow | local |" in markdown
     assert "| trainer ended by sigterm | ✅ 0 lost | ❌ 3 lost |" in markdown
     assert "| trainer ended by sigkill | ✅ 0 lost | — |" in markdown
+    # a fault's name is kept whole: only workflow and backend properties are comma lists
+    assert table["8 threads, forked workers"]["mlflow"] == {"runs": 1, "failed": 0, "lost": 0}
+    # points lost are a problem of the summary itself, with or without --strict
+    assert FaultsTable().problems(table) == ["fault 'trainer ended by sigterm' on local: 3 points lost"]
+
+
+def test_a_pair_the_matrix_leaves_out_is_absent_not_missing(tmp_path: Path) -> None:
+    """``all`` runs with ``torch`` only: its other columns are not cells, so they never count as not run."""
+    write_session(tmp_path, "e2e-all-torch")
+    cells = ["e2e-all-torch", "e2e-mlflow-torch"]
+    results = summary.collect(tmp_path)
+    data = summary.render_json(results, ["mlflow", "all"], ["torch", "lightning"], None, cells)
+    assert [c["session"] for c in data["cells"]] == cells[::-1]
+    assert data["problems"] == ["e2e-mlflow-torch: never ran"]
+    markdown = summary.render_markdown(results, ["mlflow", "all"], ["torch", "lightning"], None, cells)
+    assert "| **all** | ✅" in markdown
+    assert markdown.split("| **all** |")[1].splitlines()[0].endswith("| · |")
+    assert "1/2 cells passed, 0 failed, 1 not run" in markdown
