@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,19 @@ E2E_PYTHON = "3.11"
 #: pytest-xdist workers per E2E session ("auto": one per CPU); ``nox -s <cell> -- -n 0`` runs serially
 E2E_WORKERS = "auto"
 UNIT_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-#: backend axis: name -> pip extra (``None``: no backend extra at all)
-BACKENDS: dict[str, str | None] = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml", "none": None}
+#: backend axis: name -> pip extras (none at all for ``none``; ``all`` is the three side by side)
+BACKENDS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
+    "clearml": ("clearml",),
+    "all": ("mlflow", "wandb", "clearml"),
+    "none": (),
+}
+#: backend values offered with some framework sets only (the rest of the row is not a cell)
+ONLY_WITH: dict[str, tuple[str, ...]] = {"all": ("torch",)}
+#: what a backend's cell runs besides the default (the ``all`` cell: the workflows and tests of the
+#: three stores in one run; every other test already ran in the single-backend cells)
+PYTEST_ARGS: dict[str, tuple[str, ...]] = {"all": ("--e2e-backends=all", "-m", "e2e_basic or e2e_together")}
 #: framework axis: name -> (pip extra, constraints file with the exact pins)
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "requirements/constraints.txt"),
@@ -42,6 +54,7 @@ PROVIDES: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
     "wandb": ("wandb",),
     "clearml": ("clearml",),
+    "all": ("mlflow", "wandb", "clearml"),
     "none": (),
     "torch": ("torch", "tensorboard"),
     # the `lightning` distribution itself requires `pytorch-lightning`: both are importable
@@ -54,7 +67,8 @@ PROVIDES: dict[str, tuple[str, ...]] = {
 ROOT = Path(__file__).parent
 REPORTS = ROOT / "reports"
 TEST_REQUIREMENTS = "requirements/test.txt"
-E2E_SESSIONS = [f"e2e-{b}-{f}" for b in BACKENDS for f in FRAMEWORKS]
+CELLS = [(b, f) for b in BACKENDS for f in FRAMEWORKS if f in ONLY_WITH.get(b, FRAMEWORKS)]
+E2E_SESSIONS = [f"e2e-{b}-{f}" for b, f in CELLS]
 nox.options.sessions = ["lint", "typecheck", "unit", *E2E_SESSIONS, "summary"]
 
 # uv ignores pip's configuration: hand it pip's local wheel directory (the CPU torch build),
@@ -84,8 +98,7 @@ print(json.dumps({{"installed": out, "python": platform.python_version(), "platf
 
 
 def _extras(backend: str, framework: str) -> list[str]:
-    backend_extra = BACKENDS[backend]
-    return [e for e in (backend_extra, FRAMEWORKS[framework][0]) if e]
+    return [*BACKENDS[backend], FRAMEWORKS[framework][0]]
 
 
 def declared_set(backend: str, framework: str) -> list[str]:
@@ -117,6 +130,7 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
         for old in out.iterdir():
             if old.is_file():
                 old.unlink()
+        shutil.rmtree(out / "records", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     declared = declared_set(backend, framework)
     started = time.monotonic()
@@ -132,6 +146,8 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
             "TRACELET_E2E_INSTALL_SET": ",".join(declared),
             "TRACELET_E2E_AUDIT_FILE": str(out / "audit.json"),
             "COVERAGE_FILE": str(out / ".coverage"),
+            # what each store returned for the fixed-seed workflows: the summary compares them
+            "TRACELET_E2E_RECORDS_DIR": str(out / "records"),
         }
         pytest_args = [
             "tests/e2e",
@@ -142,7 +158,8 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
             "--durations=10",
             f"--junitxml={out / 'junit.xml'}",
         ]
-        pytest_args += ["-o", f"junit_suite_name={name}", "-o", "junit_family=xunit1", *session.posargs]
+        pytest_args += ["-o", f"junit_suite_name={name}", "-o", "junit_family=xunit1"]
+        pytest_args += [*PYTEST_ARGS.get(backend, ()), *session.posargs]
         coverage = ["coverage", "run", "--parallel-mode", "--rcfile", str(ROOT / "pyproject.toml")]
         session.run(*coverage, "-m", "pytest", *pytest_args, env=env)
         status = "passed"
@@ -210,9 +227,8 @@ def _make_e2e(backend: str, framework: str) -> None:
     )(session_fn)
 
 
-for _backend in BACKENDS:
-    for _framework in FRAMEWORKS:
-        _make_e2e(_backend, _framework)
+for _backend, _framework in CELLS:
+    _make_e2e(_backend, _framework)
 
 
 @nox.session(python=UNIT_PYTHONS)
@@ -247,7 +263,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=E2E_PYTHON)
 def summary(session: nox.Session) -> None:
     """Merge every session's JUnit XML and coverage into reports/summary.md (works after failures)."""
-    session.install("-r", TEST_REQUIREMENTS)
+    session.install(".", "-r", TEST_REQUIREMENTS)  # tracelet.testing compares the stores' records
     session.run(
         "python",
         "tools/e2e_summary.py",
@@ -257,5 +273,7 @@ def summary(session: nox.Session) -> None:
         ",".join(BACKENDS),
         "--frameworks",
         ",".join(FRAMEWORKS),
+        "--cells",
+        ",".join(E2E_SESSIONS),
         *session.posargs,
     )

@@ -1,8 +1,9 @@
 """E2E options, markers, the install-set check and the skip audit.
 
-The suite refuses to run without ``TRACELET_E2E_INSTALL_SET`` (the nox session
-exports it from the matrix). Before any test it checks that exactly the declared
-optional packages are importable; after the last test it audits the skips.
+Under nox, ``TRACELET_E2E_INSTALL_SET`` declares the session's optional packages (from
+the matrix), and before any test the suite checks that exactly those are importable. A
+plain ``pytest tests/e2e`` without it takes the importable packages as the set and says
+so in its header. Either way, after the last test it audits the skips against the markers.
 
 Under ``pytest-xdist`` the controller collects nothing and runs nothing: each worker
 computes the expected skips of what it collected and hands them (and any process
@@ -22,7 +23,6 @@ from typing import Any
 import pytest
 
 from tests.e2e.audit import (
-    OPTIONAL_PACKAGES,
     audit,
     expected_skip,
     importable_packages,
@@ -31,6 +31,9 @@ from tests.e2e.audit import (
 )
 
 _STATE: dict[str, object] = {}
+INSTALL_SET_VAR = "TRACELET_E2E_INSTALL_SET"
+#: set by the run that inferred the install set, so its workers (and the header) say so
+INFERRED_VAR = "TRACELET_E2E_INSTALL_SET_INFERRED"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,23 +49,33 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(netaudit_plugin):
         # pytest_configure is a historic hook: the plugin's own runs as it registers
         config.pluginmanager.register(netaudit_plugin, "tracelet-netaudit")
-    if os.environ.get("TRACELET_E2E_INSTALL_SET") is None:
-        raise pytest.UsageError(
-            "TRACELET_E2E_INSTALL_SET is not set: run the E2E suite through nox "
-            "(e.g. `nox -s e2e-mlflow-torch`), or export the set of optional packages you installed "
-            f"(comma list of {', '.join(OPTIONAL_PACKAGES)}; empty for none)"
-        )
-    declared = parse_install_set(os.environ.get("TRACELET_E2E_INSTALL_SET", ""))
+    importable = importable_packages()
+    if os.environ.get(INSTALL_SET_VAR) is None:
+        # A plain `pytest tests/e2e ...` (the seed's commands): what is importable is the set. The
+        # xdist workers start after this hook and inherit it, so every process audits the same set.
+        os.environ[INSTALL_SET_VAR] = ",".join(sorted(importable))
+        os.environ[INFERRED_VAR] = "1"
+    _STATE["inferred"] = os.environ.get(INFERRED_VAR) == "1"
+    declared = parse_install_set(os.environ[INSTALL_SET_VAR])
     _STATE["declared"] = declared
     _STATE["observed"] = {}
     _STATE["expected"] = {}
-    problems = install_set_problems(declared, importable_packages())
+    problems = install_set_problems(declared, importable)
     if problems:
         _write_audit({"verdict": "fail", "problems": problems, "expected_skips": 0, "observed_skips": 0})
         raise pytest.UsageError(
             "the installed optional packages differ from TRACELET_E2E_INSTALL_SET="
             f"{','.join(sorted(declared))}:\n  " + "\n  ".join(problems)
         )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    how = (
+        f"inferred from the importable packages ({INSTALL_SET_VAR} is not set)"
+        if _STATE.get("inferred")
+        else f"declared by {INSTALL_SET_VAR}"
+    )
+    return f"tracelet E2E install set: {','.join(sorted(declared())) or '(none)'}, {how}"
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -214,7 +227,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("tracelet skip audit")
     terminalreporter.write_line(
-        f"declared install set: {','.join(sorted(declared())) or '(none)'}; "
+        f"{'inferred' if _STATE.get('inferred') else 'declared'} install set: "
+        f"{','.join(sorted(declared())) or '(none)'}; "
         f"expected skips {result.expected_skips}, observed {result.observed_skips}: "  # type: ignore[attr-defined]
         f"{str(result.verdict).upper()}"  # type: ignore[attr-defined]
     )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -25,7 +27,7 @@ import traceback
 import urllib.request
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +36,7 @@ import pytest
 
 import tracelet
 from tracelet.testing import RunRecord, read_run
+from tracelet.testing.equivalence import compare, record_to_json
 
 # -- what a workflow logged ----------------------------------------------------------------------
 
@@ -103,6 +106,20 @@ def assert_run_matches(expected: Expected, record: RunRecord, status: str = "fin
     assert record.system_tags.get("tracelet.version") == tracelet.__version__
 
 
+#: where the E2E session keeps the records of its workflows' runs (nox sets it per session)
+RECORDS_DIR_VAR = "TRACELET_E2E_RECORDS_DIR"
+
+
+def save_record(workflow: str, environment: str, record: RunRecord) -> None:
+    """Keep what the store returned for a fixed-seed workflow, for the summary's cross-backend table."""
+    folder = os.environ.get(RECORDS_DIR_VAR)
+    if not folder:
+        return
+    path = Path(folder) / workflow / f"{environment}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record_to_json(record), indent=1, allow_nan=False), encoding="utf-8")
+
+
 def files_holding(secrets: list[str], roots: list[Path]) -> dict[str, list[str]]:
     """Every file under ``roots`` that holds one of ``secrets``, with the ones it holds (leak searches)."""
     found: dict[str, list[str]] = {}
@@ -125,6 +142,8 @@ class BackendEnvironment(ABC):
     name: ClassVar[str]
     backend: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    #: several stores in one run (not a store of its own): never among the installed environments
+    composite: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"tracelet-e2e-{self.name}-"))
@@ -144,6 +163,10 @@ class BackendEnvironment(ABC):
     @abstractmethod
     def read(self, run_id: str) -> RunRecord:
         """Read a run back through the backend's own client or files."""
+
+    def read_runs(self, runs: Mapping[str, str]) -> dict[str, RunRecord]:
+        """What each store holds for one tracelet run, by backend (``runs`` is ``Experiment.runs``)."""
+        return {self.backend: self.read(runs[self.backend])}
 
     def delete(self, run_id: str) -> bool:
         """Delete a run through the backend's own API; False where the offline store has none."""
@@ -177,6 +200,7 @@ class BackendEnvironment(ABC):
             "project": project,
             "backend_options": {self.backend: self.options()},
             "read": self.read,
+            "read_runs": self.read_runs,
         }
 
 
@@ -410,6 +434,51 @@ class LocalEnvironment(BackendEnvironment):
         return bool(matches)
 
 
+class AllBackendsEnvironment(BackendEnvironment):
+    """MLflow (sqlite), W&B offline and ClearML offline side by side: one run, ``backend=[...]`` of all three.
+
+    Every other session installs one backend. This one proves the three packages work together in one
+    process tree, where their shared dependencies (protobuf among them) could clash, and that one call
+    lands the same run in each store.
+    """
+
+    name = "all"
+    backend = "all"
+    requires = ("mlflow", "wandb", "clearml")
+    composite = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[BackendEnvironment] = [MLflowEnvironment(), WandbEnvironment(), ClearMLEnvironment()]
+
+    def setup(self) -> None:
+        for part in self.parts:
+            part.setup()
+
+    def read(self, run_id: str) -> RunRecord:
+        raise TypeError("the 'all' environment holds one run per store: use read_runs(exp.runs)")
+
+    def read_runs(self, runs: Mapping[str, str]) -> dict[str, RunRecord]:
+        return {part.backend: part.read(runs[part.backend]) for part in self.parts}
+
+    def run_ids(self) -> list[str]:
+        return sorted(run_id for part in self.parts for run_id in part.run_ids())
+
+    def stored_roots(self) -> list[Path]:
+        return [root for part in self.parts for root in part.stored_roots()]
+
+    def teardown(self) -> None:
+        for part in reversed(self.parts):
+            part.teardown()
+        super().teardown()
+
+    def config(self, project: str) -> dict[str, Any]:
+        config = super().config(project)
+        config["backend"] = [part.backend for part in self.parts]
+        config["backend_options"] = {part.backend: part.options() for part in self.parts}
+        return config
+
+
 ENVIRONMENTS: dict[str, type[BackendEnvironment]] = {
     cls.name: cls
     for cls in (
@@ -418,6 +487,7 @@ ENVIRONMENTS: dict[str, type[BackendEnvironment]] = {
         WandbEnvironment,
         ClearMLEnvironment,
         LocalEnvironment,
+        AllBackendsEnvironment,
     )
 }
 
@@ -467,7 +537,9 @@ class TrainingWorkflow(ABC):
         """What ``run`` returns: the record to compare, the run id, the report and the training outcome."""
         return {
             "expected": expected,
-            "run_id": exp.runs[backend_config["backend"]],
+            # one store: its run id; several (the ``all`` environment): read every one through ``runs``
+            "run_id": exp.runs[backend] if isinstance(backend := backend_config["backend"], str) else None,
+            "runs": dict(exp.runs),
             "report": report,
             "initial_loss": initial_loss,
             "final_loss": final_loss,
@@ -755,6 +827,10 @@ class TimeSeriesWorkflow(TrainingWorkflow):
 # -- the framework object ------------------------------------------------------------------------
 
 
+def _importable(packages: tuple[str, ...]) -> bool:
+    return all(importlib.util.find_spec(package) is not None for package in packages)
+
+
 class E2EFramework:
     """Environments and workflows by name, as the seed README describes."""
 
@@ -784,13 +860,39 @@ class E2EFramework:
             environment.teardown()
 
     def run_workflow(self, name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
-        """Run one workflow; ``success`` means it trained and everything it logged landed."""
+        """Run one workflow; ``success`` means it trained and everything it logged landed.
+
+        A workflow of ours returns the run id and an :class:`Expected` record, and the run read back
+        must match it. A workflow that returns neither (the seed README's custom workflow) is still
+        checked by read-back: its run is the one run that appeared in the store while it ran, and
+        every key of ``get_expected_metrics()`` must have landed there. ``results["record"]`` is what
+        the store holds (``results["records"]``, by backend: what each store holds, where one run went
+        to several, and those must agree with each other).
+        """
         workflow = self.workflows[name]()
+        environment: BackendEnvironment | None = backend_config.get("environment_object")
+        before = set(environment.run_ids()) if environment is not None else set()
         started = time.monotonic()
         try:
             results = workflow.run(backend_config)
-            assert_run_matches(results["expected"], backend_config["read"](results["run_id"]))
-            results["success"] = workflow.validate_results(results) and results["report"].ok
+            if results.get("runs") is None:
+                if results.get("run_id") is None:
+                    results["run_id"] = self._new_run(environment, before)
+                results["runs"] = {backend_config["backend"]: results["run_id"]}
+            records = backend_config["read_runs"](results["runs"])
+            results["records"] = records
+            results["record"] = next(iter(records.values()))
+            for backend, record in records.items():
+                if "expected" in results:
+                    assert_run_matches(results["expected"], record)
+                missing = sorted(set(workflow.get_expected_metrics()) - set(record.metrics))
+                assert not missing, f"metrics {missing} did not land in {backend}"
+            first, *others = records.values()
+            for other in others:
+                differences = compare(first, other)
+                assert not differences, f"{first.backend} and {other.backend} differ: {differences}"
+            report = results.get("report")
+            results["success"] = workflow.validate_results(results) and (report is None or report.ok)
         except Exception as exc:
             results = {
                 "success": False,
@@ -800,13 +902,38 @@ class E2EFramework:
         results["duration_s"] = time.monotonic() - started
         return results
 
+    @staticmethod
+    def _new_run(environment: BackendEnvironment | None, before: set[str]) -> str:
+        """The one run that appeared in the store since ``before``."""
+        assert environment is not None, "backend_config has no environment to find the run in"
+        new = sorted(set(environment.run_ids()) - before)
+        assert len(new) == 1, f"expected the workflow to leave one new run in {environment.name}, found {new}"
+        return new[0]
+
+    def installed_environments(self) -> list[str]:
+        """The environments whose packages are importable here (the MLflow server: on POSIX only)."""
+        return [
+            name
+            for name, cls in self.environments.items()
+            if not cls.composite
+            and _importable(cls.requires)
+            and (name != "mlflow_server" or sys.platform in ("linux", "darwin"))
+        ]
+
+    def installed_workflows(self) -> list[str]:
+        """The workflows whose framework packages are importable here."""
+        return [name for name, factory in self.workflows.items() if _importable(factory().requires)]
+
     def run_comprehensive_test(
         self, workflows: list[str] | None = None, backends: list[str] | None = None
     ) -> dict[str, dict[str, dict[str, Any]]]:
-        """Every workflow on every backend environment; results[workflow][environment]."""
+        """Every workflow on every backend environment; results[workflow][environment].
+
+        By default: every installed workflow on every installed environment.
+        """
         results: dict[str, dict[str, dict[str, Any]]] = {}
-        for workflow in workflows or list(self.workflows):
-            for backend in backends or list(self.environments):
+        for workflow in workflows or self.installed_workflows():
+            for backend in backends or self.installed_environments():
                 with self.backend_environment(backend) as config:
                     results.setdefault(workflow, {})[backend] = self.run_workflow(workflow, config)
         return results

@@ -8,8 +8,11 @@ import pytest
 
 from tests.e2e.framework import ENVIRONMENTS, E2EFramework
 
-ALL_ENVIRONMENTS = list(ENVIRONMENTS)
+#: every single store (the default of ``environments()``)
+ALL_ENVIRONMENTS = [name for name, cls in ENVIRONMENTS.items() if not cls.composite]
 BACKEND_ENVIRONMENTS = [n for n in ALL_ENVIRONMENTS if n != "local"]
+#: the basic workflows also run with every backend in one run (the ``e2e-all-torch`` session)
+WITH_ALL_BACKENDS = [*ALL_ENVIRONMENTS, "all"]
 
 
 #: A real server process is started and stopped by POSIX process group.

@@ -182,6 +182,7 @@ def _log_one_run_to(
 
 
 @pytest.mark.e2e_comprehensive
+@pytest.mark.e2e_together
 @pytest.mark.requires("mlflow", "wandb", "clearml")
 def test_all_three_backends_at_once(isolated_env: Path, tmp_path: Path) -> None:
     """The same run lands whole in mlflow, wandb and clearml."""

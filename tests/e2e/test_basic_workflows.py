@@ -1,4 +1,8 @@
-"""Basic workflows (PyTorch regression, Lightning) on every backend environment, read back from the store."""
+"""Basic workflows (PyTorch regression, Lightning) on every backend environment, read back from the store.
+
+They also run with all three backends in one run (environment ``all``, the ``e2e-all-torch`` session),
+and every session keeps their records for the summary's cross-backend table.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,42 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.framework import assert_run_matches, e2e_framework
-from tests.e2e.params import environments, workflow
+from tests.e2e.framework import assert_run_matches, e2e_framework, save_record
+from tests.e2e.params import WITH_ALL_BACKENDS, environments, workflow
+from tracelet.testing.equivalence import compare
 
 pytestmark = pytest.mark.e2e_basic
 
 
 def run_and_verify(workflow_name: str, environment: str) -> dict[str, Any]:
+    """Run the workflow, read its run back from every store it went to, and keep the records.
+
+    Where the run went to several stores at once (the ``all`` environment), each store must hold
+    everything, and the stores must agree with each other.
+    """
     with e2e_framework.backend_environment(environment) as config:
         wf = e2e_framework.workflows[workflow_name]()
         results = wf.run(config)
         report = results["report"]
         assert report.ok, report.format()
-        backend_report = report[config["backend"]]
-        assert backend_report.sent == backend_report.delivered > 0
-        record = config["read"](results["run_id"])
-        assert_run_matches(results["expected"], record)
-        assert set(wf.get_expected_metrics()) <= set(record.metrics)
+        records = config["read_runs"](results["runs"])
+        for backend, record in records.items():
+            backend_report = report[backend]
+            assert backend_report.sent == backend_report.delivered > 0
+            assert_run_matches(results["expected"], record)
+            assert set(wf.get_expected_metrics()) <= set(record.metrics)
+            save_record(
+                workflow_name, environment if len(records) == 1 else f"{environment}+{backend}", record
+            )
+        first, *others = records.values()
+        for other in others:
+            assert compare(first, other) == [], f"{first.backend} and {other.backend} differ"
         assert wf.validate_results(results), "training did not reduce the loss"
     return results
 
 
 @pytest.mark.parametrize("workflow", [workflow("simple_pytorch")])
-@pytest.mark.parametrize("environment", environments())
+@pytest.mark.parametrize("environment", environments(WITH_ALL_BACKENDS))
 def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
     assert results["epochs_completed"] == 10
@@ -38,7 +55,7 @@ def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path) -
 
 
 @pytest.mark.parametrize("workflow", [workflow("lightning"), workflow("pytorch_lightning")])
-@pytest.mark.parametrize("environment", environments())
+@pytest.mark.parametrize("environment", environments(WITH_ALL_BACKENDS))
 def test_lightning_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
     expected = results["expected"]

@@ -42,17 +42,21 @@ def test_skips_on_its_own():
 """
 
 
-def _run_suite(tmp_path: Path, suite: str, install_set: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+def _run_suite(
+    tmp_path: Path, suite: str, install_set: str | None
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run ``suite`` under ``-n 2``; ``install_set=None`` leaves the variable unset (a plain pytest)."""
     (tmp_path / "test_generated.py").write_text(suite)
     markers = "".join(f"\n    {name}" for name in ("requires", "platform_only", "framework_only"))
     (tmp_path / "pytest.ini").write_text(f"[pytest]\nmarkers ={markers}\n")
     audit_file = tmp_path / "audit.json"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("TRACELET_E2E_")},
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "TRACELET_E2E_INSTALL_SET": install_set,
         "TRACELET_E2E_AUDIT_FILE": str(audit_file),
     }
+    if install_set is not None:
+        env["TRACELET_E2E_INSTALL_SET"] = install_set
     command = [sys.executable, "-m", "pytest", "-n", "2", "-p", "tests.e2e.conftest"]
     command += ["-p", "no:cacheprovider"]
     done = subprocess.run(
@@ -96,3 +100,34 @@ def test_a_lying_install_set_stops_the_run_before_any_worker_starts(tmp_path: Pa
     assert len(audit["problems"]) == 1
     assert audit["problems"][0].startswith(package)
     assert "test_runs" not in done.stdout
+
+
+#: a test that needs a package no environment of ours has: its skip is expected
+NEEDS_AN_ABSENT_PACKAGE = """
+
+@pytest.mark.requires("{package}")
+def test_needs_it():
+    pass
+"""
+
+
+def test_without_a_declared_set_the_importable_packages_are_the_set(tmp_path: Path, truth: str) -> None:
+    """A plain ``pytest tests/e2e`` (the seed's command): no usage error, the header says where the set
+    came from, and the audit still holds every skip to the markers."""
+    present = set(filter(None, truth.split(",")))
+    absent = next(p for p in OPTIONAL_PACKAGES if p not in present)
+    done, audit = _run_suite(tmp_path, SUITE + NEEDS_AN_ABSENT_PACKAGE.format(package=absent), None)
+    assert done.returncode == 0, done.stdout + done.stderr
+    header = f"tracelet E2E install set: {truth or '(none)'}, inferred from the importable packages"
+    assert header in done.stdout
+    # the platform skip and the absent package's skip, both as the markers imply
+    assert audit == {"verdict": "pass", "problems": [], "expected_skips": 2, "observed_skips": 2}
+
+
+def test_without_a_declared_set_a_skip_nobody_expected_still_fails(tmp_path: Path) -> None:
+    done, audit = _run_suite(tmp_path, SUITE + SKIPS_ON_ITS_OWN, None)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "inferred install set" in done.stdout
+    assert audit["problems"] == [
+        "test_generated.py::test_skips_on_its_own: skipped (flaky) but its install set says it must run"
+    ]
