@@ -27,6 +27,8 @@ _active: Experiment | None = None
 _capture: TensorBoardCapture | None = None
 #: runs opened by :func:`open_run` beside the active one, until they stop
 _beside: set[Experiment] = set()
+#: the do-nothing experiment of a process that must not log, until stop_logging() closes it
+_idle: Experiment | None = None
 _previous_handlers: dict[int, Any] = {}
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -76,7 +78,7 @@ def start_logging(
     ``pip install`` extra) for an absent backend package, and
     :class:`~tracelet.errors.ExperimentActiveError` if a run is already active.
     """
-    global _active, _capture
+    global _active, _capture, _idle
     with _lock:
         if _active is not None:
             raise ExperimentActiveError(
@@ -84,6 +86,7 @@ def start_logging(
             )
         experiment = _open(exp_name, project, backend, config, tags, backend_options, on_close=_forget)
         if experiment.closed:  # a non-zero rank or a multiprocessing child: it logs nothing
+            _idle = experiment  # so the same script's stop_logging() works on every rank
             return experiment
         _active = experiment
         if experiment.settings.track_tensorboard:
@@ -148,9 +151,18 @@ def _open(
 
 
 def stop_logging(status: str | None = None, flush_timeout: float | None = None) -> DeliveryReport:
-    """Flush and close the active experiment; returns its :class:`DeliveryReport`."""
+    """Flush and close the active experiment; returns its :class:`DeliveryReport`.
+
+    In a process that must not log (a non-zero rank, a ``multiprocessing`` child), it closes the
+    do-nothing experiment ``start_logging`` returned there and reports no backends, so one training
+    script runs unchanged on every rank.
+    """
+    global _idle
     experiment = _active
     if experiment is None:
+        idle, _idle = _idle, None
+        if idle is not None:
+            return idle.stop(status=status, flush_timeout=flush_timeout)
         raise RuntimeError("no active tracelet experiment; call tracelet.start_logging() first")
     return experiment.stop(status=status, flush_timeout=flush_timeout)
 

@@ -28,14 +28,14 @@ import urllib.request
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 import tracelet
-from tracelet.testing import RunRecord, read_run
+from tracelet.testing import RunRecord, read_artifact, read_run
 from tracelet.testing.equivalence import compare, record_to_json
 
 # -- what a workflow logged ----------------------------------------------------------------------
@@ -60,6 +60,12 @@ class Expected:
         )
         exp.log_metric(name, value, step)
 
+    def metrics_(self, exp: tracelet.Experiment, values: dict[str, float], step: int) -> None:
+        """Several keys at one step, in one ``log_metrics`` call."""
+        for name, value in values.items():
+            self.metrics.setdefault(name, []).append((step, float(value)))
+        exp.log_metrics(values, step)
+
     def params_(self, exp: tracelet.Experiment, params: dict[str, Any]) -> None:
         self.params.update(_flatten(params))
         exp.log_params(params)
@@ -78,6 +84,42 @@ class Expected:
         height, width = (shape[1], shape[2]) if len(shape) == 3 and shape[0] in (1, 3, 4) else shape[:2]
         self.images.add((name, step, int(width), int(height)))
         exp.log_image(name, image, step)
+
+    def figure(self, exp: tracelet.Experiment, name: str, figure: Any, step: int) -> None:
+        """A matplotlib figure, rendered at its own dpi: its canvas size is the stored PNG's."""
+        width, height = figure.canvas.get_width_height()
+        self.images.add((name, step, int(width), int(height)))
+        exp.log_image(name, figure, step)
+
+    def visual(self, exp: tracelet.Experiment, name: str, grid: Any, step: int) -> None:
+        """A 2-D array shown as a matplotlib figure where matplotlib is installed, else as an image."""
+        import numpy as np
+
+        values = np.asarray(grid, dtype=float)
+        try:
+            from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+        except ImportError:
+            low, high = float(values.min()), float(values.max())
+            self.image(exp, name, (values - low) / ((high - low) or 1.0), step)
+            return
+        figure = Figure(figsize=(3, 2), dpi=50)
+        figure.add_subplot().imshow(values)
+        self.figure(exp, name, figure, step)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "images": sorted(self.images)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Expected:
+        return cls(
+            project=data["project"],
+            run_name=data["run_name"],
+            params=data["params"],
+            metrics={k: [(int(s), float(v)) for s, v in points] for k, points in data["metrics"].items()},
+            tags=data["tags"],
+            artifacts=data["artifacts"],
+            images={tuple(i) for i in data["images"]},  # type: ignore[misc]
+        )
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -168,6 +210,14 @@ class BackendEnvironment(ABC):
         """What each store holds for one tracelet run, by backend (``runs`` is ``Experiment.runs``)."""
         return {self.backend: self.read(runs[self.backend])}
 
+    def read_artifact(self, run_id: str, path: str) -> bytes:
+        """One artifact's bytes, fetched back from the store (never from the file that was logged)."""
+        return read_artifact(self.backend, run_id, path, **self.reader_options())
+
+    def reader_options(self) -> dict[str, Any]:
+        """What ``read_run``/``read_artifact`` need to find this store."""
+        return {}
+
     def delete(self, run_id: str) -> bool:
         """Delete a run through the backend's own API; False where the offline store has none."""
         return False
@@ -222,12 +272,24 @@ class MLflowEnvironment(BackendEnvironment):
         return {"tracking_uri": self.tracking_uri, "artifact_location": (self.root / "artifacts").as_uri()}
 
     def read(self, run_id: str) -> RunRecord:
-        return read_run("mlflow", run_id, tracking_uri=self.tracking_uri)
+        return read_run("mlflow", run_id, **self.reader_options())
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri}
 
     def client(self) -> Any:
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(self.tracking_uri)
+
+    def list_runs(self, project: str) -> list[RunRecord]:
+        """The runs of MLflow's experiment named ``project`` (the server is shared: never read them all)."""
+        client = self.client()
+        experiment = client.get_experiment_by_name(project)
+        if experiment is None:
+            return []
+        found = client.search_runs([experiment.experiment_id], max_results=10_000)
+        return [self.read(run.info.run_id) for run in found]
 
     def run_ids(self) -> list[str]:
         client = self.client()
@@ -240,14 +302,19 @@ class MLflowEnvironment(BackendEnvironment):
         return bool(client.get_run(run_id).info.lifecycle_stage == "deleted")
 
 
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the MLflow server's, the DDP rendezvous')."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class MLflowServer:
     """A real ``mlflow server`` on a free 127.0.0.1 port, in its own process session."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "wb")  # noqa: SIM115
         command = [
@@ -382,7 +449,10 @@ class WandbEnvironment(BackendEnvironment):
         return {"dir": str(self.root), "mode": "offline"}
 
     def read(self, run_id: str) -> RunRecord:
-        return read_run("wandb", run_id, wandb_dir=str(self.root))
+        return read_run("wandb", run_id, **self.reader_options())
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"wandb_dir": str(self.root)}
 
     def run_ids(self) -> list[str]:
         return sorted({p.stem.removeprefix("run-") for p in self.root.rglob("run-*.wandb")})
@@ -405,7 +475,10 @@ class ClearMLEnvironment(BackendEnvironment):
         (self.root / "home").mkdir()
 
     def read(self, run_id: str) -> RunRecord:
-        return read_run("clearml", run_id, offline_dir=str(self.root / "cache" / "offline"))
+        return read_run("clearml", run_id, **self.reader_options())
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"offline_dir": str(self.root / "cache" / "offline")}
 
     def run_ids(self) -> list[str]:
         offline = self.root / "cache" / "offline"
@@ -422,7 +495,10 @@ class LocalEnvironment(BackendEnvironment):
         self._setenv(TRACELET_LOCAL_DIR=str(self.root / "runs"))
 
     def read(self, run_id: str) -> RunRecord:
-        return read_run("local", run_id, root=str(self.root / "runs"))
+        return read_run("local", run_id, **self.reader_options())
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"root": str(self.root / "runs")}
 
     def run_ids(self) -> list[str]:
         return sorted(p.parent.name for p in (self.root / "runs").glob("*/*/run.json"))
@@ -824,6 +900,345 @@ class TimeSeriesWorkflow(TrainingWorkflow):
         return self.results(backend_config, exp, expected, report, losses[0], losses[-1], cfg["epochs"])
 
 
+class NLPWorkflow(TrainingWorkflow):
+    """A tiny transformer encoder classifying synthetic token sequences: does token 7 occur?"""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("nlp", {"epochs": 4, "lr": 0.01, "vocab": 20, "length": 12, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss", "val/accuracy"]
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        cfg = self.config
+        tokens = torch.randint(1, cfg["vocab"], (320, cfg["length"]))
+        labels = (tokens == 7).any(dim=1).long()
+        train_x, train_y, val_x, val_y = tokens[:256], labels[:256], tokens[256:], labels[256:]
+
+        class Classifier(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = nn.Embedding(cfg["vocab"], 16)
+                layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+                self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+                self.head = nn.Linear(16, 2)
+
+            def forward(self, x: Any) -> Any:
+                return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+        model = Classifier()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        expected = self.new_expected(backend_config)
+        exp = self.start(backend_config, expected)
+        expected.params_(
+            exp,
+            {
+                "model": {"type": "transformer_encoder", "d_model": 16, "heads": 2, "layers": 1},
+                "data": {"vocab": cfg["vocab"], "length": cfg["length"]},
+                "lr": cfg["lr"],
+            },
+        )
+        workdir = Path(tempfile.mkdtemp(prefix="tracelet-wf-"))
+        vocab = workdir / "vocab.json"
+        vocab.write_text(json.dumps({f"tok{i}": i for i in range(cfg["vocab"])}))
+        expected.artifact(exp, vocab, "tokenizer")
+        losses: list[float] = []
+        step = 0
+        for epoch in range(cfg["epochs"]):
+            for i in range(0, len(train_x), 32):
+                loss = nn.functional.cross_entropy(model(train_x[i : i + 32]), train_y[i : i + 32])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                expected.metric(exp, "train/loss", loss, step)
+                losses.append(float(loss))
+                step += 1
+            with torch.no_grad():
+                predicted = model(val_x).argmax(dim=1)
+            expected.metric(exp, "val/accuracy", (predicted == val_y).float().mean(), epoch)
+        confusion = [[int(((val_y == t) & (predicted == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+        expected.visual(exp, "val/confusion", confusion, cfg["epochs"] - 1)
+        report = tracelet.stop_logging()
+        shutil.rmtree(workdir, ignore_errors=True)
+        return self.results(backend_config, exp, expected, report, losses[0], min(losses[-8:]), cfg["epochs"])
+
+
+class MetricsAtScaleWorkflow(TrainingWorkflow):
+    """100,000 points over 50 keys: 2,000 steps of ``log_metrics`` with 50 values each."""
+
+    requires = ()  # numpy only: tracelet's own dependency
+    KEYS = 50
+    STEPS = 2_000
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("metrics_at_scale", config)
+
+    def get_expected_metrics(self) -> list[str]:
+        return [f"scale/key_{k:02d}" for k in range(self.KEYS)]
+
+    def validate_results(self, results: dict[str, Any]) -> bool:
+        return bool(results["points"] == self.KEYS * self.STEPS)
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        expected = self.new_expected(backend_config)
+        exp = self.start(backend_config, expected)
+        expected.params_(exp, {"keys": self.KEYS, "steps": self.STEPS})
+        grid = np.fromfunction(lambda k, s: np.sin(s * 0.01 + k) / (1.0 + k), (self.KEYS, self.STEPS))
+        for step in range(self.STEPS):
+            expected.metrics_(
+                exp, {f"scale/key_{k:02d}": float(grid[k, step]) for k in range(self.KEYS)}, step
+            )
+        workdir = Path(tempfile.mkdtemp(prefix="tracelet-wf-"))
+        final = workdir / "final.csv"
+        final.write_text("".join(f"scale/key_{k:02d},{grid[k, -1]!r}\n" for k in range(self.KEYS)))
+        expected.artifact(exp, final, "summary")
+        expected.visual(exp, "scale/overview", grid[:, ::40], self.STEPS - 1)
+        report = tracelet.stop_logging(flush_timeout=600)
+        shutil.rmtree(workdir, ignore_errors=True)
+        results = self.results(backend_config, exp, expected, report, 1.0, 0.0, 1)
+        results["points"] = sum(len(points) for points in expected.metrics.values())
+        return results
+
+
+class HyperparameterSweepWorkflow(TrainingWorkflow):
+    """Three runs of one regression with different learning rates, in one project.
+
+    ``results["sweep"]`` lists each run's learning rate, run ids, expected record and final
+    validation loss; ``results["best_lr"]`` is the learning rate whose final ``val/loss`` is lowest.
+    """
+
+    LEARNING_RATES = (0.001, 0.03, 0.3)
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("hyperparameter_sweep", {"epochs": 5, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss", "val/loss"]
+
+    def validate_results(self, results: dict[str, Any]) -> bool:
+        return len(results["sweep"]) == len(self.LEARNING_RATES)
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from torch import nn
+
+        sweep = []
+        for trial, lr in enumerate(self.LEARNING_RATES):
+            torch.manual_seed(0)  # the same data and initial weights: only the learning rate differs
+            x = torch.randn(256, 4)
+            y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+            model = nn.Linear(4, 1)
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+            expected = Expected(
+                project=backend_config["project"], run_name=f"sweep-{uuid.uuid4().hex[:6]}-{trial}"
+            )
+            exp = self.start(backend_config, expected)
+            expected.params_(
+                exp, {"lr": lr, "trial": trial, "optimizer": "sgd", "epochs": self.config["epochs"]}
+            )
+            expected.tags_(exp, {"sweep": "lr"})
+            for epoch in range(self.config["epochs"]):
+                for i in range(0, 192, 32):
+                    loss = nn.functional.mse_loss(model(x[i : i + 32]), y[i : i + 32])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                expected.metric(exp, "train/loss", loss.detach(), epoch)
+                with torch.no_grad():
+                    expected.metric(exp, "val/loss", nn.functional.mse_loss(model(x[192:]), y[192:]), epoch)
+            expected.visual(exp, "weights", model.weight.detach().numpy(), self.config["epochs"] - 1)
+            workdir = Path(tempfile.mkdtemp(prefix="tracelet-wf-"))
+            torch.save(model.state_dict(), workdir / "model.pt")
+            expected.artifact(exp, workdir / "model.pt", "model")
+            report = tracelet.stop_logging()
+            shutil.rmtree(workdir, ignore_errors=True)
+            assert report.ok, report.format()
+            sweep.append(
+                {
+                    "lr": lr,
+                    "runs": dict(exp.runs),
+                    "expected": expected,
+                    "final_val_loss": expected.metrics["val/loss"][-1][1],
+                }
+            )
+        best = min(sweep, key=lambda trial: trial["final_val_loss"])
+        return {"sweep": sweep, "best_lr": best["lr"], "report": report}
+
+
+class CheckpointingWorkflow(TrainingWorkflow):
+    """Train, keep checkpoints as artifacts, download one back from the store, resume in a new run.
+
+    The training is deterministic (full batches, no shuffling), so the resumed run must repeat the
+    first run's losses at the same steps: that, and the downloaded bytes' sha256 being the one of
+    the file that was logged, proves the checkpoint survived the store whole.
+    """
+
+    CHECKPOINT = "checkpoints/epoch-4.pt"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("checkpointing", {"epochs": 6, "steps_per_epoch": 4, "lr": 0.05, **(config or {})})
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss"]
+
+    def _train(
+        self,
+        exp: tracelet.Experiment,
+        expected: Expected,
+        state: dict[str, Any],
+        epochs: range,
+        workdir: Path,
+    ) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        x = torch.randn(128, 6)
+        y = torch.sin(x.sum(dim=1, keepdim=True))
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.config["lr"], momentum=0.9)
+        if "model" in state:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        step = state.get("step", 0)
+        for epoch in epochs:
+            for i in range(self.config["steps_per_epoch"]):
+                batch = slice(i * 32, (i + 1) * 32)
+                loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                expected.metric(exp, "train/loss", loss.detach(), step)
+                step += 1
+            if epoch in (2, 4):
+                path = workdir / f"epoch-{epoch}.pt"
+                snapshot = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+                torch.save({**snapshot, "epoch": epoch}, path)
+                expected.artifact(exp, path, "checkpoints")
+        expected.visual(exp, "weights/first_layer", model[0].weight.detach().numpy(), step)
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import io
+
+        import torch
+
+        environment: BackendEnvironment = backend_config["environment_object"]
+        workdir = Path(tempfile.mkdtemp(prefix="tracelet-wf-"))
+        first = self.new_expected(backend_config)
+        exp = self.start(backend_config, first)
+        first.params_(exp, {"lr": self.config["lr"], "epochs": self.config["epochs"], "momentum": 0.9})
+        self._train(exp, first, {}, range(self.config["epochs"]), workdir)
+        first_report = tracelet.stop_logging()
+        first_run = exp.runs[backend_config["backend"]]
+        assert first_run is not None
+
+        downloaded = environment.read_artifact(first_run, self.CHECKPOINT)  # from the store, not workdir
+        checkpoint = torch.load(io.BytesIO(downloaded), weights_only=True)
+        resumed = self.new_expected(backend_config)
+        exp = self.start(backend_config, resumed)
+        resumed.params_(exp, {"lr": self.config["lr"], "resumed_from_epoch": checkpoint["epoch"]})
+        self._train(exp, resumed, checkpoint, range(checkpoint["epoch"] + 1, self.config["epochs"]), workdir)
+        report = tracelet.stop_logging()
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert first_report.ok, first_report.format()
+        return {
+            "expected": resumed,
+            "run_id": exp.runs[backend_config["backend"]],
+            "first": {"expected": first, "run_id": first_run},
+            "checkpoint": {"step": checkpoint["step"], "sha256": hashlib.sha256(downloaded).hexdigest()},
+            "report": report,
+            "epochs_completed": self.config["epochs"],
+        }
+
+    def validate_results(self, results: dict[str, Any]) -> bool:
+        return results["report"].ok
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, backend_config: dict[str, Any], out: str) -> None:
+    """One rank of the distributed workflow: every rank runs the same training script and logs."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(256, 5)
+        y = x @ torch.ones(5, 1)
+        model = DistributedDataParallel(nn.Linear(5, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        expected = Expected(project=backend_config["project"], run_name=backend_config["run_name"])
+        exp = tracelet.start_logging(
+            exp_name=expected.run_name,
+            project=expected.project,
+            backend=backend_config["backend"],
+            backend_options=backend_config["backend_options"],
+        )
+        expected.params_(exp, {"world_size": world_size, "lr": 0.05, "backend": "gloo"})
+        shard = x[rank::world_size], y[rank::world_size]
+        for step in range(12):
+            batch = slice((step % 4) * 32, (step % 4 + 1) * 32)
+            loss = nn.functional.mse_loss(model(shard[0][batch]), shard[1][batch])
+            optimizer.zero_grad()
+            loss.backward()  # gradients are averaged over both ranks here
+            optimizer.step()
+            expected.metric(exp, "train/loss", loss.detach(), step)
+        expected.visual(exp, "weights", model.module.weight.detach().numpy(), 11)
+        workdir = Path(tempfile.mkdtemp(prefix=f"tracelet-ddp-{rank}-"))
+        torch.save(model.module.state_dict(), workdir / "model.pt")
+        expected.artifact(exp, workdir / "model.pt", "model")
+        report = tracelet.stop_logging()
+        dist.barrier()
+        Path(out, f"rank{rank}.json").write_text(
+            json.dumps({"expected": expected.to_json(), "runs": dict(exp.runs), "ok": report.ok})
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+class DistributedWorkflow(TrainingWorkflow):
+    """2-process DDP on the CPU (gloo): both ranks call tracelet, only rank 0's run lands."""
+
+    WORLD_SIZE = 2
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("distributed", config)
+
+    def get_expected_metrics(self) -> list[str]:
+        return ["train/loss"]
+
+    def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
+        import torch.multiprocessing as mp
+
+        run_name = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        out = tempfile.mkdtemp(prefix="tracelet-ddp-")
+        config = {key: backend_config[key] for key in ("backend", "backend_options", "project")} | {
+            "run_name": run_name
+        }
+        mp.spawn(_ddp_worker, args=(self.WORLD_SIZE, _free_port(), config, out), nprocs=self.WORLD_SIZE)
+        ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(self.WORLD_SIZE)]
+        shutil.rmtree(out, ignore_errors=True)
+        expected = Expected.from_json(ranks[0]["expected"])
+        losses = [v for _, v in expected.metrics["train/loss"]]
+        return {
+            "expected": expected,
+            "run_id": ranks[0]["runs"][backend_config["backend"]],
+            "runs": ranks[0]["runs"],
+            "ranks": ranks,
+            "report_ok": ranks[0]["ok"],
+            "initial_loss": losses[0],
+            "final_loss": losses[-1],
+            "epochs_completed": 1,
+        }
+
+
 # -- the framework object ------------------------------------------------------------------------
 
 
@@ -842,6 +1257,11 @@ class E2EFramework:
             "pytorch_lightning": PyTorchLightningWorkflow,
             "vision": VisionWorkflow,
             "time_series": TimeSeriesWorkflow,
+            "nlp": NLPWorkflow,
+            "hyperparameter_sweep": HyperparameterSweepWorkflow,
+            "checkpointing": CheckpointingWorkflow,
+            "distributed": DistributedWorkflow,
+            "metrics_at_scale": MetricsAtScaleWorkflow,
         }
 
     @contextlib.contextmanager

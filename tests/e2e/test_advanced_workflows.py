@@ -1,13 +1,15 @@
-"""Advanced workflows: CNN image classification with images, LSTM time series; and the comprehensive run."""
+"""Advanced workflows: a CNN with images, an LSTM, a transformer on tokens, a sweep, checkpoint and resume,
+2-process DDP, 100k points; and the comprehensive run. Each is read back from the store it logged to."""
 
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.framework import e2e_framework
+from tests.e2e.framework import CheckpointingWorkflow, assert_run_matches, e2e_framework, save_record
 from tests.e2e.params import POSIX, environments, workflow
 from tests.e2e.test_basic_workflows import run_and_verify
 
@@ -50,3 +52,98 @@ def test_comprehensive_run_on_every_installed_backend(
     }
     assert not failures, failures
     assert sum(len(v) for v in results.values()) == len(envs) * len(flows)
+
+
+# -- the seed's other workflow templates ---------------------------------------------------------
+# Plain torch (or numpy): the same run in every framework column, so once per backend, in `torch`.
+
+
+@pytest.mark.framework_only("torch")
+@pytest.mark.parametrize("workflow", [workflow("nlp")])
+@pytest.mark.parametrize("environment", environments())
+def test_nlp_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
+    results = run_and_verify(workflow, environment)
+    assert results["expected"].artifacts.keys() == {"tokenizer/vocab.json"}
+    assert {name for name, *_ in results["expected"].images} == {"val/confusion"}
+
+
+@pytest.mark.e2e_performance
+@pytest.mark.slow
+@pytest.mark.framework_only("torch")
+@pytest.mark.parametrize("workflow", [workflow("metrics_at_scale")])
+@pytest.mark.parametrize("environment", environments())
+def test_metrics_at_scale_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
+    """100,000 points over 50 keys land, each key complete and in order (read back point by point)."""
+    results = run_and_verify(workflow, environment)  # every point, in order, read back and compared
+    assert results["points"] == 100_000
+
+
+@pytest.mark.framework_only("torch")
+@pytest.mark.parametrize("workflow", [workflow("hyperparameter_sweep")])
+@pytest.mark.parametrize("environment", environments())
+def test_hyperparameter_sweep_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
+    """Three runs in one project: the store groups them there, and its own API finds the best one."""
+    project = f"sweep-{uuid.uuid4().hex[:8]}"
+    with e2e_framework.backend_environment(environment, project=project) as config:
+        results = e2e_framework.workflows[workflow]().run(config)
+        backend = config["backend"]
+        stored = config["environment_object"].list_runs(project)  # found through the store itself
+        assert sorted(r.run_name for r in stored) == sorted(t["expected"].run_name for t in results["sweep"])
+        for trial in results["sweep"]:
+            record = config["read"](trial["runs"][backend])
+            assert_run_matches(trial["expected"], record)
+            save_record(f"{workflow}-lr{trial['lr']}", environment, record)
+        if backend == "mlflow":  # MLflow orders runs by a metric itself
+            client = config["environment_object"].client()
+            experiment = client.get_experiment_by_name(project)
+            best = client.search_runs([experiment.experiment_id], order_by=["metrics.`val/loss` ASC"])[0]
+            best_lr = best.data.params["lr"]
+        else:  # W&B and ClearML offline, and local: every run of the project, read from the store
+            best_lr = min(stored, key=lambda r: r.metrics["val/loss"][-1][1]).params["lr"]
+        assert best_lr == str(results["best_lr"])
+
+
+@pytest.mark.framework_only("torch")
+@pytest.mark.parametrize("workflow", [workflow("checkpointing")])
+@pytest.mark.parametrize("environment", environments())
+def test_checkpointing_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
+    """A checkpoint downloaded from the store resumes training exactly where it left off."""
+    with e2e_framework.backend_environment(environment, project="checkpoints") as config:
+        results = e2e_framework.workflows[workflow]().run(config)
+        assert results["report"].ok, results["report"].format()
+        first = config["read"](results["first"]["run_id"])
+        resumed = config["read"](results["run_id"])
+        assert_run_matches(results["first"]["expected"], first)
+        assert_run_matches(results["expected"], resumed)
+        save_record(workflow, environment, resumed)
+    path = CheckpointingWorkflow.CHECKPOINT
+    logged = results["first"]["expected"].artifacts[path]
+    # the bytes downloaded from the store are the file that was logged
+    assert results["checkpoint"]["sha256"] == logged == first.artifact(path).sha256
+    step = results["checkpoint"]["step"]
+    resumed_steps = [s for s, _ in resumed.metrics["train/loss"]]
+    assert resumed_steps == list(range(step, step + len(resumed_steps))), "the resumed steps do not continue"
+    # deterministic training: the resumed run repeats the first run's losses at the same steps
+    first_losses = dict(first.metrics["train/loss"])
+    resumed_losses = [v for _, v in resumed.metrics["train/loss"]]
+    assert resumed_losses == pytest.approx([first_losses[s] for s in resumed_steps], rel=1e-9)
+
+
+@pytest.mark.framework_only("torch")
+@pytest.mark.platform_only(*POSIX)
+@pytest.mark.parametrize("workflow", [workflow("distributed")])
+@pytest.mark.parametrize("environment", environments())
+def test_distributed_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
+    """2-process DDP (gloo): both ranks call tracelet; one run, one set of params, each step once."""
+    project = f"ddp-{uuid.uuid4().hex[:8]}"
+    with e2e_framework.backend_environment(environment, project=project) as config:
+        results = e2e_framework.workflows[workflow]().run(config)
+        rank0, rank1 = results["ranks"]
+        assert rank0["ok"]
+        assert not any(rank1["runs"].values()), f"rank 1 started a run: {rank1['runs']}"
+        stored = config["environment_object"].list_runs(project)
+        assert [r.run_id for r in stored] == [results["run_id"]], "more than one run in the project"
+        record = stored[0]
+        assert_run_matches(results["expected"], record)  # params once, every point exactly
+        assert [s for s, _ in record.metrics["train/loss"]] == list(range(12)), "duplicate or missing steps"
+        save_record(workflow, environment, record)

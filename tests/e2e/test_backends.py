@@ -68,29 +68,6 @@ def test_experiment_lifecycle(environment: str, isolated_env: Path) -> None:
 
 
 @pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
-@pytest.mark.e2e_performance
-@pytest.mark.slow
-@pytest.mark.parametrize("environment", environments(["mlflow_server"]))
-def test_100k_points(environment: str, isolated_env: Path) -> None:
-    """100,000 points (two keys, one with steps going backwards) all land, in order, exactly.
-
-    Through the MLflow server; every other store gets 400,000 points from 8 threads, one key
-    with steps going backwards, in ``test_faults.py::test_threads_and_forked_dataloader_workers``.
-    """
-    with e2e_framework.backend_environment(environment, project="scale") as config:
-        expected = Expected(project="scale", run_name="100k")
-        exp = _start(config, "100k")
-        for i in range(90_000):
-            expected.metric(exp, "loss", 1.0 / (i + 1), i)
-        for i in range(10_000):
-            expected.metric(exp, "eval/score", i * 0.5, 10_000 - i)  # steps go down
-        report = tracelet.stop_logging(flush_timeout=600)
-        assert report.ok, report.format()
-        assert report[config["backend"]].delivered == 100_000
-        assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
-
-
-@pytest.mark.framework_only("torch")  # backend behaviour: once per backend, not per framework set
 @pytest.mark.e2e_basic
 @pytest.mark.requires("torch")
 @pytest.mark.parametrize("environment", environments())

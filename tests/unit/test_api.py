@@ -267,6 +267,12 @@ def test_non_zero_rank_does_not_log(monkeypatch: pytest.MonkeyPatch) -> None:
     assert exp.runs == {}
     assert all_runs() == []
     assert tracelet.get_active_experiment() is None
+    # the same training script runs on every rank: its stop_logging() closes the do-nothing run
+    report = tracelet.stop_logging()
+    assert report.backends == {}
+    assert exp.closed
+    with pytest.raises(RuntimeError, match="no active tracelet experiment"):
+        tracelet.stop_logging()
 
 
 def test_figure_like_objects_are_rendered_with_savefig() -> None:

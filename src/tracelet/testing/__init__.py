@@ -15,7 +15,7 @@ from typing import Any
 
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
-__all__ = ["ArtifactRecord", "ImageRecord", "RunRecord", "read_run"]
+__all__ = ["ArtifactRecord", "ImageRecord", "RunRecord", "read_artifact", "read_run"]
 
 
 def read_run(backend: str, run_id: str, **options: Any) -> RunRecord:
@@ -40,4 +40,29 @@ def read_run(backend: str, run_id: str, **options: Any) -> RunRecord:
         from tracelet.testing.local_reader import read_local_run
 
         return read_local_run(run_id, **options)
+    raise ValueError(f"no reader for backend {backend!r}; readers: mlflow, wandb, clearml, local")
+
+
+def read_artifact(backend: str, run_id: str, path: str, **options: Any) -> bytes:
+    """The bytes of the artifact stored at ``path`` of ``run_id``, fetched from ``backend``'s store.
+
+    ``path`` is an ``ArtifactRecord.path``; the options are :func:`read_run`'s. Use it to check that
+    what training saves can be restored from the store (a checkpoint, say), not from the local file.
+    """
+    if backend == "mlflow":
+        from tracelet.testing.mlflow_reader import read_mlflow_artifact
+
+        return read_mlflow_artifact(run_id, path, **options)
+    if backend == "wandb":
+        from tracelet.testing.wandb_reader import read_wandb_artifact
+
+        return read_wandb_artifact(run_id, path, **options)
+    if backend == "clearml":
+        from tracelet.testing.clearml_reader import read_clearml_artifact
+
+        return read_clearml_artifact(run_id, path, **options)
+    if backend == "local":
+        from tracelet.testing.local_reader import read_local_artifact
+
+        return read_local_artifact(run_id, path, **options)
     raise ValueError(f"no reader for backend {backend!r}; readers: mlflow, wandb, clearml, local")

@@ -139,6 +139,21 @@ def _events(session: _Session) -> Iterator[dict[str, Any]]:
             yield from json.loads(line)
 
 
+def read_clearml_artifact(
+    task_id: str, path: str, offline_dir: str | os.PathLike[str] | None = None
+) -> bytes:
+    """The bytes of the artifact stored under ``path`` (its key) in the task's offline session."""
+    session = _Session(_locate(task_id, offline_dir))
+    try:
+        task = json.loads(session.read("task.json").decode("utf-8"))
+        for item in (task.get("execution") or {}).get("artifacts") or []:
+            if item.get("key") == path:
+                return session.read(_relative_data_path(item["uri"], str(task.get("offline_folder") or "")))
+    finally:
+        session.close()
+    raise FileNotFoundError(f"ClearML task {task_id!r} holds no artifact {path!r}")
+
+
 def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = None) -> RunRecord:
     """What ClearML stored offline for ``task_id``.
 

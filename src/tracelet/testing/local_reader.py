@@ -11,13 +11,31 @@ from tracelet.backends.local import local_root
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 
-def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
-    """What ``<root>/<project>/<run_id>/`` holds (root: ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``)."""
+def _run_dir(run_id: str, root: str | os.PathLike[str] | None) -> Path:
     base = local_root(root)
     matches = [p for p in base.glob(f"*/{run_id}") if (p / "run.json").is_file()]
     if not matches:
         raise FileNotFoundError(f"no local run {run_id!r} under {base}")
-    run_dir: Path = matches[0]
+    return matches[0]
+
+
+def read_local_artifact(run_id: str, path: str, root: str | os.PathLike[str] | None = None) -> bytes:
+    """The bytes of the artifact logged under ``path`` (the last one, if logged twice)."""
+    run_dir = _run_dir(run_id, root)
+    found: bytes | None = None
+    with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+        for line in f:
+            event = json.loads(line)
+            if event["kind"] == "artifact" and event["artifact_path"] == path:
+                found = (run_dir / event["local_path"]).read_bytes()
+    if found is None:
+        raise FileNotFoundError(f"local run {run_id!r} holds no artifact {path!r}")
+    return found
+
+
+def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
+    """What ``<root>/<project>/<run_id>/`` holds (root: ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``)."""
+    run_dir = _run_dir(run_id, root)
     meta = json.loads((run_dir / "run.json").read_text())
     record = RunRecord(
         backend="local",

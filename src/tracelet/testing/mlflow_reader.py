@@ -61,3 +61,14 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
         artifacts=sorted(artifacts, key=lambda a: a.path),
         images=sorted(images, key=lambda i: (i.name, i.step)),
     )
+
+
+def read_mlflow_artifact(run_id: str, path: str, tracking_uri: str | None = None) -> bytes:
+    """The bytes of one artifact, downloaded from the MLflow store (through its artifact repository)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    with tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp:
+        local = client.download_artifacts(run_id, path, tmp)
+        with open(local, "rb") as f:
+            return f.read()

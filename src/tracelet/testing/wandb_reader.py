@@ -48,6 +48,15 @@ def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None)
     return state.to_record()
 
 
+def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str] | None = None) -> bytes:
+    """The bytes of one file the offline run saved (``files/<path>`` of its newest session that has it)."""
+    for run_dir in reversed(_find_run_dirs(run_id, wandb_dir)):
+        file = run_dir.joinpath("files", *path.split("/"))
+        if file.is_file():
+            return file.read_bytes()
+    raise FileNotFoundError(f"W&B run {run_id!r} holds no file {path!r}")
+
+
 def _find_run_dirs(run_id: str, wandb_dir: str | os.PathLike[str] | None) -> list[Path]:
     """The folders holding ``run-<id>.wandb``, oldest first (their names start with the time)."""
     root = Path(wandb_dir if wandb_dir is not None else os.environ.get("WANDB_DIR") or os.getcwd())
