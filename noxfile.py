@@ -160,8 +160,11 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
         ]
         pytest_args += ["-o", f"junit_suite_name={name}", "-o", "junit_family=xunit1"]
         pytest_args += [*PYTEST_ARGS.get(backend, ()), *session.posargs]
-        coverage = ["coverage", "run", "--parallel-mode", "--rcfile", str(ROOT / "pyproject.toml")]
-        session.run(*coverage, "-m", "pytest", *pytest_args, env=env)
+        # pytest-cov measures the controller, every xdist worker and (through coverage's own
+        # ``patch = subprocess`` in pyproject.toml) every child process, and combines them into
+        # COVERAGE_FILE; the summary merges the sessions' files.
+        coverage = ["--cov=tracelet", f"--cov-config={ROOT / 'pyproject.toml'}", "--cov-report="]
+        session.run("pytest", *coverage, *pytest_args, env=env)
         status = "passed"
     finally:
         _write_meta(session, out, name, backend, framework, declared, status, time.monotonic() - started)

@@ -1009,7 +1009,7 @@ class MetricsAtScaleWorkflow(TrainingWorkflow):
 class HyperparameterSweepWorkflow(TrainingWorkflow):
     """Three runs of one regression with different learning rates, in one project.
 
-    ``results["sweep"]`` lists each run's learning rate, run ids, expected record and final
+    ``results["trials"]`` lists each run's learning rate, run ids, expected record and final
     validation loss; ``results["best_lr"]`` is the learning rate whose final ``val/loss`` is lowest.
     """
 
@@ -1022,7 +1022,7 @@ class HyperparameterSweepWorkflow(TrainingWorkflow):
         return ["train/loss", "val/loss"]
 
     def validate_results(self, results: dict[str, Any]) -> bool:
-        return len(results["sweep"]) == len(self.LEARNING_RATES)
+        return len(results["trials"]) == len(self.LEARNING_RATES)
 
     def run(self, backend_config: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -1068,7 +1068,7 @@ class HyperparameterSweepWorkflow(TrainingWorkflow):
                 }
             )
         best = min(sweep, key=lambda trial: trial["final_val_loss"])
-        return {"sweep": sweep, "best_lr": best["lr"], "report": report}
+        return {"trials": sweep, "best_lr": best["lr"], "report": report}
 
 
 class CheckpointingWorkflow(TrainingWorkflow):
@@ -1283,7 +1283,8 @@ class E2EFramework:
         """Run one workflow; ``success`` means it trained and everything it logged landed.
 
         A workflow of ours returns the run id and an :class:`Expected` record, and the run read back
-        must match it. A workflow that returns neither (the seed README's custom workflow) is still
+        must match it (a sweep returns ``trials``, each with its runs and record, all verified). A
+        workflow that returns neither (the seed README's custom workflow) is still
         checked by read-back: its run is the one run that appeared in the store while it ran, and
         every key of ``get_expected_metrics()`` must have landed there. ``results["record"]`` is what
         the store holds (``results["records"]``, by backend: what each store holds, where one run went
@@ -1295,22 +1296,15 @@ class E2EFramework:
         started = time.monotonic()
         try:
             results = workflow.run(backend_config)
-            if results.get("runs") is None:
-                if results.get("run_id") is None:
-                    results["run_id"] = self._new_run(environment, before)
-                results["runs"] = {backend_config["backend"]: results["run_id"]}
-            records = backend_config["read_runs"](results["runs"])
-            results["records"] = records
-            results["record"] = next(iter(records.values()))
-            for backend, record in records.items():
-                if "expected" in results:
-                    assert_run_matches(results["expected"], record)
-                missing = sorted(set(workflow.get_expected_metrics()) - set(record.metrics))
-                assert not missing, f"metrics {missing} did not land in {backend}"
-            first, *others = records.values()
-            for other in others:
-                differences = compare(first, other)
-                assert not differences, f"{first.backend} and {other.backend} differ: {differences}"
+            trials = results.get("trials") or [results]  # a sweep: several runs, each verified
+            for trial in trials:
+                if trial.get("runs") is None:
+                    if trial.get("run_id") is None:
+                        trial["run_id"] = self._new_run(environment, before)
+                    trial["runs"] = {backend_config["backend"]: trial["run_id"]}
+                self._verify(workflow, trial, backend_config["read_runs"](trial["runs"]))
+            results.setdefault("records", trials[0]["records"])
+            results.setdefault("record", trials[0]["record"])
             report = results.get("report")
             results["success"] = workflow.validate_results(results) and (report is None or report.ok)
         except Exception as exc:
@@ -1321,6 +1315,21 @@ class E2EFramework:
             }
         results["duration_s"] = time.monotonic() - started
         return results
+
+    @staticmethod
+    def _verify(workflow: TrainingWorkflow, trial: dict[str, Any], records: dict[str, RunRecord]) -> None:
+        """The run as each store holds it: what was logged, every expected key, and the stores agree."""
+        trial["records"] = records
+        trial["record"] = next(iter(records.values()))
+        for backend, record in records.items():
+            if "expected" in trial:
+                assert_run_matches(trial["expected"], record)
+            missing = sorted(set(workflow.get_expected_metrics()) - set(record.metrics))
+            assert not missing, f"metrics {missing} did not land in {backend}"
+        first, *others = records.values()
+        for other in others:
+            differences = compare(first, other)
+            assert not differences, f"{first.backend} and {other.backend} differ: {differences}"
 
     @staticmethod
     def _new_run(environment: BackendEnvironment | None, before: set[str]) -> str:
