@@ -1,0 +1,191 @@
+"""Did a release slow tracelet down? Compare a benchmark run with the baseline of the same machine.
+
+A figure measured on this 2-core machine says nothing about a 4-core CI runner, so baselines are
+keyed by OS, core count and Python version (:func:`baseline_key`) and live in
+``bench/results/baseline-<key>.json``. Each figure is compared in its own terms:
+
+* ``ratio`` (native time / tracelet time, higher is better): by relative change;
+* ``points`` (an overhead in percent, lower is better): in percentage points;
+* ``seconds`` / ``us`` (a time, lower is better): by relative change.
+
+A figure regressed only when it moved the wrong way by more than the measured spread: the wider of
+the two runs' spreads (max - min of their repetitions). Within that, it is noise, not a verdict.
+A run whose key has no baseline is compared with nothing and says so: the CI job only warns then.
+
+The results format (``reports/bench/results.json``, and the baselines)::
+
+    {"machine": {"os": "linux", "cores": 2, "python": "3.11.7", ...},
+     "figures": [{"measure": "throughput", "backend": "mlflow", "name": "native/tracelet",
+                  "kind": "ratio", "unit": "×", "reps": [0.91, 0.93, 0.92]}, ...]}
+
+    python bench/trend.py reports/bench/results.json [--update-baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NEW_FIGURE = "new: no baseline figure"
+NO_BASELINE = "no baseline for {key}: nothing compared (commit one to compare)"
+
+#: kind -> (higher is better, compared by "relative" change or in "points")
+KINDS: dict[str, tuple[bool, str]] = {
+    "ratio": (True, "relative"),
+    "points": (False, "points"),
+    "seconds": (False, "relative"),
+    "us": (False, "relative"),
+}
+
+
+def baseline_key(machine: Mapping[str, Any]) -> str:
+    """``linux-2cores-py3.11``: the machines whose figures may be compared."""
+    python = ".".join(str(machine["python"]).split(".")[:2])
+    return f"{machine['os']}-{machine['cores']}cores-py{python}"
+
+
+def baseline_path(key: str, directory: Path = RESULTS_DIR) -> Path:
+    return directory / f"baseline-{key}.json"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One figure against its baseline."""
+
+    measure: str
+    backend: str
+    name: str
+    kind: str
+    median: float
+    baseline: float | None
+    change: float | None  # relative (0.1 = +10 %) or in points, as the kind says
+    tolerance: float | None  # the measured spread, in the same terms as ``change``
+    regressed: bool
+    note: str = ""
+
+    def describe(self) -> str:
+        if self.baseline is None:
+            return f"{self.measure}/{self.backend}/{self.name}: {self.median:g} ({self.note})"
+        _, terms = KINDS[self.kind]
+        assert self.change is not None
+        assert self.tolerance is not None
+        if terms == "points":
+            moved = f"{self.change:+.2f} points (spread {self.tolerance:.2f})"
+        else:
+            moved = f"{self.change:+.1%} (spread {self.tolerance:.1%})"
+        flag = "REGRESSED" if self.regressed else "ok"
+        where = f"{self.measure}/{self.backend}/{self.name}"
+        return f"{where}: {self.baseline:g} -> {self.median:g}, {moved}: {flag}"
+
+
+def _identity(figure: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(figure["measure"]), str(figure["backend"]), str(figure["name"]))
+
+
+def _spread(reps: Sequence[float]) -> float:
+    return max(reps) - min(reps) if reps else 0.0
+
+
+def compare_figure(figure: Mapping[str, Any], base: Mapping[str, Any] | None) -> Verdict:
+    """One figure in its own terms; ``base`` is the same figure in the baseline, if it has one."""
+    kind = str(figure["kind"])
+    if kind not in KINDS:
+        raise ValueError(f"figure {_identity(figure)} has unknown kind {kind!r}; kinds: {sorted(KINDS)}")
+    reps = [float(r) for r in figure["reps"]]
+    median = statistics.median(reps)
+    measure, backend, name = _identity(figure)
+    if base is None:
+        return Verdict(measure, backend, name, kind, median, None, None, None, False, NEW_FIGURE)
+    base_reps = [float(r) for r in base["reps"]]
+    base_median = statistics.median(base_reps)
+    higher_is_better, terms = KINDS[kind]
+    spread = max(_spread(reps), _spread(base_reps))
+    if terms == "points":
+        change, tolerance = median - base_median, spread
+    else:
+        change = (median - base_median) / base_median if base_median else 0.0
+        tolerance = spread / base_median if base_median else 0.0
+    worse = change < 0 if higher_is_better else change > 0
+    return Verdict(
+        measure,
+        backend,
+        name,
+        kind,
+        median,
+        base_median,
+        change,
+        tolerance,
+        worse and abs(change) > tolerance,
+    )
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A whole run against its baseline: every verdict, and what could not be compared."""
+
+    key: str
+    has_baseline: bool
+    verdicts: list[Verdict]
+    warnings: list[str]
+
+    @property
+    def regressions(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.regressed]
+
+
+def compare(results: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> Trend:
+    """Every figure of ``results`` against ``baseline`` (None: no baseline for this machine's key)."""
+    key = baseline_key(results["machine"])
+    if baseline is None:
+        verdicts = [compare_figure(f, None) for f in results["figures"]]
+        return Trend(key, False, verdicts, [NO_BASELINE.format(key=key)])
+    if baseline_key(baseline["machine"]) != key:
+        raise ValueError(f"baseline is for {baseline_key(baseline['machine'])}, results for {key}")
+    by_identity = {_identity(f): f for f in baseline["figures"]}
+    verdicts = [compare_figure(f, by_identity.get(_identity(f))) for f in results["figures"]]
+    measured = {_identity(f) for f in results["figures"]}
+    warnings = [
+        f"{'/'.join(identity)}: in the baseline, not measured this time"
+        for identity in sorted(set(by_identity) - measured)
+    ]
+    return Trend(key, True, verdicts, warnings)
+
+
+def load_baseline(results: Mapping[str, Any], directory: Path = RESULTS_DIR) -> dict[str, Any] | None:
+    path = baseline_path(baseline_key(results["machine"]), directory)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("results", type=Path, help="a results.json written by the suite")
+    parser.add_argument("--baselines", type=Path, default=RESULTS_DIR, help="where baseline-<key>.json live")
+    parser.add_argument("--update-baseline", action="store_true", help="make these results the baseline")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 on a regression (CI, once a baseline exists)"
+    )
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text(encoding="utf-8"))
+    trend = compare(results, load_baseline(results, args.baselines))
+    for verdict in trend.verdicts:
+        print(verdict.describe())
+    for warning in trend.warnings:
+        print(f"warning: {warning}")
+    if args.update_baseline:
+        target = baseline_path(trend.key, args.baselines)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"baseline written: {target}")
+        return 0
+    return 1 if args.strict and trend.regressions else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
