@@ -85,26 +85,18 @@ class Expected:
         self.images.add((name, step, int(width), int(height)))
         exp.log_image(name, image, step)
 
-    def figure(self, exp: tracelet.Experiment, name: str, figure: Any, step: int) -> None:
-        """A matplotlib figure, rendered at its own dpi: its canvas size is the stored PNG's."""
-        width, height = figure.canvas.get_width_height()
-        self.images.add((name, step, int(width), int(height)))
-        exp.log_image(name, figure, step)
-
     def visual(self, exp: tracelet.Experiment, name: str, grid: Any, step: int) -> None:
-        """A 2-D array shown as a matplotlib figure where matplotlib is installed, else as an image."""
+        """A 2-D array, scaled to 0..1, logged as an image.
+
+        Never a matplotlib figure: the records of one workflow are compared across every session,
+        and whether matplotlib is importable differs between them (``mlflow`` installs it), which
+        would change the stored picture's size from one session to the next.
+        """
         import numpy as np
 
         values = np.asarray(grid, dtype=float)
-        try:
-            from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-        except ImportError:
-            low, high = float(values.min()), float(values.max())
-            self.image(exp, name, (values - low) / ((high - low) or 1.0), step)
-            return
-        figure = Figure(figsize=(3, 2), dpi=50)
-        figure.add_subplot().imshow(values)
-        self.figure(exp, name, figure, step)
+        low, high = float(values.min()), float(values.max())
+        self.image(exp, name, (values - low) / ((high - low) or 1.0), step)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "images": sorted(self.images)}
