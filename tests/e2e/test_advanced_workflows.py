@@ -60,10 +60,11 @@ def test_comprehensive_run_on_every_installed_backend(
 
 
 # -- the seed's other workflow templates ---------------------------------------------------------
-# Plain torch (or numpy): the same run in every framework column, so once per backend, in `torch`.
+# They need torch only, so they run in every session that has it: every framework column (the vision
+# column's torch is another build). Only the 100k-point run, a scale test of each store that needs no
+# framework at all, runs once per backend, in the `torch` column, like the other scale tests.
 
 
-@pytest.mark.framework_only("torch")
 @pytest.mark.parametrize("workflow", [workflow("nlp")])
 @pytest.mark.parametrize("environment", environments())
 def test_nlp_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
@@ -83,7 +84,6 @@ def test_metrics_at_scale_workflow(workflow: str, environment: str, isolated_env
     assert results["points"] == 100_000
 
 
-@pytest.mark.framework_only("torch")
 @pytest.mark.parametrize("workflow", [workflow("hyperparameter_sweep")])
 @pytest.mark.parametrize("environment", environments())
 def test_hyperparameter_sweep_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
@@ -108,7 +108,6 @@ def test_hyperparameter_sweep_workflow(workflow: str, environment: str, isolated
         assert best_lr == str(results["best_lr"])
 
 
-@pytest.mark.framework_only("torch")
 @pytest.mark.parametrize("workflow", [workflow("checkpointing")])
 @pytest.mark.parametrize("environment", environments())
 def test_checkpointing_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
@@ -134,7 +133,6 @@ def test_checkpointing_workflow(workflow: str, environment: str, isolated_env: P
     assert resumed_losses == pytest.approx([first_losses[s] for s in resumed_steps], rel=1e-9)
 
 
-@pytest.mark.framework_only("torch")
 @pytest.mark.platform_only(*POSIX)
 @pytest.mark.parametrize("workflow", [workflow("distributed")])
 @pytest.mark.parametrize("environment", environments())
