@@ -246,7 +246,7 @@ def _no_subprocess_coverage(request: pytest.FixtureRequest, monkeypatch: pytest.
     """Under ``no_subprocess_coverage``, the test's child processes (its delivery agent) run untraced.
 
     A load test drives the same code paths as the rest of the suite, hundreds of thousands of times.
-    Under ``coverage run`` the 8-thread test took 98 s against MLflow instead of 57 s, in each of four
+    Measured by coverage, the 8-thread test took 98 s against MLflow instead of 57 s, in each of four
     sessions, almost all of it in the traced delivery agent, for no line the other tests leave
     uncovered. Coverage reaches a child process only through ``COVERAGE_PROCESS_CONFIG`` (or
     ``COVERAGE_PROCESS_START``), which its ``patch = subprocess`` puts in the environment; without

@@ -140,6 +140,22 @@ def assert_run_matches(expected: Expected, record: RunRecord, status: str = "fin
     assert record.system_tags.get("tracelet.version") == tracelet.__version__
 
 
+def verify_landed(
+    workflow: TrainingWorkflow, records: Mapping[str, RunRecord], expected: Expected | None = None
+) -> None:
+    """One run as each store it went to holds it: everything logged (when ``expected`` says what),
+    every key of ``get_expected_metrics()``, and the stores agree with each other."""
+    for backend, record in records.items():
+        if expected is not None:
+            assert_run_matches(expected, record)
+        missing = sorted(set(workflow.get_expected_metrics()) - set(record.metrics))
+        assert not missing, f"metrics {missing} did not land in {backend}"
+    first, *others = records.values()
+    for other in others:
+        differences = compare(first, other)
+        assert not differences, f"{first.backend} and {other.backend} differ: {differences}"
+
+
 #: where the E2E session keeps the records of its workflows' runs (nox sets it per session)
 RECORDS_DIR_VAR = "TRACELET_E2E_RECORDS_DIR"
 
@@ -194,9 +210,9 @@ class BackendEnvironment(ABC):
     def options(self) -> dict[str, Any]:
         return {}
 
-    @abstractmethod
     def read(self, run_id: str) -> RunRecord:
         """Read a run back through the backend's own client or files."""
+        return read_run(self.backend, run_id, **self.reader_options())
 
     def read_runs(self, runs: Mapping[str, str]) -> dict[str, RunRecord]:
         """What each store holds for one tracelet run, by backend (``runs`` is ``Experiment.runs``)."""
@@ -262,9 +278,6 @@ class MLflowEnvironment(BackendEnvironment):
 
     def options(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "artifact_location": (self.root / "artifacts").as_uri()}
-
-    def read(self, run_id: str) -> RunRecord:
-        return read_run("mlflow", run_id, **self.reader_options())
 
     def reader_options(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri}
@@ -440,9 +453,6 @@ class WandbEnvironment(BackendEnvironment):
         # environment names its directory and mode explicitly, as a user with two runs would.
         return {"dir": str(self.root), "mode": "offline"}
 
-    def read(self, run_id: str) -> RunRecord:
-        return read_run("wandb", run_id, **self.reader_options())
-
     def reader_options(self) -> dict[str, Any]:
         return {"wandb_dir": str(self.root)}
 
@@ -466,9 +476,6 @@ class ClearMLEnvironment(BackendEnvironment):
         )
         (self.root / "home").mkdir()
 
-    def read(self, run_id: str) -> RunRecord:
-        return read_run("clearml", run_id, **self.reader_options())
-
     def reader_options(self) -> dict[str, Any]:
         return {"offline_dir": str(self.root / "cache" / "offline")}
 
@@ -485,9 +492,6 @@ class LocalEnvironment(BackendEnvironment):
 
     def setup(self) -> None:
         self._setenv(TRACELET_LOCAL_DIR=str(self.root / "runs"))
-
-    def read(self, run_id: str) -> RunRecord:
-        return read_run("local", run_id, **self.reader_options())
 
     def reader_options(self) -> dict[str, Any]:
         return {"root": str(self.root / "runs")}
@@ -1187,6 +1191,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, backend_config: dict[str,
         torch.save(model.module.state_dict(), workdir / "model.pt")
         expected.artifact(exp, workdir / "model.pt", "model")
         report = tracelet.stop_logging()
+        shutil.rmtree(workdir, ignore_errors=True)
         dist.barrier()
         Path(out, f"rank{rank}.json").write_text(
             json.dumps({"expected": expected.to_json(), "runs": dict(exp.runs), "ok": report.ok})
@@ -1294,7 +1299,9 @@ class E2EFramework:
                     if trial.get("run_id") is None:
                         trial["run_id"] = self._new_run(environment, before)
                     trial["runs"] = {backend_config["backend"]: trial["run_id"]}
-                self._verify(workflow, trial, backend_config["read_runs"](trial["runs"]))
+                trial["records"] = backend_config["read_runs"](trial["runs"])
+                trial["record"] = next(iter(trial["records"].values()))
+                verify_landed(workflow, trial["records"], trial.get("expected"))
             results.setdefault("records", trials[0]["records"])
             results.setdefault("record", trials[0]["record"])
             report = results.get("report")
@@ -1307,21 +1314,6 @@ class E2EFramework:
             }
         results["duration_s"] = time.monotonic() - started
         return results
-
-    @staticmethod
-    def _verify(workflow: TrainingWorkflow, trial: dict[str, Any], records: dict[str, RunRecord]) -> None:
-        """The run as each store holds it: what was logged, every expected key, and the stores agree."""
-        trial["records"] = records
-        trial["record"] = next(iter(records.values()))
-        for backend, record in records.items():
-            if "expected" in trial:
-                assert_run_matches(trial["expected"], record)
-            missing = sorted(set(workflow.get_expected_metrics()) - set(record.metrics))
-            assert not missing, f"metrics {missing} did not land in {backend}"
-        first, *others = records.values()
-        for other in others:
-            differences = compare(first, other)
-            assert not differences, f"{first.backend} and {other.backend} differ: {differences}"
 
     @staticmethod
     def _new_run(environment: BackendEnvironment | None, before: set[str]) -> str:

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.framework import assert_run_matches, e2e_framework, save_record
+from tests.e2e.framework import e2e_framework, save_record, verify_landed
 from tests.e2e.params import WITH_ALL_BACKENDS, environments, workflow
-from tracelet.testing.equivalence import compare
 
 pytestmark = pytest.mark.e2e_basic
 
@@ -30,17 +29,13 @@ def run_and_verify(workflow_name: str, environment: str) -> dict[str, Any]:
         report = results["report"]
         assert report.ok, report.format()
         records = config["read_runs"](results["runs"])
+        verify_landed(wf, records, results["expected"])
         for backend, record in records.items():
             backend_report = report[backend]
             assert backend_report.sent == backend_report.delivered > 0
-            assert_run_matches(results["expected"], record)
-            assert set(wf.get_expected_metrics()) <= set(record.metrics)
             save_record(
                 workflow_name, environment if len(records) == 1 else f"{environment}+{backend}", record
             )
-        first, *others = records.values()
-        for other in others:
-            assert compare(first, other) == [], f"{first.backend} and {other.backend} differ"
         assert wf.validate_results(results), "training did not reduce the loss"
     return results
 

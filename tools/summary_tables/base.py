@@ -51,5 +51,10 @@ def ordered(values: set[str], known: Sequence[str]) -> list[str]:
     return first + rest + tail
 
 
+def header(first: str, columns: Sequence[str]) -> list[str]:
+    """The two header lines of a markdown table: ``first`` names the rows, then one column each."""
+    return [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+
 def md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")

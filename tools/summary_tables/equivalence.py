@@ -21,6 +21,7 @@ from tools.summary_tables.base import (
     ICON_OK,
     KNOWN_CASE_BACKENDS,
     KNOWN_WORKFLOWS,
+    header,
     md_escape,
     ordered,
 )
@@ -88,10 +89,7 @@ class EquivalenceTable:
         if not data:
             return ["No session wrote run records."]
         columns = ordered({e for row in data for e in row["environments"]}, KNOWN_CASE_BACKENDS)
-        lines = [
-            "| workflow (framework) | " + " | ".join(columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
+        lines = header("workflow (framework)", columns)
         order = {w: i for i, w in enumerate(KNOWN_WORKFLOWS)}
         for row in sorted(
             data, key=lambda r: (order.get(r["workflow"], len(order)), r["workflow"], r["framework"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tools.e2e_results import UNLABELLED, SessionResult
-from tools.summary_tables.base import ICON_FAIL, ICON_OK, KNOWN_CASE_BACKENDS, md_escape, ordered
+from tools.summary_tables.base import ICON_FAIL, ICON_OK, KNOWN_CASE_BACKENDS, header, md_escape, ordered
 
 Faults = dict[str, dict[str, dict[str, int]]]
 
@@ -33,7 +33,7 @@ class FaultsTable:
         if not data:
             return ["No fault test ran."]
         backends = ordered({b for per in data.values() for b in per}, KNOWN_CASE_BACKENDS)
-        lines = ["| fault | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+        lines = header("fault", backends)
         for fault in sorted(data):
             cells = []
             for be in backends:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tools.e2e_results import UNLABELLED, SessionResult, split_values
-from tools.summary_tables.base import KNOWN_CASE_BACKENDS, KNOWN_WORKFLOWS, md_escape, ordered
+from tools.summary_tables.base import KNOWN_CASE_BACKENDS, KNOWN_WORKFLOWS, header, md_escape, ordered
 
 Counts = dict[str, dict[str, dict[str, int]]]
 
@@ -35,7 +35,7 @@ class WorkflowsTable:
         if not data:
             return ["No test results."]
         backends = ordered({b for per in data.values() for b in per}, KNOWN_CASE_BACKENDS)
-        lines = ["| workflow | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+        lines = header("workflow", backends)
         for wf in ordered(set(data), KNOWN_WORKFLOWS):
             cells = []
             for be in backends:

@@ -11,11 +11,30 @@ public: use them to test your own training code.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 __all__ = ["ArtifactRecord", "ImageRecord", "RunRecord", "read_artifact", "read_run"]
+
+
+#: backend -> the module holding its ``read_<backend>_run`` and ``read_<backend>_artifact``;
+#: imported on first use, so reading one store never imports another store's package
+_READERS = {
+    "mlflow": "tracelet.testing.mlflow_reader",
+    "wandb": "tracelet.testing.wandb_reader",
+    "clearml": "tracelet.testing.clearml_reader",
+    "local": "tracelet.testing.local_reader",
+}
+
+
+def _reader(backend: str, what: str) -> Callable[..., Any]:
+    if backend not in _READERS:
+        raise ValueError(f"no reader for backend {backend!r}; readers: {', '.join(_READERS)}")
+    reader: Callable[..., Any] = getattr(importlib.import_module(_READERS[backend]), f"read_{backend}_{what}")
+    return reader
 
 
 def read_run(backend: str, run_id: str, **options: Any) -> RunRecord:
@@ -24,23 +43,8 @@ def read_run(backend: str, run_id: str, **options: Any) -> RunRecord:
     Options: ``mlflow``: ``tracking_uri``; ``wandb``: ``wandb_dir``;
     ``clearml``: ``offline_dir``; ``local``: ``root``.
     """
-    if backend == "mlflow":
-        from tracelet.testing.mlflow_reader import read_mlflow_run
-
-        return read_mlflow_run(run_id, **options)
-    if backend == "wandb":
-        from tracelet.testing.wandb_reader import read_wandb_run
-
-        return read_wandb_run(run_id, **options)
-    if backend == "clearml":
-        from tracelet.testing.clearml_reader import read_clearml_run
-
-        return read_clearml_run(run_id, **options)
-    if backend == "local":
-        from tracelet.testing.local_reader import read_local_run
-
-        return read_local_run(run_id, **options)
-    raise ValueError(f"no reader for backend {backend!r}; readers: mlflow, wandb, clearml, local")
+    record: RunRecord = _reader(backend, "run")(run_id, **options)
+    return record
 
 
 def read_artifact(backend: str, run_id: str, path: str, **options: Any) -> bytes:
@@ -49,20 +53,5 @@ def read_artifact(backend: str, run_id: str, path: str, **options: Any) -> bytes
     ``path`` is an ``ArtifactRecord.path``; the options are :func:`read_run`'s. Use it to check that
     what training saves can be restored from the store (a checkpoint, say), not from the local file.
     """
-    if backend == "mlflow":
-        from tracelet.testing.mlflow_reader import read_mlflow_artifact
-
-        return read_mlflow_artifact(run_id, path, **options)
-    if backend == "wandb":
-        from tracelet.testing.wandb_reader import read_wandb_artifact
-
-        return read_wandb_artifact(run_id, path, **options)
-    if backend == "clearml":
-        from tracelet.testing.clearml_reader import read_clearml_artifact
-
-        return read_clearml_artifact(run_id, path, **options)
-    if backend == "local":
-        from tracelet.testing.local_reader import read_local_artifact
-
-        return read_local_artifact(run_id, path, **options)
-    raise ValueError(f"no reader for backend {backend!r}; readers: mlflow, wandb, clearml, local")
+    data: bytes = _reader(backend, "artifact")(run_id, path, **options)
+    return data
