@@ -264,6 +264,24 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=E2E_PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (not in the default run): every store against its native client.
+
+    Writes reports/bench/results.json, report.md and PNG plots, then compares with the committed
+    baseline of this machine's key. ``-- --quick`` for the reduced suite, ``-- --update-baseline``
+    to commit a new baseline, ``-- --strict`` to fail on a regression.
+    """
+    session.install(
+        "-c",
+        "requirements/constraints.txt",
+        ".[mlflow,wandb,clearml,torch]",
+        "-r",
+        "requirements/bench.txt",
+    )
+    session.run("python", "bench/suite.py", "--out", str(REPORTS / "bench"), *session.posargs, env=QUIET_ENV)
+
+
+@nox.session(python=E2E_PYTHON)
 def summary(session: nox.Session) -> None:
     """Merge every session's JUnit XML and coverage into reports/summary.md (works after failures)."""
     session.install(".", "-r", TEST_REQUIREMENTS)  # tracelet.testing compares the stores' records

@@ -215,6 +215,10 @@ class NativeRun:
     def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
         raise NotImplementedError
 
+    def log_point(self, name: str, value: float, step: int) -> None:
+        """One value in one call: the store's per-call API, what a loop without batching does."""
+        self.log_step(step, {name: value})
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -259,6 +263,17 @@ class MLflowNative(NativeRun):
             self._client.log_batch(self._run_id, metrics=self._buffer[: self._chunk])
             del self._buffer[: self._chunk]
 
+    def log_point(self, name: str, value: float, step: int) -> None:
+        self._client.log_metric(self._run_id, name, value, step=step)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
     def close(self) -> None:
         if self._buffer:
             self._client.log_batch(self._run_id, metrics=self._buffer)
@@ -289,6 +304,10 @@ class WandbNative(NativeRun):
 
     def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self._run.log(dict(metrics), step=step)
+
+    @property
+    def run(self) -> Any:
+        return self._run
 
     def close(self) -> None:
         self._run.finish()
@@ -337,8 +356,47 @@ class ClearMLNative(NativeRun):
                 names = split[key] = (title, series or title)
             report(names[0], names[1], value, iteration=step)
 
+    @property
+    def task(self) -> Any:
+        return self._task
+
     def close(self) -> None:
         self._task.close()
+
+
+class LocalNative(NativeRun):
+    """What a user writes by hand without a tracker: JSON lines appended to a file.
+
+    tracelet's ``local`` store has no third-party client, so its "native" is the obvious
+    hand-written equivalent of the same events (name, value, step, time), one JSON object
+    per line. Per step (``chunk=None``) flushes after every step, as a loop that wants its
+    numbers on disk would; otherwise Python's own buffering batches the writes. Close
+    flushes and fsyncs, as ``stop_logging`` does for the local store.
+    """
+
+    store = "local"
+
+    def __init__(self, root: Path, run_name: str, chunk: int | None) -> None:
+        super().__init__()
+        t0 = time.perf_counter()
+        self.run_dir = root / "native-local" / run_name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.create_s = time.perf_counter() - t0
+        self._flush_each_step = chunk is None
+        self._dumps = json.dumps
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        now, dumps, write = time.time(), self._dumps, self._file.write
+        for key, value in metrics.items():
+            write(dumps({"kind": "metric", "name": key, "value": value, "step": step, "time": now}) + "\n")
+        if self._flush_each_step:
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
 
 
 def open_native(
@@ -361,6 +419,8 @@ def open_native(
         return WandbNative(root / "wandb", project, run_name)
     if store == "clearml":
         return ClearMLNative(project, run_name)
+    if store == "local":
+        return LocalNative(root, run_name, mlflow_chunk)
     raise ValueError(f"store {store!r} has no native client")
 
 

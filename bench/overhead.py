@@ -167,14 +167,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         import tracelet
 
         t1 = time.perf_counter()
-        backend, options = tracelet_backend(store, root)
+        backend, options = tracelet_backend(store, root, spec.get("server_url"))
         exp = tracelet.start_logging(
             exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
         )
         result["import_s"], result["start_s"] = t1 - t0, time.perf_counter() - t1
         result["delivery"] = getattr(getattr(exp, "settings", None), "delivery", None)
     elif kind == "native":
-        native = open_native(store, root, PROJECT, spec["run_name"], mlflow_chunk=None)
+        native = open_native(
+            store, root, PROJECT, spec["run_name"], mlflow_chunk=None, server_url=spec.get("server_url")
+        )
         result["import_s"], result["start_s"] = native.import_s, native.create_s
 
     batch = float(loop["batch"])

@@ -6,7 +6,8 @@ keyed by OS, core count and Python version (:func:`baseline_key`) and live in
 
 * ``ratio`` (native time / tracelet time, higher is better): by relative change;
 * ``points`` (an overhead in percent, lower is better): in percentage points;
-* ``seconds`` / ``us`` (a time, lower is better): by relative change.
+* ``seconds`` / ``us`` (a time, lower is better): by relative change;
+* ``rate`` (points/s, MB/s, higher is better) and ``MB`` (memory, lower is better): by relative change.
 
 A figure regressed only when it moved the wrong way by more than the measured spread: the wider of
 the two runs' spreads (max - min of their repetitions). Within that, it is noise, not a verdict.
@@ -42,13 +43,20 @@ KINDS: dict[str, tuple[bool, str]] = {
     "points": (False, "points"),
     "seconds": (False, "relative"),
     "us": (False, "relative"),
+    "rate": (True, "relative"),  # points/s, MB/s
+    "MB": (False, "relative"),  # memory
 }
 
 
 def baseline_key(machine: Mapping[str, Any]) -> str:
-    """``linux-2cores-py3.11``: the machines whose figures may be compared."""
+    """``linux-2cores-py3.11``: the machines whose figures may be compared.
+
+    A ``--quick`` run measures smaller sizes than the full suite, so its figures are compared
+    only with a quick baseline (``...-quick``).
+    """
     python = ".".join(str(machine["python"]).split(".")[:2])
-    return f"{machine['os']}-{machine['cores']}cores-py{python}"
+    suffix = "-quick" if machine.get("suite") == "quick" else ""
+    return f"{machine['os']}-{machine['cores']}cores-py{python}{suffix}"
 
 
 def baseline_path(key: str, directory: Path = RESULTS_DIR) -> Path:

@@ -287,6 +287,7 @@ def render_markdown(
     frameworks: Sequence[str],
     coverage: CoverageSummary | None = None,
     cells_in_matrix: Sequence[str] | None = None,
+    reports: Path | None = None,
 ) -> str:
     """The human summary: matrix, tables, skip audit, coverage, failures."""
     matrix = build_matrix(results, backends, frameworks, cells_in_matrix)
@@ -319,7 +320,9 @@ def render_markdown(
         lines += [f"- `{r.session}` ({r.label}): {format_result(r)}" for r in extra]
 
     for table in TABLES:
-        lines += ["", f"## {table.title}", "", *table.markdown(table.build(results))]
+        data = table.build(results, reports)
+        if data is not None:
+            lines += ["", f"## {table.title}", "", *table.markdown(data)]
 
     lines += [
         "",
@@ -393,12 +396,15 @@ def render_json(
     frameworks: Sequence[str],
     coverage: CoverageSummary | None = None,
     cells_in_matrix: Sequence[str] | None = None,
+    reports: Path | None = None,
 ) -> dict[str, Any]:
     """Machine-readable twin of the markdown (same facts, for dashboards and tests)."""
     matrix = build_matrix(results, backends, frameworks, cells_in_matrix)
-    tables = {table.key: table.build(results) for table in TABLES}
+    tables = {table.key: table.build(results, reports) for table in TABLES}
     problems = strict_problems(matrix, results)
-    table_problems = [p for table in TABLES for p in table.problems(tables[table.key])]
+    table_problems = [
+        p for table in TABLES if tables[table.key] is not None for p in table.problems(tables[table.key])
+    ]
     return {
         "backends": list(backends),
         "frameworks": list(frameworks),
@@ -473,8 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     suites = merge_junit(results, reports / "junit.xml")
     coverage = None if args.no_coverage else combine_coverage(results, reports, args.project_root.resolve())
 
-    markdown = render_markdown(results, args.backends, args.frameworks, coverage, args.cells)
-    data = render_json(results, args.backends, args.frameworks, coverage, args.cells)
+    markdown = render_markdown(results, args.backends, args.frameworks, coverage, args.cells, reports)
+    data = render_json(results, args.backends, args.frameworks, coverage, args.cells, reports)
     (reports / "summary.md").write_text(markdown, encoding="utf-8")
     (reports / "summary.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 

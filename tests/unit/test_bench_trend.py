@@ -113,3 +113,31 @@ def test_update_baseline_then_strict_fails_on_a_regression(
     assert trend.main([str(results), "--baselines", str(tmp_path)]) == 0  # reports, but only warns
     assert trend.main([str(results), "--baselines", str(tmp_path), "--strict"]) == 1
     assert "REGRESSED" in capsys.readouterr().out
+
+
+def test_a_quick_run_is_compared_only_with_a_quick_baseline() -> None:
+    quick = {**MACHINE, "suite": "quick"}
+    assert trend.baseline_key(quick) == "linux-2cores-py3.11-quick"
+    with pytest.raises(ValueError, match=r"baseline is for linux-2cores-py3\.11,"):
+        trend.compare(run(throughput([0.9] * 3), machine=quick), run(throughput([0.9] * 3)))
+
+
+def test_a_slower_rate_and_a_grown_memory_are_flagged_relative_to_their_baselines() -> None:
+    def figure(name: str, kind: str, reps: list[float]) -> dict[str, Any]:
+        return {"measure": "m", "backend": "wandb", "name": name, "kind": kind, "reps": reps}
+
+    result = trend.compare(
+        run(figure("points/s", "rate", [40_000, 41_000, 42_000]), figure("peak", "MB", [300, 310, 320])),
+        run(figure("points/s", "rate", [60_000, 61_000, 62_000]), figure("peak", "MB", [200, 205, 210])),
+    )
+    rate, memory = result.verdicts
+    assert rate.regressed
+    assert rate.change == pytest.approx(41_000 / 61_000 - 1)
+    assert memory.regressed
+    assert memory.change == pytest.approx(310 / 205 - 1)
+    # the same figures moving the good way: faster, smaller
+    better = trend.compare(
+        run(figure("points/s", "rate", [90_000] * 3), figure("peak", "MB", [100] * 3)),
+        run(figure("points/s", "rate", [60_000] * 3), figure("peak", "MB", [200] * 3)),
+    )
+    assert better.regressions == []

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from tools.summary_tables.base import SummaryTable
+from tools.summary_tables.bench import BenchTable
 from tools.summary_tables.equivalence import EquivalenceTable
 from tools.summary_tables.faults import FaultsTable
 from tools.summary_tables.workflows import WorkflowsTable
 
-TABLES: tuple[SummaryTable, ...] = (WorkflowsTable(), EquivalenceTable(), FaultsTable())
+TABLES: tuple[SummaryTable, ...] = (WorkflowsTable(), EquivalenceTable(), FaultsTable(), BenchTable())
 
 __all__ = ["TABLES", "SummaryTable"]

@@ -1,6 +1,7 @@
 """What every table of the E2E summary is: one small interface, and the helpers they share.
 
-A table reads the collected session results and gives three things: its data for ``summary.json``,
+A table reads the collected session results (and, if it needs files beside them, the reports folder)
+and gives three things: its data for ``summary.json``,
 its lines for ``summary.md``, and its problems (what makes the summary fail). The summary renders the
 tables in the order :data:`tools.summary_tables.TABLES` lists them; adding a table is adding a module.
 """
@@ -8,6 +9,7 @@ tables in the order :data:`tools.summary_tables.TABLES` lists them; adding a tab
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from tools.e2e_results import UNLABELLED, SessionResult
@@ -33,8 +35,12 @@ class SummaryTable(Protocol):
     #: its heading in ``summary.md``
     title: str
 
-    def build(self, results: Sequence[SessionResult]) -> Any:
-        """The table's data (JSON-ready), from every session's results."""
+    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> Any:
+        """The table's data (JSON-ready), from every session's results and the reports folder.
+
+        ``None`` means the table has nothing to show this time (the bench table without a bench
+        run): the summary leaves its section out.
+        """
 
     def markdown(self, data: Any) -> list[str]:
         """The lines under the heading."""

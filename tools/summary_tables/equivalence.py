@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tools.e2e_results import SessionResult
@@ -60,7 +61,7 @@ class EquivalenceTable:
     key = "equivalence"
     title = "Cross-backend equivalence"
 
-    def build(self, results: Sequence[SessionResult]) -> list[dict[str, Any]]:
+    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> list[dict[str, Any]]:
         """One row per (framework column, workflow): records and differing records per environment."""
         rows = []
         for (framework, workflow), entries in sorted(_entries(results).items()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from tools.e2e_results import UNLABELLED, SessionResult
 from tools.summary_tables.base import ICON_FAIL, ICON_OK, KNOWN_CASE_BACKENDS, header, md_escape, ordered
@@ -14,7 +15,7 @@ class FaultsTable:
     key = "faults"
     title = "Faults"
 
-    def build(self, results: Sequence[SessionResult]) -> Faults:
+    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> Faults:
         """fault -> backend -> {"runs", "failed", "lost"}, from the ``fault``/``lost`` properties."""
         table: Faults = {}
         for result in results:

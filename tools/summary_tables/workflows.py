@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from tools.e2e_results import UNLABELLED, SessionResult, split_values
 from tools.summary_tables.base import KNOWN_CASE_BACKENDS, KNOWN_WORKFLOWS, header, md_escape, ordered
@@ -14,7 +15,7 @@ class WorkflowsTable:
     key = "workflows"
     title = "Workflows"
 
-    def build(self, results: Sequence[SessionResult]) -> Counts:
+    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> Counts:
         """{workflow: {case backend: {"passed", "failed", "skipped"}}} over all sessions/variants.
 
         A test recorded for several workflows/backends (comma lists) counts once in each pair.

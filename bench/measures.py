@@ -1,0 +1,395 @@
+"""The suite's measurements, each run in a fresh child process: ``python bench/measures.py --child <spec>``.
+
+Every measurement has a tracelet side and a native side that do the same work against the same
+kind of store (``bench/_common.py`` holds the stores' isolation and the native clients). One
+process per measurement keeps one store's threads and helper processes (wandb-core, tracelet's
+agent) from slowing the next variant, and lets the parent sample a process tree's memory.
+
+Measurements (``spec["measure"]``):
+
+* ``bulk``: log ``points`` over ``keys`` keys (one or several sizes in turn), timed from the
+  first log call until the run is closed with everything landed. Native: the store's bulk API.
+  The parent samples the process tree's RSS while it runs (the memory measure).
+* ``percall``: the store's per-call API, one value per call, each call timed: half floats,
+  half 0-d tensors (``.item()`` first, as a user must). Native only.
+* ``latency``: tracelet's ``log_metric`` while delivery is busy (a backlog logged first), each
+  call timed, floats then 0-d tensors; ``start_logging`` and ``stop_logging`` timed.
+* ``artifacts``: upload a 1 MB file, a 100 MB file and a folder of 1,000 small files, each
+  until it has landed; then download each back from the store.
+
+The training-overhead measure runs ``bench/overhead.py``'s own child (one loop, one variant).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from _common import PACKAGES, backend_counts, open_native, sqlite_uri, tracelet_backend, write_child_result
+
+PROJECT = "bench-suite"
+MLFLOW_CHUNK = 1000  # MLflow's batch limit: the best its bulk API can do
+
+
+# -- bulk: throughput, scalability, memory --------------------------------------------------------
+
+
+def _names(keys: int) -> list[str]:
+    return [f"bench/k{k}" for k in range(keys)]
+
+
+def bulk_tracelet(spec: dict[str, Any], root: Path, run_name: str, points: int, keys: int) -> dict[str, Any]:
+    import tracelet
+
+    steps, names, sin, perf = points // keys, _names(keys), math.sin, time.perf_counter
+    backend, options = tracelet_backend(spec["store"], root, spec.get("server_url"))
+    t0 = perf()
+    exp = tracelet.start_logging(exp_name=run_name, project=PROJECT, backend=backend, backend_options=options)
+    t1 = perf()
+    log = exp.log_metric
+    for step in range(steps):
+        for k, name in enumerate(names):
+            log(name, sin(0.001 * step + k), step)
+    t2 = perf()
+    report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
+    t3 = perf()
+    counts = backend_counts(report, backend)
+    return {
+        "points": steps * keys,
+        "keys": keys,
+        "start_s": t1 - t0,
+        "log_s": t2 - t1,
+        "close_s": t3 - t2,
+        "total_s": t3 - t1,
+        "delivered": counts["delivered"],
+        "landed": counts["ok"] and counts["delivered"] >= steps * keys,
+        "errors": counts["errors"],
+    }
+
+
+def bulk_native(spec: dict[str, Any], root: Path, run_name: str, points: int, keys: int) -> dict[str, Any]:
+    steps, names, sin, perf = points // keys, _names(keys), math.sin, time.perf_counter
+    t0 = perf()
+    run = open_native(
+        spec["store"], root, PROJECT, run_name, mlflow_chunk=MLFLOW_CHUNK, server_url=spec.get("server_url")
+    )
+    t1 = perf()
+    for step in range(steps):
+        run.log_step(step, {name: sin(0.001 * step + k) for k, name in enumerate(names)})
+    t2 = perf()
+    run.close()
+    t3 = perf()
+    return {
+        "points": steps * keys,
+        "keys": keys,
+        "start_s": t1 - t0,
+        "log_s": t2 - t1,
+        "close_s": t3 - t2,
+        "total_s": t3 - t1,
+        "delivered": steps * keys,
+        "landed": True,  # the native close returned without raising
+        "errors": [],
+    }
+
+
+def measure_bulk(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each size in ``spec["sizes"]`` in turn, one run each, in this one process."""
+    root = Path(spec["root"])
+    one = bulk_tracelet if spec["kind"] == "tracelet" else bulk_native
+    runs = []
+    for i, (points, keys) in enumerate(spec["sizes"]):
+        runs.append(one(spec, root, f"{spec['run_name']}-{i}", int(points), int(keys)))
+    return {"runs": runs}
+
+
+# -- per-call and latency -------------------------------------------------------------------------
+
+
+def _percentiles(ns: list[int]) -> dict[str, float]:
+    """p50 and p99 in microseconds (nearest rank)."""
+    ordered = sorted(ns)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e3  # noqa: E731
+    return {"p50_us": at(0.50), "p99_us": at(0.99), "mean_us": sum(ordered) / len(ordered) / 1e3}
+
+
+def _tensors(n: int) -> list[Any]:
+    import torch
+
+    return [torch.tensor(math.cos(0.01 * i)) for i in range(n)]
+
+
+def measure_percall(spec: dict[str, Any]) -> dict[str, Any]:
+    """The store's per-call API, each call timed: floats, then 0-d tensors through ``.item()``."""
+    root, points, keys = Path(spec["root"]), int(spec["points"]), 10
+    names, sin, clock = _names(keys), math.sin, time.perf_counter_ns
+    half = points // 2
+    tensors = _tensors(points - half)
+    t0 = time.perf_counter()
+    run = open_native(
+        spec["store"], root, PROJECT, spec["run_name"], mlflow_chunk=None, server_url=spec.get("server_url")
+    )
+    start_s = time.perf_counter() - t0
+    float_ns, tensor_ns = [], []
+    begin = time.perf_counter()
+    for i in range(half):
+        t = clock()
+        run.log_point(names[i % keys], sin(0.001 * i), i // keys)
+        float_ns.append(clock() - t)
+    for j, value in enumerate(tensors):
+        i = half + j
+        t = clock()
+        run.log_point(names[i % keys], value.item(), i // keys)
+        tensor_ns.append(clock() - t)
+    logged = time.perf_counter()
+    run.close()
+    end = time.perf_counter()
+    return {
+        "points": points,
+        "start_s": start_s,
+        "log_s": logged - begin,
+        "close_s": end - logged,
+        "total_s": end - begin,
+        "float": _percentiles(float_ns),
+        "tensor": _percentiles(tensor_ns),
+    }
+
+
+def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
+    """tracelet's caller-side cost while delivery is busy: a backlog first, then each call timed."""
+    root, calls, backlog, keys = Path(spec["root"]), int(spec["calls"]), int(spec["backlog"]), 10
+    names, sin, clock = _names(keys), math.sin, time.perf_counter_ns
+    tensors = _tensors(calls)
+    t0 = time.perf_counter()
+    import tracelet
+
+    backend, options = tracelet_backend(spec["store"], root, spec.get("server_url"))
+    exp = tracelet.start_logging(
+        exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
+    )
+    start_s = time.perf_counter() - t0  # with `import tracelet`, as a script pays it
+    log = exp.log_metric
+    for i in range(backlog):  # delivery now has work queued: the state the GIL contention shows in
+        log(names[i % keys], sin(0.001 * i), i // keys)
+    float_ns, tensor_ns = [], []
+    base = backlog // keys + 1
+    for i in range(calls):
+        t = clock()
+        log(names[i % keys], sin(0.002 * i), base + i // keys)
+        float_ns.append(clock() - t)
+    base += calls // keys + 1
+    for i, value in enumerate(tensors):
+        t = clock()
+        log(names[i % keys], value, base + i // keys)
+        tensor_ns.append(clock() - t)
+    t1 = time.perf_counter()
+    report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
+    stop_s = time.perf_counter() - t1
+    counts = backend_counts(report, backend)
+    sent = backlog + 2 * calls
+    return {
+        "calls": calls,
+        "backlog": backlog,
+        "start_s": start_s,
+        "stop_s": stop_s,
+        "float": _percentiles(float_ns),
+        "tensor": _percentiles(tensor_ns),
+        "delivered": counts["delivered"],
+        "landed": counts["ok"] and counts["delivered"] >= sent,
+    }
+
+
+# -- artifacts ------------------------------------------------------------------------------------
+
+
+def make_sources(src: Path, cases: list[dict[str, Any]]) -> None:
+    """``src/<label>/``: one file of ``bytes``, or ``files`` files of ``bytes`` each (random, "
+    "incompressible)."""
+    for case in cases:
+        folder = src / case["label"]
+        folder.mkdir(parents=True, exist_ok=True)
+        if case["files"] == 1:
+            (folder / "blob.bin").write_bytes(os.urandom(int(case["bytes"])))
+        else:
+            for i in range(int(case["files"])):
+                (folder / f"f{i:04d}.bin").write_bytes(os.urandom(int(case["bytes"])))
+
+
+def _case_bytes(case: dict[str, Any]) -> int:
+    return int(case["bytes"]) * int(case["files"])
+
+
+def _source_of(src: Path, case: dict[str, Any]) -> Path:
+    folder = src / case["label"]
+    return folder / "blob.bin" if case["files"] == 1 else folder
+
+
+def _reader_options(store: str, root: Path, server_url: str | None) -> dict[str, Any]:
+    if store == "mlflow":
+        return {"tracking_uri": sqlite_uri(root / "tracelet-mlflow.db")}
+    if store == "mlflow_server":
+        return {"tracking_uri": server_url}
+    if store == "wandb":
+        return {"wandb_dir": str(root / "wandb")}
+    if store == "local":
+        return {"root": str(root / "local")}
+    return {}  # clearml: its offline folder under CLEARML_CACHE_DIR
+
+
+def artifacts_tracelet(spec: dict[str, Any], root: Path, src: Path) -> dict[str, Any]:
+    import tracelet
+    from tracelet.testing import read_artifact
+
+    store, cases, perf = spec["store"], spec["cases"], time.perf_counter
+    backend, options = tracelet_backend(store, root, spec.get("server_url"))
+    exp = tracelet.start_logging(
+        exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
+    )
+    up: dict[str, float] = {}
+    for case in cases:
+        t0 = perf()
+        exp.log_artifact(_source_of(src, case), artifact_path=case["label"])
+        if not exp.flush(spec["flush_timeout"]):
+            raise RuntimeError(f"artifact {case['label']} not delivered within {spec['flush_timeout']} s")
+        up[case["label"]] = perf() - t0
+    run_id = exp.runs[backend]
+    report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
+    if not report.ok or run_id is None:
+        raise RuntimeError(f"artifacts did not land: {report.format()}")
+    reader = _reader_options(store, root, spec.get("server_url"))
+    if PACKAGES[store]:  # the reader imports the store's client: not part of the download time
+        importlib.import_module(str(PACKAGES[store]))
+    down: dict[str, float] = {}
+    for case in cases:
+        source = _source_of(src, case)
+        files = [source] if source.is_file() else sorted(source.iterdir())
+        t0 = perf()
+        got = 0
+        for file in files:
+            got += len(read_artifact(backend, run_id, f"{case['label']}/{file.name}", **reader))
+        down[case["label"]] = perf() - t0
+        if got != _case_bytes(case):
+            raise RuntimeError(f"{case['label']}: read back {got} bytes, logged {_case_bytes(case)}")
+    return {"upload_s": up, "download_s": down}
+
+
+def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, Any]:
+    """Each store's own call for a file and a folder; its own way back where it has one.
+
+    MLflow: ``log_artifact``/``log_artifacts`` and ``download_artifacts``. W&B offline:
+    ``run.save(policy="now")`` (it links the files into the run folder; uploading waits for
+    ``wandb sync``), read back from that folder, as offline W&B has no download call.
+    ClearML offline: ``upload_artifact`` (a folder becomes a zip), read back from the offline
+    session folder (unzipped), as offline ClearML has no download call either. Local: the
+    hand-written equivalent, ``shutil.copy``/``copytree``, read back with plain reads.
+    """
+    store, cases, perf = spec["store"], spec["cases"], time.perf_counter
+    run = open_native(
+        store, root, PROJECT, spec["run_name"], mlflow_chunk=None, server_url=spec.get("server_url")
+    )
+    up: dict[str, float] = {}
+    for case in cases:
+        source, label = _source_of(src, case), case["label"]
+        t0 = perf()
+        if store in ("mlflow", "mlflow_server"):
+            if source.is_file():
+                run.client.log_artifact(run.run_id, str(source), label)
+            else:
+                run.client.log_artifacts(run.run_id, str(source), label)
+        elif store == "wandb":
+            pattern = str(source) if source.is_file() else str(source / "*")
+            run.run.save(pattern, base_path=str(src), policy="now")
+        elif store == "clearml":
+            if not run.task.upload_artifact(name=label, artifact_object=source, wait_on_upload=True):
+                raise RuntimeError(f"ClearML refused artifact {label}")
+        else:
+            target = run.run_dir / "artifacts" / label
+            if source.is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target / source.name)
+            else:
+                shutil.copytree(source, target)
+        up[label] = perf() - t0
+    session = run.task.get_offline_mode_folder() if store == "clearml" else None
+    wandb_files = Path(run.run.dir) if store == "wandb" else None
+    run.close()
+    down: dict[str, float] = {}
+    for case in cases:
+        label = case["label"]
+        t0 = perf()
+        if store in ("mlflow", "mlflow_server"):
+            got = _read_tree(
+                Path(run.client.download_artifacts(run.run_id, label, str(root / "download" / label)))
+            )
+        elif store == "wandb":
+            assert wandb_files is not None
+            got = _read_tree(wandb_files / label)
+        elif store == "clearml":
+            got = _read_clearml(Path(session) if session else root, label, root / "download" / label)
+        else:
+            got = _read_tree(run.run_dir / "artifacts" / label)
+        down[label] = perf() - t0
+        if got != _case_bytes(case):
+            raise RuntimeError(f"{label}: read back {got} bytes, logged {_case_bytes(case)}")
+    return {"upload_s": up, "download_s": down}
+
+
+def _read_tree(path: Path) -> int:
+    """Read every byte of a file or a folder's files (links followed); the byte count."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return sum(len(p.read_bytes()) for p in files)
+
+
+def _read_clearml(session: Path, label: str, unpack: Path) -> int:
+    """An artifact from ClearML's offline session: the file its URI names, or its folder's zip unpacked."""
+    task = json.loads((session / "task.json").read_text())
+    offline_folder = str(task.get("offline_folder") or "")
+    for item in (task.get("execution") or {}).get("artifacts") or []:
+        if item.get("key") != label:
+            continue
+        uri = str(item["uri"])
+        found = Path(uri)
+        if not found.is_file() and offline_folder and uri.startswith(offline_folder):
+            found = session / uri[len(offline_folder) :].lstrip("/\\")
+        if found.suffix == ".zip" and zipfile.is_zipfile(found):
+            with zipfile.ZipFile(found) as archive:
+                archive.extractall(unpack)
+            return _read_tree(unpack)
+        return _read_tree(found)
+    raise FileNotFoundError(f"ClearML offline session {session} holds no artifact {label!r}")
+
+
+def measure_artifacts(spec: dict[str, Any]) -> dict[str, Any]:
+    root = Path(spec["root"])
+    src = root / "src"
+    make_sources(src, spec["cases"])
+    side = artifacts_tracelet if spec["kind"] == "tracelet" else artifacts_native
+    return side(spec, root, src)
+
+
+MEASURES = {
+    "bulk": measure_bulk,
+    "percall": measure_percall,
+    "latency": measure_latency,
+    "artifacts": measure_artifacts,
+}
+
+
+def main() -> int:
+    if len(sys.argv) != 3 or sys.argv[1] != "--child":
+        print("usage: python bench/measures.py --child <spec json> (run by bench/suite.py)", file=sys.stderr)
+        return 2
+    spec = json.loads(sys.argv[2])
+    write_child_result(spec, MEASURES[spec["measure"]](spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,638 @@
+"""``reports/bench/report.md`` and its plots, rendered from ``results.json`` (``bench/suite.py``).
+
+One table per measure with the stores side by side, ratios against the native client first and
+absolute figures second, each as ``median [min..max]`` over the repetitions; a figure that
+regressed against the baseline of the same machine key is marked. The plots are PNGs beside the
+report. The closing section, "which backend for which load", is drawn from the figures of this
+run, not written by hand, so it cannot go stale.
+
+    python bench/suite.py --render-only [--out reports/bench]   # re-render from results.json
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+LABELS = {
+    "mlflow": "MLflow (sqlite)",
+    "mlflow_server": "MLflow server",
+    "wandb": "W&B offline",
+    "clearml": "ClearML offline",
+    "local": "local",
+}
+COLORS = {
+    "mlflow": "#1f77b4",
+    "mlflow_server": "#17becf",
+    "wandb": "#ff7f0e",
+    "clearml": "#2ca02c",
+    "local": "#7f7f7f",
+}
+NATIVE_NOTE = {
+    "mlflow": "`MlflowClient.log_batch` (bulk, 1,000 a batch) / `log_metric` (per call); sqlite",
+    "mlflow_server": "the same calls over HTTP to a real `mlflow server` on 127.0.0.1 (2 workers)",
+    "wandb": "`run.log` one row per step (bulk) / one key per call; offline",
+    "clearml": "`Logger.report_scalar` per value (it has no bulk call); offline, reporting subprocess off",
+    "local": "no third-party client: hand-written JSON lines (`json.dumps` + `write`), the obvious "
+    "equivalent",
+}
+
+
+class Figures:
+    """Lookup of the figures of one run, and of the trend's verdicts on them."""
+
+    def __init__(self, results: Mapping[str, Any], comparison: Any) -> None:
+        self.stores: list[str] = list(results["stores"])
+        self._by_id = {(f["measure"], f["backend"], f["name"]): f for f in results["figures"]}
+        self._regressed = {
+            (v.measure, v.backend, v.name) for v in (comparison.regressions if comparison is not None else [])
+        }
+
+    def reps(self, measure: str, store: str, name: str) -> list[float]:
+        figure = self._by_id.get((measure, store, name))
+        return [float(r) for r in figure["reps"]] if figure else []
+
+    def median(self, measure: str, store: str, name: str) -> float | None:
+        reps = self.reps(measure, store, name)
+        return statistics.median(reps) if reps else None
+
+    def spread(self, measure: str, store: str, name: str) -> tuple[float, float, float] | None:
+        reps = self.reps(measure, store, name)
+        return (statistics.median(reps), min(reps), max(reps)) if reps else None
+
+    def cell(self, measure: str, store: str, name: str) -> str:
+        s = self.spread(measure, store, name)
+        if s is None:
+            return "–"
+        figure = self._by_id[(measure, store, name)]
+        text = f"{_num(s[0])} [{_num(s[1])}..{_num(s[2])}]" if len(figure["reps"]) > 1 else _num(s[0])
+        unit = figure.get("unit", "")
+        text = f"{text} {unit}".rstrip() if unit in ("×", "%") else text
+        if (measure, store, name) in self._regressed:
+            text += " ⚠ regressed"
+        return text
+
+
+def _num(x: float) -> str:
+    """Three significant digits, thousands separated: readable across six orders of magnitude."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    magnitude = math.floor(math.log10(abs(x)))
+    if magnitude >= 3:
+        return f"{x:,.0f}"
+    decimals = max(0, 2 - magnitude)
+    return f"{x:.{decimals}f}"
+
+
+def _table(fig: Figures, measure: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+    """Rows (label, figure name) × stores."""
+    lines = [
+        "| | " + " | ".join(LABELS.get(s, s) for s in fig.stores) + " |",
+        "|---|" + "---|" * len(fig.stores),
+    ]
+    for label, name in rows:
+        lines.append(f"| {label} | " + " | ".join(fig.cell(measure, s, name) for s in fig.stores) + " |")
+    return lines
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+
+def _bar_err(values: list[tuple[float, float, float] | None]) -> tuple[list[float], list[list[float]]]:
+    heights = [v[0] if v else 0.0 for v in values]
+    err = [[v[0] - v[1] if v else 0.0 for v in values], [v[2] - v[0] if v else 0.0 for v in values]]
+    return heights, err
+
+
+def _readable_log(ax: Any, axis: str = "y") -> None:
+    """Log-axis ticks as plain numbers (``2,000``, ``0.5``), not ``2×10^3``."""
+    from matplotlib.ticker import FuncFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _grouped(
+    ax: Any, fig: Figures, series: Sequence[tuple[str, str, str, str]], ylabel: str, log: bool
+) -> None:
+    """Bars per store, one per (label, measure, name, hatch) series, min..max as error bars."""
+    stores = fig.stores
+    width = 0.8 / len(series)
+    for i, (label, measure, name, hatch) in enumerate(series):
+        heights, err = _bar_err([fig.spread(measure, s, name) for s in stores])
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(stores))]
+        ax.bar(
+            xs,
+            heights,
+            width,
+            yerr=err,
+            capsize=3,
+            label=label,
+            hatch=hatch,
+            color=[COLORS.get(s, "#999999") for s in stores],
+            edgecolor="black",
+            linewidth=0.6,
+            alpha=0.45 + 0.55 * (i + 1) / len(series),
+        )
+    ax.set_xticks(range(len(stores)), [LABELS.get(s, s) for s in stores], rotation=0, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+        _readable_log(ax)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[str, str]]:
+    """Write the PNGs; returns (file name, caption) for the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan = results["plan"]
+    made: list[tuple[str, str]] = []
+    cores, suite, reps = results["machine"].get("cores"), results["suite"], plan["reps"]
+    subtitle = f"{cores} cores, {suite} suite, {reps} reps; bars: median, whiskers: min..max"
+
+    def save(figure: Any, name: str, caption: str) -> None:
+        figure.tight_layout()
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+        made.append((name, caption))
+
+    # throughput
+    f, ax = plt.subplots(figsize=(9, 4.8))
+    _grouped(
+        ax,
+        fig,
+        [
+            ("native per-call", "throughput", "native per-call points/s", "//"),
+            ("native bulk", "throughput", "native bulk points/s", ".."),
+            ("tracelet", "throughput", "tracelet points/s", ""),
+        ],
+        "delivered points per second (log scale)",
+        log=True,
+    )
+    ax.set_title(
+        f"Throughput, {plan['throughput_points']:,} points over 10 keys, until landed\n{subtitle}", fontsize=9
+    )
+    save(
+        f,
+        "throughput.png",
+        "Throughput: points per second from the first log call until the run is closed with every "
+        "point stored",
+    )
+
+    # scalability
+    f, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, (label, sizes, xlabel) in zip(
+        axes,
+        (
+            ("points", [(p, f"{p:,} points") for p in plan["points"]], "points logged (10 keys)"),
+            ("keys", [(k, f"{k:,} keys") for k in plan["keys"]], f"keys ({plan['keys_points']:,} points)"),
+        ),
+        strict=True,
+    ):
+        for store in fig.stores:
+            for kind, style in (("tracelet", "-o"), ("native", "--s")):
+                pts = [
+                    (x, fig.median("scalability", store, f"{kind} µs/point @ {where}")) for x, where in sizes
+                ]
+                pts = [(x, y) for x, y in pts if y]
+                if pts:
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        style,
+                        color=COLORS.get(store),
+                        markersize=4,
+                        label=f"{LABELS.get(store, store)} {kind}",
+                    )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _readable_log(ax, "x")
+        _readable_log(ax, "y")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cost per delivered point (µs, log scale)")
+        ax.grid(which="both", alpha=0.3)
+        ax.set_title(f"Cost per point vs {label}: solid tracelet, dashed native", fontsize=9)
+    axes[1].legend(fontsize=7, ncol=2)
+    save(
+        f,
+        "scalability.png",
+        "Scalability: µs per delivered point (run open to run closed, start excluded), log-log",
+    )
+
+    # overhead as a slowdown factor (the MLflow server's per-step native call is ~100x: log scale)
+    f, ax = plt.subplots(figsize=(9, 4.6))
+    stores = fig.stores
+    for i, (kind, hatch) in enumerate((("native", "//"), ("tracelet", ""))):
+        values = []
+        for s in stores:
+            sp = fig.spread("overhead", s, f"{kind} fast loop")
+            values.append(tuple(1 + v / 100 for v in sp) if sp else None)
+        heights, err = _bar_err(values)  # type: ignore[arg-type]
+        xs = [j + (i - 0.5) * 0.38 for j in range(len(stores))]
+        ax.bar(
+            xs,
+            heights,
+            0.38,
+            yerr=err,
+            capsize=3,
+            hatch=hatch,
+            label=kind,
+            color=[COLORS.get(s) for s in stores],
+            edgecolor="black",
+            linewidth=0.6,
+            alpha=0.55 + 0.45 * i,
+        )
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    _readable_log(ax)
+    ax.set_xticks(range(len(stores)), [LABELS.get(s, s) for s in stores], fontsize=8)
+    ax.set_ylabel("median step time ÷ no-logging step (×, log scale)")
+    base = fig.median("overhead", "-", "no-logging step")
+    ax.set_title(
+        f"Training overhead: fast CPU loop ({base or 0:.2f} ms/step), 5 metrics a step\n{subtitle}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    save(
+        f,
+        "overhead.png",
+        "Training overhead: how much slower each step runs with tracelet, and with the native per-step call",
+    )
+
+    # latency
+    f, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, q in zip(axes, ("p50", "p99"), strict=True):
+        _grouped(
+            ax,
+            fig,
+            [
+                ("native float", "latency", f"native float {q}", "//"),
+                ("native tensor (.item())", "latency", f"native tensor {q}", "\\\\"),
+                ("tracelet float", "latency", f"tracelet float {q}", ""),
+                ("tracelet 0-d tensor", "latency", f"tracelet tensor {q}", ".."),
+            ],
+            f"{q} of one call (µs, log scale)",
+            log=True,
+        )
+        ax.set_title(f"Caller latency {q} while delivery is busy", fontsize=9)
+    save(
+        f,
+        "latency.png",
+        "Caller latency of one log call: tracelet's log_metric while a backlog drains, against the "
+        "native per-call API",
+    )
+
+    # memory
+    f, ax = plt.subplots(figsize=(9, 4.6))
+    for i, (kind, hatch) in enumerate((("native", "//"), ("tracelet", ""))):
+        xs = [j + (i - 0.5) * 0.38 for j in range(len(stores))]
+        trainer = [fig.median("memory", s, f"{kind} trainer peak MB") or 0 for s in stores]
+        helpers = [fig.median("memory", s, f"{kind} helpers peak MB") or 0 for s in stores]
+        colors = [COLORS.get(s) for s in stores]
+        ax.bar(
+            xs,
+            trainer,
+            0.38,
+            hatch=hatch,
+            color=colors,
+            edgecolor="black",
+            linewidth=0.6,
+            label=f"{kind}: trainer",
+        )
+        ax.bar(
+            xs,
+            helpers,
+            0.38,
+            bottom=trainer,
+            hatch=hatch,
+            color="white",
+            edgecolor=colors,
+            linewidth=1.2,
+            label=f"{kind}: helper processes (agent, wandb-core)",
+        )
+    ax.set_xticks(range(len(stores)), [LABELS.get(s, s) for s in stores], fontsize=8)
+    ax.set_ylabel("peak RSS (MB)")
+    ax.set_title(
+        f"Memory while logging {plan['points'][-1]:,} points (peaks of trainer and helpers)\n{subtitle}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    save(f, "memory.png", "Memory: peak RSS of the training process and of its helper processes, stacked")
+
+    # artifacts
+    labels = list(plan["artifacts"])
+    f, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, way in zip(axes, ("upload", "download"), strict=True):
+        series = []
+        for label in labels:
+            series.append((f"{label} native", "artifacts", f"{way} {label} native MB/s", "//"))
+            series.append((f"{label} tracelet", "artifacts", f"{way} {label} tracelet MB/s", ""))
+        _grouped(ax, fig, series, f"{way} speed (MB/s, log scale)", log=True)
+        ax.legend(fontsize=6, ncol=3)
+        ax.set_title(f"Artifacts: {way}, until stored / read back", fontsize=9)
+    save(f, "artifacts.png", "Artifacts: upload and download speed, tracelet against the native call")
+    return made
+
+
+# -- prose drawn from the figures -----------------------------------------------------------------
+
+
+def flatness(fig: Figures, store: str, plan: Mapping[str, Any], kind: str = "tracelet") -> str:
+    """Where the cost per point stops being flat along the points axis, and the likely reason."""
+    costs = [(p, fig.median("scalability", store, f"{kind} µs/point @ {p:,} points")) for p in plan["points"]]
+    known = [(p, c) for p, c in costs if c]
+    if len(known) < 2:
+        return "not enough sizes measured"
+    low = min(c for _, c in known)
+    notes = []
+    first, first_cost = known[0]
+    if first_cost > 2 * low:
+        flat_from = next(p for p, c in known if c <= 1.5 * low)
+        notes.append(
+            f"fixed costs (closing the run, the last batch's round trip) dominate below "
+            f"{flat_from:,} points ({_num(first_cost)} µs/point at {first:,})"
+        )
+    last, last_cost = known[-1]
+    if last_cost > 1.3 * low:
+        notes.append(
+            f"the cost per point grows again at {last:,} ({_num(last_cost)} against {_num(low)} µs at best): "
+            "the store's own cost per row rises with its size"
+        )
+    if not notes:
+        high = max(c for _, c in known)
+        return f"flat within 1.5× from {first:,} to {last:,} points ({_num(low)}–{_num(high)} µs/point)"
+    return "; ".join(notes)
+
+
+def advice(fig: Figures, plan: Mapping[str, Any]) -> list[str]:
+    """'Which backend for which load', from this run's medians."""
+
+    def best(
+        measure: str, name: str, high: bool, among: Sequence[str] | None = None
+    ) -> tuple[str, float] | None:
+        found = [(s, fig.median(measure, s, name)) for s in (among or fig.stores)]
+        found2 = [(s, v) for s, v in found if v is not None]
+        if not found2:
+            return None
+        return max(found2, key=lambda x: x[1]) if high else min(found2, key=lambda x: x[1])
+
+    lines = []
+    tracked = [s for s in fig.stores if s != "local"]
+    fast = best("throughput", "tracelet points/s", True, tracked)
+    if fast:
+        lines.append(
+            f"- **Many points, fast**: {LABELS[fast[0]]} took the most, {_num(fast[1])} points/s delivered "
+            f"through tracelet (local: {_num(fig.median('throughput', 'local', 'tracelet points/s') or 0)})."
+        )
+    for store in ("mlflow_server", "mlflow"):
+        per_call = fig.median("throughput", store, "native per-call points/s")
+        ratio = fig.median("throughput", store, "tracelet ÷ native per-call")
+        if per_call and ratio and store in fig.stores:
+            lines.append(
+                f"- **{LABELS[store]}**: never log per call by hand ({_num(per_call)} points/s); tracelet's "
+                f"batching delivers {_num(ratio)}× that."
+            )
+    light = best("overhead", "tracelet fast loop", False, fig.stores)
+    if light:
+        lines.append(
+            f"- **Fast training loops**: the smallest slowdown was {LABELS[light[0]]} "
+            f"({_num(light[1])} % on a {_num(fig.median('overhead', '-', 'no-logging step') or 0)} ms step); "
+            "every store's overhead is in the table above, each against its own native per-step call."
+        )
+    small = best("memory", "tracelet total peak MB", False, fig.stores)
+    big = best("memory", "tracelet total peak MB", True, fig.stores)
+    if small and big:
+        lines.append(
+            f"- **Memory-tight jobs**: {LABELS[small[0]]} peaked at {_num(small[1])} MB (trainer + agent) "
+            f"for {plan['points'][-1]:,} points, {LABELS[big[0]]} at {_num(big[1])} MB."
+        )
+    # the single large file (1 MB, *100 MB*, 1,000 files): the case where bytes, not calls, count
+    largest = list(plan["artifacts"])[1 if len(plan["artifacts"]) > 1 else 0]
+    art = best("artifacts", f"upload {largest} tracelet MB/s", True, fig.stores)
+    if art:
+        lines.append(
+            f"- **Large artifacts**: {LABELS[art[0]]} stored {largest} fastest ({_num(art[1])} MB/s "
+            "through tracelet)."
+        )
+    many_keys = best("scalability", f"tracelet µs/point @ {plan['keys'][-1]:,} keys", False, tracked)
+    if many_keys:
+        lines.append(
+            f"- **Many keys** ({plan['keys'][-1]:,}): {LABELS[many_keys[0]]} kept the lowest cost per point "
+            f"({_num(many_keys[1])} µs)."
+        )
+    return lines
+
+
+def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool = True) -> Path:
+    """Write ``report.md`` and, unless ``plots`` is false, the PNGs under ``out``; returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    fig = Figures(results, comparison)
+    plan, m = results["plan"], results["machine"]
+    made = plot_all(fig, results, out) if plots else []
+    load = [f"{x:.2f}" for x in m.get("load_average") or []] or ["n/a"]
+    load_end = [f"{x:.2f}" for x in m.get("load_average_end") or []] or ["n/a"]
+    versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
+    lines = [
+        "# tracelet benchmarks",
+        "",
+        f"**{results['suite']} suite**, {plan['reps']} interleaved repetitions, "
+        f"{results.get('elapsed_s', 0) / 60:.1f} min. "
+        f"Machine: {m.get('cores')} cores ({m.get('usable_cores')} usable), 1-minute load {load[0]} "
+        "at the start and "
+        f"{load_end[0]} at the end, Python {m.get('python')}, {m.get('platform')}. {versions}. "
+        f"Commit `{(m.get('git_commit') or '?')[:10]}`{' (src modified)' if m.get('src_dirty') else ''}.",
+        "",
+        "Every cell is `median [min..max]` over the repetitions. Ratios compare tracelet with the "
+        "store's own "
+        "client doing the same work on the same kind of store, in the same run: above 1 favours tracelet.",
+        "",
+        "| store | its native client |",
+        "|---|---|",
+        *[f"| {LABELS.get(s, s)} | {NATIVE_NOTE.get(s, '')} |" for s in fig.stores],
+        "",
+    ]
+    if results.get("errors"):
+        lines += ["**Failed measurements:**", "", *[f"- {e}" for e in results["errors"]], ""]
+
+    tp = plan["throughput_points"]
+    lines += [
+        "## Throughput",
+        "",
+        f"{tp:,} points over 10 keys, from the first log call until the run is closed with every "
+        "point stored "
+        "(tracelet: until `stop_logging()` returns with all delivered). Native per-call: "
+        f"{plan['per_call_points']:,} points, one call each.",
+        "",
+        *_table(
+            fig,
+            "throughput",
+            [
+                ("tracelet ÷ native bulk", "tracelet ÷ native bulk"),
+                ("tracelet ÷ native per-call", "tracelet ÷ native per-call"),
+                ("tracelet, points/s", "tracelet points/s"),
+                ("native bulk, points/s", "native bulk points/s"),
+                ("native per-call, points/s", "native per-call points/s"),
+            ],
+        ),
+        "",
+        "## Training overhead",
+        "",
+        f"`bench/overhead.py`'s fast loop: a small MLP, one torch thread, about "
+        f"{_num(fig.median('overhead', '-', 'no-logging step') or 0)} ms a step here, 5 metrics a "
+        "step (the loss as a 0-d tensor). "
+        "Overhead = median step time over the same repetition's no-logging median. "
+        f"{plan['overhead_steps']:,} steps a variant "
+        f"({plan['overhead_server_native_steps']} for the MLflow server's native per-step call, ~50 "
+        "ms each).",
+        "",
+        *_table(
+            fig,
+            "overhead",
+            [
+                ("step time native ÷ tracelet", "step time native ÷ tracelet"),
+                ("tracelet overhead", "tracelet fast loop"),
+                ("native per-step call overhead", "native fast loop"),
+            ],
+        ),
+        "",
+        "## Caller latency",
+        "",
+        f"tracelet: {plan['latency_calls']:,} `log_metric` calls of each type, each timed, after a "
+        "backlog of "
+        f"{plan['latency_backlog']:,} points, so delivery is busy while they run. Native: the "
+        "per-call API's own calls "
+        "(a tensor through `.item()`, as a user must). `start_logging` includes `import tracelet`; "
+        "`stop_logging` waits for everything to land.",
+        "",
+        *_table(
+            fig,
+            "latency",
+            [
+                ("native ÷ tracelet, float p50", "native ÷ tracelet float p50"),
+                ("native ÷ tracelet, tensor p50", "native ÷ tracelet tensor p50"),
+                ("native ÷ tracelet, float p99", "native ÷ tracelet float p99"),
+                ("native ÷ tracelet, tensor p99", "native ÷ tracelet tensor p99"),
+                ("tracelet float p50 / p99 (µs)", "tracelet float p50"),
+                ("", "tracelet float p99"),
+                ("tracelet tensor p50 / p99 (µs)", "tracelet tensor p50"),
+                ("", "tracelet tensor p99"),
+                ("native float p50 / p99 (µs)", "native float p50"),
+                ("", "native float p99"),
+                ("native tensor p50 / p99 (µs)", "native tensor p50"),
+                ("", "native tensor p99"),
+                ("`start_logging` (s)", "tracelet start_logging"),
+                ("`stop_logging` (s)", "tracelet stop_logging"),
+                ("native run create (s)", "native start"),
+                ("native close (s)", "native close"),
+            ],
+        ),
+        "",
+        "## Artifacts",
+        "",
+        "Each artifact timed from the log call until it is stored (tracelet: `log_artifact` then "
+        "`flush()`), and back: "
+        "tracelet through `tracelet.testing.read_artifact` (one call per file), native through the "
+        "store's own download "
+        "(MLflow `download_artifacts`); W&B and ClearML offline have no download call, so their "
+        "native side reads the "
+        "files where the client put them. W&B's `run.save` links files instead of copying them.",
+        "",
+        *_table(
+            fig,
+            "artifacts",
+            [
+                *[
+                    (f"{way} {label}: tracelet ÷ native", f"{way} {label} tracelet ÷ native")
+                    for way in ("upload", "download")
+                    for label in plan["artifacts"]
+                ],
+                *[
+                    (f"{way} {label}, {kind} (MB/s)", f"{way} {label} {kind} MB/s")
+                    for way in ("upload", "download")
+                    for label in plan["artifacts"]
+                    for kind in ("tracelet", "native")
+                ],
+            ],
+        ),
+        "",
+        "## Memory",
+        "",
+        f"Peak RSS while logging {plan['points'][-1]:,} points over 10 keys, sampled every 50 ms "
+        "from outside: the "
+        "training process, and its helper processes (tracelet's delivery agent; W&B's `wandb-core` "
+        "on both sides).",
+        "",
+        *_table(
+            fig,
+            "memory",
+            [
+                ("native ÷ tracelet, total", "native ÷ tracelet total"),
+                ("tracelet: trainer (MB)", "tracelet trainer peak MB"),
+                ("tracelet: helpers (MB)", "tracelet helpers peak MB"),
+                ("tracelet: total (MB)", "tracelet total peak MB"),
+                ("native: trainer (MB)", "native trainer peak MB"),
+                ("native: helpers (MB)", "native helpers peak MB"),
+                ("native: total (MB)", "native total peak MB"),
+            ],
+        ),
+        "",
+        "## Scalability",
+        "",
+        "Cost per delivered point (µs), from the first log call until the run is closed, over 10 keys; then "
+        f"{plan['keys_points']:,} points over 1 to {plan['keys'][-1]:,} keys.",
+        "",
+        *_table(
+            fig,
+            "scalability",
+            [
+                *[(f"tracelet @ {p:,} points", f"tracelet µs/point @ {p:,} points") for p in plan["points"]],
+                *[(f"native @ {p:,} points", f"native µs/point @ {p:,} points") for p in plan["points"]],
+                *[(f"tracelet @ {k:,} keys", f"tracelet µs/point @ {k:,} keys") for k in plan["keys"]],
+                *[(f"native @ {k:,} keys", f"native µs/point @ {k:,} keys") for k in plan["keys"]],
+                *[
+                    (f"native ÷ tracelet @ {p:,} points", f"native ÷ tracelet @ {p:,} points")
+                    for p in plan["points"]
+                ],
+            ],
+        ),
+        "",
+        "Where the cost per point stops being flat (tracelet):",
+        "",
+        *[f"- {LABELS.get(s, s)}: {flatness(fig, s, plan)}" for s in fig.stores],
+        "",
+        "## Plots",
+        "",
+        *[f"![{caption}]({name})\n\n*{caption}.*\n" for name, caption in made],
+        "## Trend",
+        "",
+    ]
+    if comparison is None or not comparison.has_baseline:
+        key = comparison.key if comparison is not None else "?"
+        lines.append(
+            f"No baseline for `{key}` yet: nothing compared. `nox -s bench -- --update-baseline` commits one "
+            f"(`bench/results/baseline-{key}.json`)."
+        )
+    else:
+        regressed = comparison.regressions
+        lines.append(
+            f"Compared with `bench/results/baseline-{comparison.key}.json`: "
+            f"{len(comparison.verdicts)} figures, "
+            f"{len(regressed)} regressed beyond their measured spread."
+        )
+        lines += ["", *[f"- ⚠ {v.describe()}" for v in regressed]]
+        lines += [f"- note: {w}" for w in comparison.warnings]
+    lines += ["", "## Which backend for which load", "", *advice(fig, plan), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

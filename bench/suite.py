@@ -1,0 +1,667 @@
+"""The benchmark suite: every store, tracelet against its native client, with a report, plots and a trend.
+
+    nox -s bench                        # the full suite (about 40 minutes on 2 cores)
+    nox -s bench -- --quick             # smaller sizes, every measure (under 10 minutes)
+    nox -s bench -- --update-baseline   # make this run the baseline of this machine's key
+    python bench/suite.py [--quick] [--reps 3] [--backends mlflow wandb ...] [--out reports/bench]
+
+Why: a user choosing a store, or checking that a release did not slow down, needs figures measured
+side by side, not one script's text. Each measure runs tracelet and the store's own client on the
+same kind of store, configured alike, each in a fresh process (``bench/measures.py``), in one run:
+
+* **throughput**: tracelet's delivered points/s against the native bulk and per-call APIs;
+* **training overhead**: ``bench/overhead.py``'s fast loop (~0.5 ms a step, 5 metrics a step);
+* **caller latency**: p50/p99 of ``log_metric`` (float and 0-d tensor) while delivery is busy,
+  and ``start_logging``/``stop_logging``; the native per-call API's own calls, timed alike;
+* **artifacts**: upload and download of 1 MB, 100 MB and a folder of 1,000 small files;
+* **memory**: peak RSS of the trainer and of its helper processes (tracelet's agent, wandb-core)
+  while logging 10^6 points, sampled from outside every 50 ms;
+* **scalability**: cost per delivered point from 10^3 to 10^6 points, and for 1 to 1,000 keys.
+
+Repetitions are interleaved: each rep runs every child in a seeded order rotated from rep to rep,
+so drift in the machine's load spreads over all variants; figures are medians with their spread.
+``reports/bench/results.json`` holds every figure (the trend's format, ``bench/trend.py``) and every
+child's raw result; ``report.md`` and the PNGs are rendered from it (``bench/report.py``). The
+run is then compared with the committed baseline of the same machine key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import MLflowServer, machine_facts, rep_orders, select_stores, store_env
+
+BENCH = Path(__file__).resolve().parent
+MEASURES_SCRIPT = BENCH / "measures.py"
+OVERHEAD_SCRIPT = BENCH / "overhead.py"
+STORES = ("mlflow", "mlflow_server", "wandb", "clearml", "local")
+SAMPLE_EVERY_S = 0.05
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each measure is. Sized to what it needs (the issue's rule), not one size for all."""
+
+    reps: int
+    #: points logged over 10 keys, smallest to largest; the largest is also the memory run
+    points: tuple[int, ...]
+    #: the throughput figure's size (one of ``points``)
+    throughput_points: int
+    #: keys swept at ``keys_points`` points
+    keys: tuple[int, ...]
+    keys_points: int
+    #: native per-call API: points per run (the MLflow server answers ~19 calls a second)
+    per_call_points: int
+    #: tracelet latency: calls timed of each type, after a backlog that keeps delivery busy
+    latency_calls: int
+    latency_backlog: int
+    #: training overhead: fast-loop steps per variant (the MLflow server's native per-step
+    #: log_batch takes ~50 ms a step, so it runs ``overhead_server_native_steps``: a median
+    #: step time does not need thousands of 50 ms steps)
+    overhead_steps: int
+    overhead_server_native_steps: int
+    #: artifacts: label -> (bytes per file, files)
+    artifacts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+PLANS: dict[str, Plan] = {
+    "full": Plan(
+        reps=3,
+        points=(1_000, 10_000, 100_000, 1_000_000),
+        throughput_points=100_000,
+        keys=(1, 10, 100, 1000),
+        keys_points=30_000,
+        per_call_points=2_000,
+        latency_calls=10_000,
+        latency_backlog=30_000,
+        overhead_steps=2_000,
+        overhead_server_native_steps=200,
+        artifacts={"1MB": (1_000_000, 1), "100MB": (100_000_000, 1), "1000 files": (1_000, 1_000)},
+    ),
+    "quick": Plan(
+        reps=3,
+        points=(1_000, 10_000, 50_000),
+        throughput_points=10_000,
+        keys=(1, 10, 100, 1000),
+        keys_points=10_000,
+        per_call_points=200,
+        latency_calls=3_000,
+        latency_backlog=10_000,
+        overhead_steps=600,
+        overhead_server_native_steps=60,
+        artifacts={"1MB": (1_000_000, 1), "10MB": (10_000_000, 1), "100 files": (1_000, 100)},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One child process: one measure, one side (``tracelet``, ``native`` or ``none``), one store."""
+
+    measure: str
+    kind: str
+    store: str
+    spec: dict[str, Any]
+    script: Path = MEASURES_SCRIPT
+    sample_memory: bool = False
+    timeout: float = 1800.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.measure} {self.kind}-{self.store}"
+
+
+def jobs_for(plan: Plan, stores: list[str], server_url: str | None) -> list[Job]:
+    """Every child of one repetition (the caller shuffles their order per rep)."""
+    jobs: list[Job] = []
+    cases = [
+        {"label": label, "bytes": size, "files": files} for label, (size, files) in plan.artifacts.items()
+    ]
+    small = [[p, 10] for p in plan.points[:-1]] + [[plan.keys_points, k] for k in plan.keys if k != 10]
+    for store in stores:
+        base = {"store": store, "server_url": server_url, "flush_timeout": 1800.0}
+        for kind in ("tracelet", "native"):
+            side = {**base, "kind": kind}
+            # the smaller sizes in one process (one run each); the largest alone, its memory sampled
+            jobs.append(Job("bulk", kind, store, {**side, "measure": "bulk", "sizes": small}))
+            jobs.append(
+                Job(
+                    "memory",
+                    kind,
+                    store,
+                    {**side, "measure": "bulk", "sizes": [[plan.points[-1], 10]]},
+                    sample_memory=True,
+                )
+            )
+            jobs.append(Job("artifacts", kind, store, {**side, "measure": "artifacts", "cases": cases}))
+            steps = plan.overhead_steps
+            if kind == "native" and store == "mlflow_server":
+                steps = plan.overhead_server_native_steps
+            jobs.append(
+                Job("overhead", kind, store, {**side, "loop": "fast", "steps": steps}, script=OVERHEAD_SCRIPT)
+            )
+        jobs.append(
+            Job(
+                "percall",
+                "native",
+                store,
+                {**base, "kind": "native", "measure": "percall", "points": plan.per_call_points},
+            )
+        )
+        jobs.append(
+            Job(
+                "latency",
+                "tracelet",
+                store,
+                {
+                    **base,
+                    "kind": "tracelet",
+                    "measure": "latency",
+                    "calls": plan.latency_calls,
+                    "backlog": plan.latency_backlog,
+                },
+            )
+        )
+    jobs.append(
+        Job(
+            "overhead",
+            "none",
+            "-",
+            {
+                "kind": "none",
+                "store": "-",
+                "loop": "fast",
+                "steps": plan.overhead_steps,
+                "flush_timeout": 60.0,
+            },
+            script=OVERHEAD_SCRIPT,
+        )
+    )
+    return jobs
+
+
+# -- running one child, with its memory sampled from outside --------------------------------------
+
+
+def _tree_rss(pid: int) -> tuple[int, int] | None:
+    """(RSS of ``pid``, summed RSS of its live descendants) in bytes; None once it has gone."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        own = process.memory_info().rss
+        helpers = 0
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                helpers += child.memory_info().rss
+        return own, helpers
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def run_job(job: Job, root: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run one child to its end (killing its whole group on timeout) and return its JSON result.
+
+    With ``sample_memory``, this process polls the child's tree every 50 ms: the trainer's peak
+    RSS, its helpers' peak (summed over the helpers alive at one sample), and the peak of the sum.
+    Sampling from outside costs the child nothing under its own GIL.
+    """
+    result_path, log_path = root / "result.json", root / "child.log"
+    spec = {
+        **job.spec,
+        "root": str(root),
+        "result": str(result_path),
+        "run_name": f"{job.measure}-{job.kind}",
+    }
+    command = [sys.executable, str(job.script), "--child", json.dumps(spec)]
+    peaks = {"trainer": 0, "helpers": 0, "total": 0}
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
+        code: int | None = None
+        try:
+            while True:
+                code = process.poll()
+                if code is not None:
+                    break
+                if time.perf_counter() - started > job.timeout:
+                    raise TimeoutError
+                if job.sample_memory and (rss := _tree_rss(process.pid)) is not None:
+                    peaks["trainer"] = max(peaks["trainer"], rss[0])
+                    peaks["helpers"] = max(peaks["helpers"], rss[1])
+                    peaks["total"] = max(peaks["total"], rss[0] + rss[1])
+                time.sleep(SAMPLE_EVERY_S if job.sample_memory else 0.02)
+        except BaseException as exc:  # timeout or Ctrl-C: never leave the child's group running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            if not isinstance(exc, TimeoutError):
+                raise
+            code = None
+        # helpers that outlive the trainer (a detached agent) would hold the store open
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    wall = time.perf_counter() - started
+    if code != 0 or not result_path.exists():
+        why = f"timed out after {job.timeout:.0f}s" if code is None else f"exit code {code}"
+        tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+        return {"error": why, "log_tail": tail, "wall_s": wall}
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    result["wall_s"] = wall
+    lost = [r for r in result.get("runs", [result]) if r.get("landed") is False]
+    if lost:  # a figure over points that did not all land would flatter the store
+        result["error"] = (
+            f"not every point landed: {lost[0].get('delivered')} delivered of {lost[0].get('points')}"
+        )
+    if job.sample_memory:
+        result["peak_rss_mb"] = {k: v / 1e6 for k, v in peaks.items()}
+    return result
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+def _fig(measure: str, store: str, name: str, kind: str, unit: str, reps: list[float]) -> dict[str, Any]:
+    return {"measure": measure, "backend": store, "name": name, "kind": kind, "unit": unit, "reps": reps}
+
+
+def _per_rep(runs: list[dict[str, Any]], measure: str, kind: str, store: str) -> list[dict[str, Any]]:
+    """The successful results of one job, in rep order."""
+    found = [r for r in runs if r["measure"] == measure and r["kind"] == kind and r["store"] == store]
+    return [r["result"] for r in sorted(found, key=lambda r: r["rep"]) if "error" not in r["result"]]
+
+
+def _bulk_runs(results: list[dict[str, Any]], points: int, keys: int) -> list[dict[str, Any]]:
+    return [run for res in results for run in res["runs"] if run["points"] == points and run["keys"] == keys]
+
+
+def _paired(a: list[float], b: list[float], op: Callable[[float, float], float]) -> list[float]:
+    """Per-rep values of ``op(a, b)``, pairing rep by rep (interleaved reps share the same load)."""
+    return [op(x, y) for x, y in zip(a, b, strict=False) if x and y]
+
+
+def build_figures(runs: list[dict[str, Any]], plan: Plan, stores: list[str]) -> list[dict[str, Any]]:
+    """Every figure of the run, each with its per-rep values (the trend's format)."""
+    figures: list[dict[str, Any]] = []
+    add = figures.append
+    for store in stores:
+        bulk = {k: _per_rep(runs, "bulk", k, store) for k in ("tracelet", "native")}
+        memory = {k: _per_rep(runs, "memory", k, store) for k in ("tracelet", "native")}
+
+        def sized(kind: str, points: int, keys: int) -> list[dict[str, Any]]:
+            source = memory[kind] if points == plan.points[-1] and keys == 10 else bulk[kind]  # noqa: B023
+            return _bulk_runs(source, points, keys)
+
+        def rate(kind: str, points: int, keys: int) -> list[float]:
+            return [r["points"] / r["total_s"] for r in sized(kind, points, keys) if r["landed"]]
+
+        # throughput
+        tp = plan.throughput_points
+        t_rate, n_rate = rate("tracelet", tp, 10), rate("native", tp, 10)
+        percall = _per_rep(runs, "percall", "native", store)
+        p_rate = [r["points"] / r["log_s"] for r in percall]
+        add(_fig("throughput", store, "tracelet points/s", "rate", "points/s", t_rate))
+        add(_fig("throughput", store, "native bulk points/s", "rate", "points/s", n_rate))
+        add(_fig("throughput", store, "native per-call points/s", "rate", "points/s", p_rate))
+        add(
+            _fig(
+                "throughput",
+                store,
+                "tracelet ÷ native bulk",
+                "ratio",
+                "×",
+                _paired(t_rate, n_rate, lambda a, b: a / b),
+            )
+        )
+        add(
+            _fig(
+                "throughput",
+                store,
+                "tracelet ÷ native per-call",
+                "ratio",
+                "×",
+                _paired(t_rate, p_rate, lambda a, b: a / b),
+            )
+        )
+
+        # scalability: µs per delivered point
+        for label, sizes in (
+            ("points", [(p, 10) for p in plan.points]),
+            ("keys", [(plan.keys_points, k) for k in plan.keys]),
+        ):
+            for points, keys in sizes:
+                where = f"{points:,} points" if label == "points" else f"{keys:,} keys"
+                cost = {
+                    k: [r["total_s"] / r["points"] * 1e6 for r in sized(k, points, keys)]
+                    for k in ("tracelet", "native")
+                }
+                add(
+                    _fig(
+                        "scalability",
+                        store,
+                        f"tracelet µs/point @ {where}",
+                        "us",
+                        "µs/point",
+                        cost["tracelet"],
+                    )
+                )
+                add(
+                    _fig("scalability", store, f"native µs/point @ {where}", "us", "µs/point", cost["native"])
+                )
+                add(
+                    _fig(
+                        "scalability",
+                        store,
+                        f"native ÷ tracelet @ {where}",
+                        "ratio",
+                        "×",
+                        _paired(cost["native"], cost["tracelet"], lambda a, b: a / b),
+                    )
+                )
+
+        # memory
+        peaks = {
+            k: [r["peak_rss_mb"] for r in memory[k] if "peak_rss_mb" in r] for k in ("tracelet", "native")
+        }
+        for kind in ("tracelet", "native"):
+            for part in ("trainer", "helpers", "total"):
+                add(
+                    _fig(
+                        "memory", store, f"{kind} {part} peak MB", "MB", "MB", [p[part] for p in peaks[kind]]
+                    )
+                )
+        totals = {k: [p["total"] for p in peaks[k]] for k in peaks}
+        add(
+            _fig(
+                "memory",
+                store,
+                "native ÷ tracelet total",
+                "ratio",
+                "×",
+                _paired(totals["native"], totals["tracelet"], lambda a, b: a / b),
+            )
+        )
+
+        # latency
+        lat = _per_rep(runs, "latency", "tracelet", store)
+        for value in ("float", "tensor"):
+            for q in ("p50", "p99"):
+                t = [r[value][f"{q}_us"] for r in lat]
+                n = [r[value][f"{q}_us"] for r in percall]
+                add(_fig("latency", store, f"tracelet {value} {q}", "us", "µs", t))
+                add(_fig("latency", store, f"native {value} {q}", "us", "µs", n))
+                add(
+                    _fig(
+                        "latency",
+                        store,
+                        f"native ÷ tracelet {value} {q}",
+                        "ratio",
+                        "×",
+                        _paired(n, t, lambda a, b: a / b),
+                    )
+                )
+        add(_fig("latency", store, "tracelet start_logging", "seconds", "s", [r["start_s"] for r in lat]))
+        add(_fig("latency", store, "tracelet stop_logging", "seconds", "s", [r["stop_s"] for r in lat]))
+        add(_fig("latency", store, "native start", "seconds", "s", [r["start_s"] for r in percall]))
+        add(_fig("latency", store, "native close", "seconds", "s", [r["close_s"] for r in percall]))
+
+        # artifacts: MB/s each way
+        art = {k: _per_rep(runs, "artifacts", k, store) for k in ("tracelet", "native")}
+        for label, (size, files) in plan.artifacts.items():
+            mb = size * files / 1e6
+            for way in ("upload", "download"):
+                speed = {k: [mb / r[f"{way}_s"][label] for r in art[k]] for k in art}
+                add(
+                    _fig(
+                        "artifacts", store, f"{way} {label} tracelet MB/s", "rate", "MB/s", speed["tracelet"]
+                    )
+                )
+                add(_fig("artifacts", store, f"{way} {label} native MB/s", "rate", "MB/s", speed["native"]))
+                add(
+                    _fig(
+                        "artifacts",
+                        store,
+                        f"{way} {label} tracelet ÷ native",
+                        "ratio",
+                        "×",
+                        _paired(speed["tracelet"], speed["native"], lambda a, b: a / b),
+                    )
+                )
+
+        # training overhead: median step time over the same rep's no-logging median
+        none = {
+            r["rep"]: r["result"]["median_ms"]
+            for r in runs
+            if r["measure"] == "overhead" and r["kind"] == "none" and "error" not in r["result"]
+        }
+        steps: dict[str, list[float]] = {}
+        for kind in ("tracelet", "native"):
+            done = [
+                r for r in runs if r["measure"] == "overhead" and r["kind"] == kind and r["store"] == store
+            ]
+            values = [
+                (r["result"]["median_ms"], none[r["rep"]])
+                for r in sorted(done, key=lambda r: r["rep"])
+                if "error" not in r["result"] and r["rep"] in none
+            ]
+            steps[kind] = [v for v, _ in values]
+            add(
+                _fig(
+                    "overhead",
+                    store,
+                    f"{kind} fast loop",
+                    "points",
+                    "%",
+                    [(v / base - 1) * 100 for v, base in values],
+                )
+            )
+        add(
+            _fig(
+                "overhead",
+                store,
+                "step time native ÷ tracelet",
+                "ratio",
+                "×",
+                _paired(steps["native"], steps["tracelet"], lambda a, b: a / b),
+            )
+        )
+    none_ms = [
+        r["result"]["median_ms"]
+        for r in sorted(runs, key=lambda r: r["rep"])
+        if r["measure"] == "overhead" and r["kind"] == "none" and "error" not in r["result"]
+    ]
+    add(_fig("overhead", "-", "no-logging step", "us", "ms", none_ms))
+    return figures
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def machine(suite: str) -> dict[str, Any]:
+    facts = machine_facts()
+    return {
+        "os": platform.system().lower(),
+        "cores": facts["cores"],
+        "python": facts["python"],
+        "suite": suite,
+        **{k: v for k, v in facts.items() if k not in ("cores", "python")},
+    }
+
+
+@contextlib.contextmanager
+def maybe_server(stores: list[str], root: Path) -> Iterator[MLflowServer | None]:
+    if "mlflow_server" not in stores:
+        yield None
+        return
+    with MLflowServer(root / "mlflow-server") as server:
+        yield server
+
+
+def run_suite(plan: Plan, stores: list[str], out: Path, seed: int, keep: bool, suite: str) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    work = Path(tempfile.mkdtemp(prefix="tracelet-bench-"))
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    try:
+        with maybe_server(stores, work) as server:
+            if server is not None:
+                console.print(
+                    f"mlflow server on {server.url} answered /health after {server.started_s:.1f} s"
+                )
+            jobs = jobs_for(plan, stores, server.url if server else None)
+            by_label = {job.label: job for job in jobs}
+            orders = rep_orders(list(by_label), plan.reps, seed)
+            columns = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console, transient=False) as progress:
+                task = progress.add_task("starting", total=len(jobs) * plan.reps)
+                for rep, order in enumerate(orders, start=1):
+                    for label in order:
+                        job = by_label[label]
+                        progress.update(task, description=f"rep {rep}/{plan.reps}: {label}")
+                        root = work / f"rep{rep}" / label.replace(" ", "_")
+                        root.mkdir(parents=True)
+                        env = store_env(root, None)
+                        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
+                        result = run_job(job, root, env)
+                        runs.append(
+                            {
+                                "measure": job.measure,
+                                "kind": job.kind,
+                                "store": job.store,
+                                "rep": rep,
+                                "result": result,
+                            }
+                        )
+                        line = f"rep {rep} {label}: {result['wall_s']:.1f} s"
+                        if "error" in result:
+                            tail = result.get("log_tail", "").strip().splitlines()[-1:] or [""]
+                            line += f"  [red]ERROR {result['error']}: {tail[0][:200]}[/red]"
+                        progress.console.print(line)
+                        if not keep:
+                            shutil.rmtree(root, ignore_errors=True)
+                        progress.advance(task)
+    finally:
+        if keep:
+            console.print(f"kept the stores under {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    facts = machine(suite)
+    facts["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {
+        "machine": facts,
+        "suite": suite,
+        "plan": asdict(plan),
+        "stores": stores,
+        "elapsed_s": time.perf_counter() - started,
+        "figures": build_figures(runs, plan, stores),
+        "errors": [
+            f"rep {r['rep']} {r['measure']} {r['kind']}-{r['store']}: {r['result']['error']}"
+            for r in runs
+            if "error" in r["result"]
+        ],
+        "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes, every measure (under 10 minutes)"
+    )
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default: the plan's, 3)")
+    parser.add_argument("--backends", nargs="+", default=list(STORES), help=f"any of {', '.join(STORES)}")
+    parser.add_argument("--out", type=Path, default=BENCH.parent / "reports" / "bench")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the temp stores (path printed)")
+    parser.add_argument(
+        "--update-baseline", action="store_true", help="make this run the baseline of its key"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a figure regressed against the baseline"
+    )
+    parser.add_argument(
+        "--baselines", type=Path, default=BENCH / "results", help="where baseline-<key>.json live"
+    )
+    parser.add_argument("--render-only", action="store_true", help="re-render report.md and plots from --out")
+    args = parser.parse_args(argv)
+
+    import report
+    import trend
+
+    out: Path = args.out
+    results_path = out / "results.json"
+    if args.render_only:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    else:
+        suite = "quick" if args.quick else "full"
+        plan = PLANS[suite]
+        if args.reps is not None:
+            plan = Plan(**{**asdict(plan), "reps": args.reps})
+        stores = select_stores(args.backends, STORES)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if load > 0.5 * (os.cpu_count() or 1):
+            print(
+                f"warning: 1-minute load average is {load:.2f} on {os.cpu_count()} cores; expect "
+                "noisy numbers"
+            )
+        results = run_suite(plan, stores, out, args.seed, args.keep, suite)
+    comparison = trend.compare(results, trend.load_baseline(results, args.baselines))
+    results["trend"] = {
+        "key": comparison.key,
+        "has_baseline": comparison.has_baseline,
+        "compared": sum(v.baseline is not None for v in comparison.verdicts),
+        "regressed": [v.describe() for v in comparison.regressions],
+        "warnings": list(comparison.warnings),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    report.render(results, comparison, out)
+    annotate = os.environ.get("GITHUB_ACTIONS") == "true"  # CI shows these on the run's page
+    for verdict in comparison.regressions:
+        print(f"{'::error::' if annotate else ''}REGRESSED {verdict.describe()}")
+    for warning in comparison.warnings:
+        print(f"{'::warning::' if annotate else 'warning: '}{warning}")
+    plots = len(list(out.glob("*.png")))
+    minutes = results.get("elapsed_s", 0) / 60
+    print(f"wrote {results_path}, {out / 'report.md'} and {plots} plots; the suite took {minutes:.1f} min")
+    if results.get("errors"):
+        print(f"{len(results['errors'])} measurement(s) failed:\n  " + "\n  ".join(results["errors"]))
+    if args.update_baseline:
+        if results.get("errors"):
+            print("baseline NOT written: a run with failed measurements cannot be the reference")
+            return 1
+        target = trend.baseline_path(comparison.key, args.baselines)
+        baseline_data = {k: results[k] for k in ("machine", "suite", "plan", "stores", "figures")}
+        target.write_text(json.dumps(baseline_data, indent=1) + "\n", encoding="utf-8")
+        print(f"baseline written: {target}")
+        return 0
+    failed = bool(results.get("errors")) or (args.strict and bool(comparison.regressions))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

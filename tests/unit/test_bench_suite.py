@@ -1,0 +1,160 @@
+"""bench/suite.py's figures and bench/report.py's tables, on synthetic child results (no store runs).
+
+What is checked is the arithmetic a reader trusts: ratios paired rep by rep, overhead against the
+same rep's no-logging step, cost per point, memory peaks; and that the report and the summary's
+bench table show them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))  # bench/ holds scripts that import each other by name
+
+import report  # noqa: E402
+import suite  # noqa: E402
+import trend  # noqa: E402
+from tools.summary_tables.bench import BenchTable  # noqa: E402
+
+PLAN = suite.Plan(
+    reps=2,
+    points=(1_000, 10_000),
+    throughput_points=1_000,
+    keys=(1, 10),
+    keys_points=1_000,
+    per_call_points=100,
+    latency_calls=10,
+    latency_backlog=10,
+    overhead_steps=10,
+    overhead_server_native_steps=10,
+    artifacts={"1MB": (1_000_000, 1)},
+)
+
+
+def bulk(points: int, keys: int, total_s: float) -> dict[str, Any]:
+    return {"points": points, "keys": keys, "total_s": total_s, "landed": True}
+
+
+def child_runs(rep: int, slow: float) -> list[dict[str, Any]]:
+    """One rep of every child for the ``local`` store; ``slow`` scales tracelet's times."""
+
+    def run(measure: str, kind: str, result: dict[str, Any], store: str = "local") -> dict[str, Any]:
+        return {"measure": measure, "kind": kind, "store": store, "rep": rep, "result": result}
+
+    latency = {"float": {"p50_us": 0.5, "p99_us": 2.0}, "tensor": {"p50_us": 1.0, "p99_us": 4.0}}
+    percall = {"float": {"p50_us": 5.0, "p99_us": 50.0}, "tensor": {"p50_us": 6.0, "p99_us": 60.0}}
+    return [
+        run("bulk", "tracelet", {"runs": [bulk(1_000, 10, 0.01 * slow), bulk(1_000, 1, 0.02 * slow)]}),
+        run("bulk", "native", {"runs": [bulk(1_000, 10, 0.005), bulk(1_000, 1, 0.005)]}),
+        run(
+            "memory",
+            "tracelet",
+            {
+                "runs": [bulk(10_000, 10, 0.05 * slow)],
+                "peak_rss_mb": {"trainer": 40, "helpers": 40, "total": 80},
+            },
+        ),
+        run(
+            "memory",
+            "native",
+            {"runs": [bulk(10_000, 10, 0.04)], "peak_rss_mb": {"trainer": 20, "helpers": 0, "total": 20}},
+        ),
+        run(
+            "percall", "native", {"points": 100, "log_s": 0.01, "close_s": 0.001, "start_s": 0.001, **percall}
+        ),
+        run("latency", "tracelet", {"start_s": 0.08, "stop_s": 0.1, **latency}),
+        run("artifacts", "tracelet", {"upload_s": {"1MB": 0.01 * slow}, "download_s": {"1MB": 0.002}}),
+        run("artifacts", "native", {"upload_s": {"1MB": 0.001}, "download_s": {"1MB": 0.001}}),
+        run("overhead", "none", {"median_ms": 0.5}, store="-"),
+        run("overhead", "tracelet", {"median_ms": 0.5 * 1.02 * slow}),
+        run("overhead", "native", {"median_ms": 0.6}),
+    ]
+
+
+def figures(slow: float = 1.0) -> dict[tuple[str, str], list[float]]:
+    runs = child_runs(1, slow) + child_runs(2, slow)
+    return {(f["measure"], f["name"]): f["reps"] for f in suite.build_figures(runs, PLAN, ["local"])}
+
+
+def test_every_measure_has_its_ratio_against_native() -> None:
+    got = figures()
+    assert got[("throughput", "tracelet points/s")] == [100_000, 100_000]
+    assert got[("throughput", "native bulk points/s")] == [200_000, 200_000]
+    assert got[("throughput", "native per-call points/s")] == [10_000, 10_000]
+    assert got[("throughput", "tracelet ÷ native bulk")] == [0.5, 0.5]
+    assert got[("throughput", "tracelet ÷ native per-call")] == [10, 10]
+    assert got[("overhead", "tracelet fast loop")] == pytest.approx([2.0, 2.0])
+    assert got[("overhead", "native fast loop")] == pytest.approx([20.0, 20.0])
+    assert got[("overhead", "step time native ÷ tracelet")] == pytest.approx([0.6 / 0.51] * 2)
+    assert got[("latency", "native ÷ tracelet float p50")] == [10, 10]
+    assert got[("memory", "native ÷ tracelet total")] == [0.25, 0.25]
+    assert got[("memory", "tracelet helpers peak MB")] == [40, 40]
+    assert got[("artifacts", "upload 1MB tracelet ÷ native")] == pytest.approx([0.1, 0.1])
+    # cost per point: 10 µs at 1,000 points, 5 µs at 10,000 (the memory run is the largest size)
+    assert got[("scalability", "tracelet µs/point @ 1,000 points")] == pytest.approx([10, 10])
+    assert got[("scalability", "tracelet µs/point @ 10,000 points")] == pytest.approx([5, 5])
+    assert got[("scalability", "tracelet µs/point @ 1 keys")] == pytest.approx([20, 20])
+    assert got[("scalability", "native ÷ tracelet @ 1 keys")] == pytest.approx([0.25, 0.25])
+
+
+def test_a_failed_child_leaves_its_figures_out_rather_than_inventing_them() -> None:
+    runs = child_runs(1, 1.0)
+    for r in runs:
+        if r["measure"] == "percall":
+            r["result"] = {"error": "exit code 1"}
+    got = {(f["measure"], f["name"]): f["reps"] for f in suite.build_figures(runs, PLAN, ["local"])}
+    assert got[("throughput", "native per-call points/s")] == []
+    assert got[("throughput", "tracelet ÷ native per-call")] == []
+    assert got[("throughput", "tracelet ÷ native bulk")] == [0.5]
+
+
+def results(slow: float = 1.0) -> dict[str, Any]:
+    runs = child_runs(1, slow) + child_runs(2, slow)
+    return {
+        "machine": {"os": "linux", "cores": 2, "python": "3.11.7", "suite": "full"},
+        "suite": "full",
+        "plan": {**PLAN.__dict__, "artifacts": {k: list(v) for k, v in PLAN.artifacts.items()}},
+        "stores": ["local"],
+        "elapsed_s": 60.0,
+        "figures": suite.build_figures(runs, PLAN, ["local"]),
+        "errors": [],
+    }
+
+
+def test_the_report_puts_ratios_first_and_marks_what_regressed(tmp_path: Path) -> None:
+    base, slowed = results(), results(slow=2.0)
+    comparison = trend.compare(slowed, base)
+    assert comparison.regressions  # tracelet twice as slow: throughput, artifacts, overhead...
+    path = report.render(slowed, comparison, tmp_path, plots=False)
+    text = path.read_text(encoding="utf-8")
+    throughput = text.split("## Throughput")[1].split("##")[0]
+    rows = [line for line in throughput.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| tracelet ÷ native bulk | 0.250 [0.250..0.250] ×")  # the ratio comes first
+    assert "⚠ regressed" in rows[1]
+    assert "## Which backend for which load" in text
+    assert "figures" in text.split("## Trend")[1]
+    within = report.render(base, trend.compare(base, base), tmp_path, plots=False).read_text(encoding="utf-8")
+    assert "⚠ regressed" not in within
+
+
+def test_the_summary_shows_the_bench_table_only_when_a_bench_run_left_results(tmp_path: Path) -> None:
+    table = BenchTable()
+    assert table.build([], tmp_path) is None  # no reports/bench: no section
+    (tmp_path / "bench").mkdir()
+    data = {
+        **results(),
+        "trend": {"key": "linux-2cores-py3.11", "has_baseline": True, "regressed": ["x: REGRESSED"]},
+    }
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    built = table.build([], tmp_path)
+    assert built is not None
+    lines = table.markdown(built)
+    assert "| throughput, tracelet ÷ native bulk | 0.5 × |" in lines
+    assert any("1 figure(s) regressed" in line for line in lines)
+    assert table.problems(built) == []

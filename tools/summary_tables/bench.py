@@ -1,0 +1,100 @@
+"""Benchmarks: the headline figures of ``nox -s bench``, when ``<reports>/bench/results.json`` exists.
+
+The bench session is not part of the matrix, so this table never fails the summary: it shows, per
+store, the figures a release manager looks at first (throughput and latency against the native
+client, training overhead, memory), and the bench run's own verdict against its baseline. The full
+tables and plots are in ``reports/bench/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tools.e2e_results import SessionResult
+from tools.summary_tables.base import KNOWN_CASE_BACKENDS, header, md_escape, ordered
+
+#: (row label, measure, figure name, unit shown)
+ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("throughput, tracelet ÷ native bulk", "throughput", "tracelet ÷ native bulk", "×"),
+    ("throughput, tracelet (points/s)", "throughput", "tracelet points/s", ""),
+    ("training overhead, fast loop", "overhead", "tracelet fast loop", "%"),
+    ("log_metric float p50 (µs), busy", "latency", "tracelet float p50", ""),
+    ("log_metric tensor p99 (µs), busy", "latency", "tracelet tensor p99", ""),
+    ("memory, native ÷ tracelet", "memory", "native ÷ tracelet total", "×"),
+    ("memory, tracelet total (MB)", "memory", "tracelet total peak MB", ""),
+)
+
+
+class BenchTable:
+    key = "bench"
+    title = "Benchmarks"
+
+    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> dict[str, Any] | None:
+        """The headline medians per store, or ``None`` when no bench run left its results."""
+        path = (reports / "bench" / "results.json") if reports is not None else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return {"error": f"{path} unreadable: {exc}"}
+        figures = {(f["measure"], f["backend"], f["name"]): f["reps"] for f in data.get("figures", [])}
+        stores = [str(s) for s in data.get("stores", [])]
+        rows = []
+        for label, measure, name, unit in ROWS:
+            cells = {}
+            for store in stores:
+                reps = figures.get((measure, store, name)) or []
+                cells[store] = statistics.median(reps) if reps else None
+            rows.append({"label": label, "unit": unit, "values": cells})
+        trend = data.get("trend") or {}
+        return {
+            "suite": data.get("suite"),
+            "machine": {k: data.get("machine", {}).get(k) for k in ("os", "cores", "python")},
+            "stores": stores,
+            "rows": rows,
+            "errors": list(data.get("errors") or []),
+            "trend": trend,
+        }
+
+    def markdown(self, data: dict[str, Any]) -> list[str]:
+        if "error" in data:
+            return [md_escape(data["error"])]
+        machine = data["machine"]
+        stores = ordered(set(data["stores"]), KNOWN_CASE_BACKENDS)
+        lines = [
+            f"`nox -s bench` ({data['suite']} suite) on {machine['os']}, {machine['cores']} cores, "
+            f"Python {machine['python']}: medians; the full report is `reports/bench/report.md`.",
+            "",
+            *header("figure", stores),
+        ]
+        for row in data["rows"]:
+            cells = [_fmt(row["values"].get(s), row["unit"]) for s in stores]
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        trend = data["trend"]
+        lines.append("")
+        if not trend.get("has_baseline"):
+            lines.append(f"Trend: no baseline for `{trend.get('key', '?')}`, nothing compared.")
+        else:
+            regressed = trend.get("regressed") or []
+            lines.append(f"Trend against `{trend['key']}`: {len(regressed)} figure(s) regressed.")
+            lines += [f"- ⚠ {md_escape(r)}" for r in regressed]
+        if data["errors"]:
+            lines += ["", f"{len(data['errors'])} measurement(s) failed:"]
+            lines += [f"- {md_escape(e)}" for e in data["errors"]]
+        return lines
+
+    def problems(self, data: dict[str, Any]) -> list[str]:
+        """None: the bench session gives its own verdict (``--strict``); the matrix is judged elsewhere."""
+        return []
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return f"{text} {unit}".rstrip()
