@@ -24,6 +24,14 @@ LABELS = {
     "clearml": "ClearML offline",
     "local": "local",
 }
+#: the stores' names on a plot's x axis, on two lines so five fit side by side in a small panel
+TICKS = {
+    "mlflow": "MLflow\nsqlite",
+    "mlflow_server": "MLflow\nserver",
+    "wandb": "W&B\noffline",
+    "clearml": "ClearML\noffline",
+    "local": "local",
+}
 COLORS = {
     "mlflow": "#1f77b4",
     "mlflow_server": "#17becf",
@@ -109,9 +117,13 @@ def _bar_err(values: list[tuple[float, float, float] | None]) -> tuple[list[floa
 
 def _readable_log(ax: Any, axis: str = "y") -> None:
     """Log-axis ticks as plain numbers (``2,000``, ``0.5``), not ``2×10^3``."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     target = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    # under two decades, 1-2-5 ticks; otherwise one per decade (a short axis would show one label)
+    decades = math.log10(high / low) if low > 0 and high > 0 else 10.0
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
     target.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
     target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
@@ -138,13 +150,30 @@ def _grouped(
             linewidth=0.6,
             alpha=0.45 + 0.55 * (i + 1) / len(series),
         )
-    ax.set_xticks(range(len(stores)), [LABELS.get(s, s) for s in stores], rotation=0, fontsize=8)
+    ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], rotation=0, fontsize=8)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
         _readable_log(ax)
     ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(
+        ax,
+        [
+            (label, hatch, 0.45 + 0.55 * (i + 1) / len(series))
+            for i, (label, _, _, hatch) in enumerate(series)
+        ],
+    )
+
+
+def _legend(ax: Any, entries: Sequence[tuple[str, str, float]], fontsize: int = 8) -> None:
+    """A legend of grey swatches: the bars' colours say the store, the hatching says the series."""
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="#888888", alpha=alpha, hatch=hatch, edgecolor="black", label=label)
+        for label, hatch, alpha in entries
+    ]
+    ax.legend(handles=handles, fontsize=fontsize)
 
 
 def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[str, str]]:
@@ -254,14 +283,14 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     _readable_log(ax)
-    ax.set_xticks(range(len(stores)), [LABELS.get(s, s) for s in stores], fontsize=8)
+    ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
     ax.set_ylabel("median step time ÷ no-logging step (×, log scale)")
     base = fig.median("overhead", "-", "no-logging step")
     ax.set_title(
         f"Training overhead: fast CPU loop ({base or 0:.2f} ms/step), 5 metrics a step\n{subtitle}",
         fontsize=9,
     )
-    ax.legend(fontsize=8)
+    _legend(ax, [("native per-step call", "//", 0.55), ("tracelet", "", 1.0)])
     ax.grid(axis="y", which="both", alpha=0.3)
     save(
         f,
@@ -270,7 +299,7 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
     )
 
     # latency
-    f, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    f, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, q in zip(axes, ("p50", "p99"), strict=True):
         _grouped(
             ax,
@@ -320,28 +349,43 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
             linewidth=1.2,
             label=f"{kind}: helper processes (agent, wandb-core)",
         )
-    ax.set_xticks(range(len(stores)), [LABELS.get(s, s) for s in stores], fontsize=8)
+    ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
     ax.set_ylabel("peak RSS (MB)")
     ax.set_title(
         f"Memory while logging {plan['points'][-1]:,} points (peaks of trainer and helpers)\n{subtitle}",
         fontsize=9,
     )
-    ax.legend(fontsize=7)
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[
+            Patch(facecolor="#888888", hatch="//", edgecolor="black", label="native: trainer"),
+            Patch(facecolor="white", hatch="//", edgecolor="#555555", label="native: helpers (wandb-core)"),
+            Patch(facecolor="#888888", edgecolor="black", label="tracelet: trainer"),
+            Patch(facecolor="white", edgecolor="#555555", label="tracelet: helpers (agent, wandb-core)"),
+        ],
+        fontsize=7,
+    )
     ax.grid(axis="y", alpha=0.3)
     save(f, "memory.png", "Memory: peak RSS of the training process and of its helper processes, stacked")
 
-    # artifacts
+    # artifacts: one panel per case and direction, native (hatched) beside tracelet (solid)
     labels = list(plan["artifacts"])
-    f, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for ax, way in zip(axes, ("upload", "download"), strict=True):
-        series = []
-        for label in labels:
-            series.append((f"{label} native", "artifacts", f"{way} {label} native MB/s", "//"))
-            series.append((f"{label} tracelet", "artifacts", f"{way} {label} tracelet MB/s", ""))
-        _grouped(ax, fig, series, f"{way} speed (MB/s, log scale)", log=True)
-        ax.legend(fontsize=6, ncol=3)
-        ax.set_title(f"Artifacts: {way}, until stored / read back", fontsize=9)
-    save(f, "artifacts.png", "Artifacts: upload and download speed, tracelet against the native call")
+    f, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 7.5), squeeze=False)
+    for row, way in enumerate(("upload", "download")):
+        for col, label in enumerate(labels):
+            ax = axes[row][col]
+            series = [
+                ("native", "artifacts", f"{way} {label} native MB/s", "//"),
+                ("tracelet", "artifacts", f"{way} {label} tracelet MB/s", ""),
+            ]
+            _grouped(ax, fig, series, f"{way} speed (MB/s, log scale)", log=True)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_title(f"{way} {label}", fontsize=9)
+    f.suptitle(f"Artifacts: until stored, and read back from the store\n{subtitle}", fontsize=9)
+    save(
+        f, "artifacts.png", "Artifacts: upload and download speed per size, tracelet against the native call"
+    )
     return made
 
 
@@ -387,49 +431,68 @@ def advice(fig: Figures, plan: Mapping[str, Any]) -> list[str]:
             return None
         return max(found2, key=lambda x: x[1]) if high else min(found2, key=lambda x: x[1])
 
+    def span(measure: str, name: str, among: Sequence[str]) -> str:
+        values = [v for v in (fig.median(measure, s, name) for s in among) if v is not None]
+        return f"{_num(min(values))}–{_num(max(values))}" if values else "–"
+
     lines = []
-    tracked = [s for s in fig.stores if s != "local"]
+    # the advice is about the trackers; `local` (a JSONL folder) is the reference, quoted beside them
+    tracked = [s for s in fig.stores if s != "local"] or list(fig.stores)
     fast = best("throughput", "tracelet points/s", True, tracked)
-    if fast:
+    slow = best("throughput", "tracelet points/s", False, tracked)
+    if fast and slow:
+        local = fig.median("throughput", "local", "tracelet points/s")
         lines.append(
-            f"- **Many points, fast**: {LABELS[fast[0]]} took the most, {_num(fast[1])} points/s delivered "
-            f"through tracelet (local: {_num(fig.median('throughput', 'local', 'tracelet points/s') or 0)})."
+            f"- **Many points** (dense logging, long runs): {LABELS[fast[0]]} took the most, {_num(fast[1])} "
+            f"points/s delivered through tracelet, {LABELS[slow[0]]} the fewest ({_num(slow[1])})"
+            + (f"; the local folder {_num(local)}." if local else ".")
+            + " Delivery runs beside training: this bounds how long `stop_logging()` waits, not a step."
         )
     for store in ("mlflow_server", "mlflow"):
         per_call = fig.median("throughput", store, "native per-call points/s")
         ratio = fig.median("throughput", store, "tracelet ÷ native per-call")
         if per_call and ratio and store in fig.stores:
             lines.append(
-                f"- **{LABELS[store]}**: never log per call by hand ({_num(per_call)} points/s); tracelet's "
-                f"batching delivers {_num(ratio)}× that."
+                f"- **{LABELS[store]}**: never log one call per value by hand ({_num(per_call)} points/s); "
+                f"tracelet's batches deliver {_num(ratio)}× that."
             )
-    light = best("overhead", "tracelet fast loop", False, fig.stores)
-    if light:
-        lines.append(
-            f"- **Fast training loops**: the smallest slowdown was {LABELS[light[0]]} "
-            f"({_num(light[1])} % on a {_num(fig.median('overhead', '-', 'no-logging step') or 0)} ms step); "
-            "every store's overhead is in the table above, each against its own native per-step call."
-        )
-    small = best("memory", "tracelet total peak MB", False, fig.stores)
-    big = best("memory", "tracelet total peak MB", True, fig.stores)
+    base = fig.median("overhead", "-", "no-logging step")
+    lines.append(
+        f"- **Fast training loops** ({_num(base or 0)} ms a step): through tracelet every store cost "
+        f"{span('overhead', 'tracelet fast loop', fig.stores)} % a step; the stores' own per-step calls cost "
+        f"{span('overhead', 'native fast loop', tracked)} %. The store matters little here; logging "
+        "in the loop "
+        "with a store's own client is what costs."
+    )
+    small = best("memory", "tracelet total peak MB", False, tracked)
+    big = best("memory", "tracelet total peak MB", True, tracked)
     if small and big:
         lines.append(
-            f"- **Memory-tight jobs**: {LABELS[small[0]]} peaked at {_num(small[1])} MB (trainer + agent) "
-            f"for {plan['points'][-1]:,} points, {LABELS[big[0]]} at {_num(big[1])} MB."
+            f"- **Memory-tight jobs**: {LABELS[small[0]]} peaked lowest, {_num(small[1])} MB "
+            "(trainer + agent "
+            f"+ helpers) for {plan['points'][-1]:,} points; {LABELS[big[0]]} highest, {_num(big[1])} MB. The "
+            f"trainer itself stays at {span('memory', 'tracelet trainer peak MB', fig.stores)} MB "
+            "on every store."
         )
     # the single large file (1 MB, *100 MB*, 1,000 files): the case where bytes, not calls, count
-    largest = list(plan["artifacts"])[1 if len(plan["artifacts"]) > 1 else 0]
-    art = best("artifacts", f"upload {largest} tracelet MB/s", True, fig.stores)
-    if art:
+    cases = list(plan["artifacts"])
+    largest, many = cases[1 if len(cases) > 1 else 0], cases[-1]
+    up = best("artifacts", f"upload {largest} tracelet MB/s", True, tracked)
+    down = best("artifacts", f"download {largest} tracelet MB/s", True, tracked)
+    files = best("artifacts", f"upload {many} tracelet MB/s", True, tracked)
+    if up and down and files:
         lines.append(
-            f"- **Large artifacts**: {LABELS[art[0]]} stored {largest} fastest ({_num(art[1])} MB/s "
-            "through tracelet)."
+            f"- **Large artifacts** ({largest}): {LABELS[up[0]]} stored it fastest ({_num(up[1])} MB/s), "
+            f"{LABELS[down[0]]} gave it back fastest ({_num(down[1])} MB/s). **Many small files** ({many}): "
+            f"{LABELS[files[0]]} ({_num(files[1])} MB/s); each file is its own store call, so bundle "
+            "thousands of small files into one archive first."
         )
     many_keys = best("scalability", f"tracelet µs/point @ {plan['keys'][-1]:,} keys", False, tracked)
-    if many_keys:
+    one_key = best("scalability", f"tracelet µs/point @ {plan['keys'][0]:,} keys", False, tracked)
+    if many_keys and one_key:
         lines.append(
-            f"- **Many keys** ({plan['keys'][-1]:,}): {LABELS[many_keys[0]]} kept the lowest cost per point "
-            f"({_num(many_keys[1])} µs)."
+            f"- **Many keys** ({plan['keys'][-1]:,} a step): {LABELS[many_keys[0]]} kept the lowest cost per "
+            f"point ({_num(many_keys[1])} µs); with one key, {LABELS[one_key[0]]} ({_num(one_key[1])} µs)."
         )
     return lines
 

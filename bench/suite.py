@@ -654,10 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         if results.get("errors"):
             print("baseline NOT written: a run with failed measurements cannot be the reference")
             return 1
-        target = trend.baseline_path(comparison.key, args.baselines)
-        baseline_data = {k: results[k] for k in ("machine", "suite", "plan", "stores", "figures")}
-        target.write_text(json.dumps(baseline_data, indent=1) + "\n", encoding="utf-8")
-        print(f"baseline written: {target}")
+        print(f"baseline written: {trend.write_baseline(results, args.baselines)}")
         return 0
     failed = bool(results.get("errors")) or (args.strict and bool(comparison.regressions))
     return 1 if failed else 0

@@ -171,6 +171,19 @@ def load_baseline(results: Mapping[str, Any], directory: Path = RESULTS_DIR) -> 
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+#: what a baseline keeps of a run: enough to compare with and to say what was measured, not the raw runs
+BASELINE_FIELDS = ("machine", "suite", "plan", "stores", "figures")
+
+
+def write_baseline(results: Mapping[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """Make ``results`` the baseline of its machine key; returns the file written."""
+    target = baseline_path(baseline_key(results["machine"]), directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    kept = {k: results[k] for k in BASELINE_FIELDS if k in results}
+    target.write_text(json.dumps(kept, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("results", type=Path, help="a results.json written by the suite")
@@ -187,10 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in trend.warnings:
         print(f"warning: {warning}")
     if args.update_baseline:
-        target = baseline_path(trend.key, args.baselines)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        print(f"baseline written: {target}")
+        print(f"baseline written: {write_baseline(results, args.baselines)}")
         return 0
     return 1 if args.strict and trend.regressions else 0
 
