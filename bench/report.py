@@ -509,7 +509,8 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
     lines = [
         "# tracelet benchmarks",
         "",
-        f"**{results['suite']} suite**, {plan['reps']} interleaved repetitions, "
+        f"**{results['suite']} suite**, {plan['reps']} interleaved repetitions "
+        f"({plan.get('top_reps', plan['reps'])} of the {plan['points'][-1]:,}-point runs), "
         f"{results.get('elapsed_s', 0) / 60:.1f} min. "
         f"Machine: {m.get('cores')} cores ({m.get('usable_cores')} usable), 1-minute load {load[0]} "
         "at the start and "
@@ -631,7 +632,8 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
         "",
         "## Memory",
         "",
-        f"Peak RSS while logging {plan['points'][-1]:,} points over 10 keys, sampled every 50 ms "
+        f"Peak RSS while logging {plan['points'][-1]:,} points over 10 keys "
+        f"({plan.get('top_reps', plan['reps'])} repetitions, the suite's longest runs), sampled every 50 ms "
         "from outside: the "
         "training process, and its helper processes (tracelet's delivery agent; W&B's `wandb-core` "
         "on both sides).",

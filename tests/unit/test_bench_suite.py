@@ -24,6 +24,7 @@ from tools.summary_tables.bench import BenchTable  # noqa: E402
 
 PLAN = suite.Plan(
     reps=2,
+    top_reps=2,
     points=(1_000, 10_000),
     throughput_points=1_000,
     keys=(1, 10),
