@@ -124,7 +124,7 @@ def _readable_log(ax: Any, axis: str = "y") -> None:
     # under two decades, 1-2-5 ticks; otherwise one per decade (a short axis would show one label)
     decades = math.log10(high / low) if low > 0 and high > 0 else 10.0
     target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
-    target.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 and v == int(v) else _num(v)))
     target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
@@ -188,8 +188,8 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
     cores, suite, reps = results["machine"].get("cores"), results["suite"], plan["reps"]
     subtitle = f"{cores} cores, {suite} suite, {reps} reps; bars: median, whiskers: min..max"
 
-    def save(figure: Any, name: str, caption: str) -> None:
-        figure.tight_layout()
+    def save(figure: Any, name: str, caption: str, bottom: float = 0.0) -> None:
+        figure.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
         made.append((name, caption))
@@ -250,11 +250,13 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
         ax.set_ylabel("cost per delivered point (µs, log scale)")
         ax.grid(which="both", alpha=0.3)
         ax.set_title(f"Cost per point vs {label}: solid tracelet, dashed native", fontsize=9)
-    axes[1].legend(fontsize=7, ncol=2)
+    handles, names = axes[0].get_legend_handles_labels()
+    f.legend(handles, names, loc="lower center", ncol=5, fontsize=7, frameon=False)
     save(
         f,
         "scalability.png",
         "Scalability: µs per delivered point (run open to run closed, start excluded), log-log",
+        bottom=0.12,
     )
 
     # overhead as a slowdown factor (the MLflow server's per-step native call is ~100x: log scale)
@@ -351,8 +353,11 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
         )
     ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
     ax.set_ylabel("peak RSS (MB)")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the tallest bar
+    top_reps = plan.get("top_reps", plan["reps"])
     ax.set_title(
-        f"Memory while logging {plan['points'][-1]:,} points (peaks of trainer and helpers)\n{subtitle}",
+        f"Memory while logging {plan['points'][-1]:,} points (peaks of trainer and helpers)\n"
+        f"{cores} cores, {suite} suite, {top_reps} reps; bars: medians",
         fontsize=9,
     )
     from matplotlib.patches import Patch
