@@ -397,10 +397,22 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
 # -- prose drawn from the figures -----------------------------------------------------------------
 
 
-def flatness(fig: Figures, store: str, plan: Mapping[str, Any], kind: str = "tracelet") -> str:
-    """Where the cost per point stops being flat along the points axis, and the likely reason."""
-    costs = [(p, fig.median("scalability", store, f"{kind} µs/point @ {p:,} points")) for p in plan["points"]]
-    known = [(p, c) for p, c in costs if c]
+def _costs(fig: Figures, store: str, kind: str, wheres: Sequence[tuple[int, str]]) -> list[tuple[int, float]]:
+    found = [(x, fig.median("scalability", store, f"{kind} µs/point @ {where}")) for x, where in wheres]
+    return [(x, c) for x, c in found if c]
+
+
+def flatness(fig: Figures, store: str, plan: Mapping[str, Any]) -> str:
+    """Where tracelet's cost per point stops being flat, and whose cost it is (the native side's line says).
+
+    Below the flat part, fixed costs (opening and closing the run, the last batch's round trip) are
+    spread over few points. Above it, if the native client's cost grows alike, the store itself gets
+    slower per point; if only tracelet's grows, it is tracelet's delivery, and the trainer's peak memory
+    at that size says how large the backlog it carried was.
+    """
+    sizes = [(p, f"{p:,} points") for p in plan["points"]]
+    known = _costs(fig, store, "tracelet", sizes)
+    native = dict(_costs(fig, store, "native", sizes))
     if len(known) < 2:
         return "not enough sizes measured"
     low = min(c for _, c in known)
@@ -409,15 +421,46 @@ def flatness(fig: Figures, store: str, plan: Mapping[str, Any], kind: str = "tra
     if first_cost > 2 * low:
         flat_from = next(p for p, c in known if c <= 1.5 * low)
         notes.append(
-            f"fixed costs (closing the run, the last batch's round trip) dominate below "
-            f"{flat_from:,} points ({_num(first_cost)} µs/point at {first:,})"
+            "fixed costs (opening and closing the run, the last round trip) dominate below "
+            f"{flat_from:,} points "
+            f"({_num(first_cost)} µs/point at {first:,}, {_num(low)} at best)"
         )
     last, last_cost = known[-1]
     if last_cost > 1.3 * low:
-        notes.append(
-            f"the cost per point grows again at {last:,} ({_num(last_cost)} against {_num(low)} µs at best): "
-            "the store's own cost per row rises with its size"
-        )
+        grew = f"it grows again at {last:,} points ({_num(last_cost)} against {_num(low)} µs at best)"
+        native_low = min(native.values()) if native else None
+        native_last = native.get(last)
+        if native_low and native_last and native_last > 1.3 * native_low:
+            notes.append(
+                f"{grew}, and the native client's alike ({_num(native_low)} → {_num(native_last)} µs): "
+                "the store itself gets slower per point as the run grows"
+            )
+        else:
+            trainer = fig.median("memory", store, "tracelet trainer peak MB")
+            native_text = f" (native stays at {_num(native_last)} µs)" if native_last else ""
+            memory_text = f"; the trainer's peak RSS reached {_num(trainer)} MB" if trainer else ""
+            notes.append(
+                f"{grew}{native_text}: this is tracelet's delivery, not the store. The whole run is "
+                "logged in "
+                f"about a second, so a backlog of up to {last:,} points waits between the trainer and the "
+                f"agent{memory_text}"
+            )
+    keys = _costs(fig, store, "tracelet", [(k, f"{k:,} keys") for k in plan["keys"]])
+    native_keys = dict(_costs(fig, store, "native", [(k, f"{k:,} keys") for k in plan["keys"]]))
+    if len(keys) >= 2:
+        (k0, c0), (k1, c1) = keys[0], keys[-1]
+        if c1 > 1.3 * c0 or c0 > 1.3 * c1:
+            n0, n1 = native_keys.get(k0), native_keys.get(k1)
+            alike = n0 and n1 and (n1 > 1.3 * n0) == (c1 > 1.3 * c0)
+            notes.append(
+                f"over keys, {_num(c0)} µs/point with {k0:,} and {_num(c1)} with {k1:,}"
+                + (
+                    f", as natively ({_num(n0 or 0)} → {_num(n1 or 0)}): the store's cost is per "
+                    + ("row, not per value" if c1 < c0 else "key")
+                    if alike
+                    else ""
+                )
+            )
     if not notes:
         high = max(c for _, c in known)
         return f"flat within 1.5× from {first:,} to {last:,} points ({_num(low)}–{_num(high)} µs/point)"
@@ -560,7 +603,7 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
         f"`bench/overhead.py`'s fast loop: a small MLP, one torch thread, about "
         f"{_num(fig.median('overhead', '-', 'no-logging step') or 0)} ms a step here, 5 metrics a "
         "step (the loss as a 0-d tensor). "
-        "Overhead = median step time over the same repetition's no-logging median. "
+        "Overhead = median step time over the median of the no-logging runs (one per repetition). "
         f"{plan['overhead_steps']:,} steps a variant "
         f"({plan['overhead_server_native_steps']} for the MLflow server's native per-step call, ~50 "
         "ms each).",
@@ -677,7 +720,7 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
             ],
         ),
         "",
-        "Where the cost per point stops being flat (tracelet):",
+        "Where tracelet's cost per point stops being flat, and whose cost it is:",
         "",
         *[f"- {LABELS.get(s, s)}: {flatness(fig, s, plan)}" for s in fig.stores],
         "",

@@ -34,6 +34,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,9 @@ class Plan:
     #: about two minutes, so three repetitions of everything would take about 55 minutes here; the
     #: largest size runs twice (still interleaved, still with a spread), the rest ``reps`` times
     top_reps: int
+    #: the largest size in its own process (its memory then is that run's alone); the quick suite runs
+    #: every size in one process per store and side, which saves ten process starts a repetition
+    memory_apart: bool
     #: points logged over 10 keys, smallest to largest; the largest is also the memory run
     points: tuple[int, ...]
     #: the throughput figure's size (one of ``points``)
@@ -86,6 +90,7 @@ PLANS: dict[str, Plan] = {
     "full": Plan(
         reps=3,
         top_reps=2,
+        memory_apart=True,
         points=(1_000, 10_000, 100_000, 1_000_000),
         throughput_points=100_000,
         keys=(1, 10, 100, 1000),
@@ -100,6 +105,7 @@ PLANS: dict[str, Plan] = {
     "quick": Plan(
         reps=3,
         top_reps=3,
+        memory_apart=False,
         points=(1_000, 10_000, 50_000),
         throughput_points=10_000,
         keys=(1, 10, 100, 1000),
@@ -142,17 +148,29 @@ def jobs_for(plan: Plan, stores: list[str], server_url: str | None) -> list[Job]
         base = {"store": store, "server_url": server_url, "flush_timeout": 1800.0}
         for kind in ("tracelet", "native"):
             side = {**base, "kind": kind}
-            # the smaller sizes in one process (one run each); the largest alone, its memory sampled
-            jobs.append(Job("bulk", kind, store, {**side, "measure": "bulk", "sizes": small}))
-            jobs.append(
-                Job(
-                    "memory",
-                    kind,
-                    store,
-                    {**side, "measure": "bulk", "sizes": [[plan.points[-1], 10]]},
-                    sample_memory=True,
+            largest = [[plan.points[-1], 10]]
+            if plan.memory_apart:
+                # the smaller sizes in one process (one run each); the largest alone, its memory sampled
+                jobs.append(Job("bulk", kind, store, {**side, "measure": "bulk", "sizes": small}))
+                jobs.append(
+                    Job(
+                        "memory",
+                        kind,
+                        store,
+                        {**side, "measure": "bulk", "sizes": largest},
+                        sample_memory=True,
+                    )
                 )
-            )
+            else:  # every size in one process, the largest last: its peak is the process's peak
+                jobs.append(
+                    Job(
+                        "bulk",
+                        kind,
+                        store,
+                        {**side, "measure": "bulk", "sizes": small + largest},
+                        sample_memory=True,
+                    )
+                )
             jobs.append(Job("artifacts", kind, store, {**side, "measure": "artifacts", "cases": cases}))
             steps = plan.overhead_steps
             if kind == "native" and store == "mlflow_server":
@@ -308,11 +326,12 @@ def build_figures(runs: list[dict[str, Any]], plan: Plan, stores: list[str]) -> 
     add = figures.append
     for store in stores:
         bulk = {k: _per_rep(runs, "bulk", k, store) for k in ("tracelet", "native")}
-        memory = {k: _per_rep(runs, "memory", k, store) for k in ("tracelet", "native")}
+        # the memory figures come from the largest size's own process, or (quick) from the one process
+        # that ran every size, the largest last
+        memory = {k: _per_rep(runs, "memory", k, store) or bulk[k] for k in ("tracelet", "native")}
 
         def sized(kind: str, points: int, keys: int) -> list[dict[str, Any]]:
-            source = memory[kind] if points == plan.points[-1] and keys == 10 else bulk[kind]  # noqa: B023
-            return _bulk_runs(source, points, keys)
+            return _bulk_runs(bulk[kind] + _per_rep(runs, "memory", kind, store), points, keys)  # noqa: B023
 
         def rate(kind: str, points: int, keys: int) -> list[float]:
             return [r["points"] / r["total_s"] for r in sized(kind, points, keys) if r["landed"]]
@@ -450,21 +469,23 @@ def build_figures(runs: list[dict[str, Any]], plan: Plan, stores: list[str]) -> 
                     )
                 )
 
-        # training overhead: median step time over the same rep's no-logging median
-        none = {
-            r["rep"]: r["result"]["median_ms"]
+        # training overhead: median step time over the median of the no-logging runs (one per rep).
+        # Not the same rep's run alone: one slow no-logging run (a busy neighbour on 2 cores, 0.55 ms
+        # against 0.41 ms) would move every store's overhead in that rep by -25 points.
+        none = [
+            r["result"]["median_ms"]
             for r in runs
             if r["measure"] == "overhead" and r["kind"] == "none" and "error" not in r["result"]
-        }
+        ]
         steps: dict[str, list[float]] = {}
         for kind in ("tracelet", "native"):
             done = [
                 r for r in runs if r["measure"] == "overhead" and r["kind"] == kind and r["store"] == store
             ]
             values = [
-                (r["result"]["median_ms"], none[r["rep"]])
+                (r["result"]["median_ms"], statistics.median(none))
                 for r in sorted(done, key=lambda r: r["rep"])
-                if "error" not in r["result"] and r["rep"] in none
+                if "error" not in r["result"] and none
             ]
             steps[kind] = [v for v, _ in values]
             add(
@@ -629,6 +650,11 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     if args.render_only:
         results = json.loads(results_path.read_text(encoding="utf-8"))
+        if results.get("runs"):  # figures are derived: rebuild them with this version's arithmetic
+            plan_data = {**results["plan"], "points": tuple(results["plan"]["points"])}
+            plan_data["keys"] = tuple(plan_data["keys"])
+            plan_data["artifacts"] = {k: tuple(v) for k, v in plan_data["artifacts"].items()}
+            results["figures"] = build_figures(results["runs"], Plan(**plan_data), results["stores"])
     else:
         suite = "quick" if args.quick else "full"
         plan = PLANS[suite]

@@ -25,6 +25,7 @@ from tools.summary_tables.bench import BenchTable  # noqa: E402
 PLAN = suite.Plan(
     reps=2,
     top_reps=2,
+    memory_apart=True,
     points=(1_000, 10_000),
     throughput_points=1_000,
     keys=(1, 10),
@@ -159,3 +160,32 @@ def test_the_summary_shows_the_bench_table_only_when_a_bench_run_left_results(tm
     assert "| throughput, tracelet ÷ native bulk | 0.5 × |" in lines
     assert any("1 figure(s) regressed" in line for line in lines)
     assert table.problems(built) == []
+
+
+def test_one_slow_no_logging_run_does_not_move_a_whole_repetition() -> None:
+    runs = child_runs(1, 1.0) + child_runs(2, 1.0) + child_runs(3, 1.0)
+    for r in runs:
+        if r["measure"] == "overhead" and r["kind"] == "none" and r["rep"] == 2:
+            r["result"] = {"median_ms": 0.7}  # a busy neighbour during that one run
+    got = {(f["measure"], f["name"]): f["reps"] for f in suite.build_figures(runs, PLAN, ["local"])}
+    assert got[("overhead", "tracelet fast loop")] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_the_quick_plan_takes_memory_from_the_process_that_ran_every_size() -> None:
+    plan = suite.Plan(**{**PLAN.__dict__, "memory_apart": False})
+    jobs = suite.jobs_for(plan, ["local"], None)
+    assert not [j for j in jobs if j.measure == "memory"]
+    bulk_jobs = [j for j in jobs if j.measure == "bulk"]
+    assert all(j.sample_memory and j.spec["sizes"][-1] == [10_000, 10] for j in bulk_jobs)
+    runs = []
+    for run in child_runs(1, 1.0):
+        if run["measure"] == "memory":
+            continue
+        if run["measure"] == "bulk":
+            slow = 1.0 if run["kind"] == "tracelet" else 0.8
+            run["result"]["runs"].append(bulk(10_000, 10, 0.05 * slow))
+            run["result"]["peak_rss_mb"] = {"trainer": 30, "helpers": 10, "total": 40}
+        runs.append(run)
+    got = {(f["measure"], f["name"]): f["reps"] for f in suite.build_figures(runs, plan, ["local"])}
+    assert got[("memory", "tracelet total peak MB")] == [40]
+    assert got[("scalability", "tracelet µs/point @ 10,000 points")] == pytest.approx([5.0])
