@@ -440,10 +440,11 @@ def flatness(fig: Figures, store: str, plan: Mapping[str, Any]) -> str:
             native_text = f" (native stays at {_num(native_last)} µs)" if native_last else ""
             memory_text = f"; the trainer's peak RSS reached {_num(trainer)} MB" if trainer else ""
             notes.append(
-                f"{grew}{native_text}: this is tracelet's delivery, not the store. The whole run is "
-                "logged in "
-                f"about a second, so a backlog of up to {last:,} points waits between the trainer and the "
-                f"agent{memory_text}"
+                f"{grew}{native_text}: this is tracelet's delivery, not the store. The run is logged "
+                "in about a second, faster than the store takes it, and tracelet's queues are bounded "
+                "(100,000 events in the trainer, 100,000 per store in the agent): the rest spills to the "
+                "on-disk spool and is read back (py-spy: `Spool.append`, `from_json` in both processes), "
+                f"which costs more per point than the in-memory path{memory_text}"
             )
     keys = _costs(fig, store, "tracelet", [(k, f"{k:,} keys") for k in plan["keys"]])
     native_keys = dict(_costs(fig, store, "native", [(k, f"{k:,} keys") for k in plan["keys"]]))

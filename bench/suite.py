@@ -653,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         if results.get("runs"):  # figures are derived: rebuild them with this version's arithmetic
             plan_data = {**results["plan"], "points": tuple(results["plan"]["points"])}
             plan_data["keys"] = tuple(plan_data["keys"])
+            plan_data.setdefault(
+                "memory_apart",
+                not any(r["measure"] == "bulk" and "peak_rss_mb" in r["result"] for r in results["runs"]),
+            )
             plan_data["artifacts"] = {k: tuple(v) for k, v in plan_data["artifacts"].items()}
             results["figures"] = build_figures(results["runs"], Plan(**plan_data), results["stores"])
     else:
