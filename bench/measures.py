@@ -62,17 +62,8 @@ def bulk_tracelet(spec: dict[str, Any], root: Path, run_name: str, points: int, 
     report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
     t3 = perf()
     counts = backend_counts(report, backend)
-    return {
-        "points": steps * keys,
-        "keys": keys,
-        "start_s": t1 - t0,
-        "log_s": t2 - t1,
-        "close_s": t3 - t2,
-        "total_s": t3 - t1,
-        "delivered": counts["delivered"],
-        "landed": counts["ok"] and counts["delivered"] >= steps * keys,
-        "errors": counts["errors"],
-    }
+    landed = counts["ok"] and counts["delivered"] >= steps * keys
+    return _bulk_result(steps * keys, keys, (t0, t1, t2, t3), counts["delivered"], landed, counts["errors"])
 
 
 def bulk_native(spec: dict[str, Any], root: Path, run_name: str, points: int, keys: int) -> dict[str, Any]:
@@ -87,16 +78,29 @@ def bulk_native(spec: dict[str, Any], root: Path, run_name: str, points: int, ke
     t2 = perf()
     run.close()
     t3 = perf()
+    # landed: the native close returned without raising
+    return _bulk_result(steps * keys, keys, (t0, t1, t2, t3), steps * keys, True, [])
+
+
+def _bulk_result(
+    points: int,
+    keys: int,
+    t: tuple[float, float, float, float],
+    delivered: int,
+    landed: bool,
+    errors: list[str],
+) -> dict[str, Any]:
+    """One bulk run's figures from its four clock readings: before open, opened, logged, closed."""
     return {
-        "points": steps * keys,
+        "points": points,
         "keys": keys,
-        "start_s": t1 - t0,
-        "log_s": t2 - t1,
-        "close_s": t3 - t2,
-        "total_s": t3 - t1,
-        "delivered": steps * keys,
-        "landed": True,  # the native close returned without raising
-        "errors": [],
+        "start_s": t[1] - t[0],
+        "log_s": t[2] - t[1],
+        "close_s": t[3] - t[2],
+        "total_s": t[3] - t[1],
+        "delivered": delivered,
+        "landed": landed,
+        "errors": errors,
     }
 
 
