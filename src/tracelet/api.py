@@ -66,6 +66,8 @@ def start_logging(
     config: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    wait: bool | None = None,
 ) -> Experiment:
     """Start a run on one or several backends and make it the active experiment.
 
@@ -74,9 +76,19 @@ def start_logging(
     is logged as params, ``tags`` as user tags. ``backend_options`` holds
     per-backend options, e.g. ``{"mlflow": {"tracking_uri": "sqlite:///m.db"}}``.
 
-    Raises :class:`~tracelet.errors.BackendNotInstalledError` (naming the
-    ``pip install`` extra) for an absent backend package, and
-    :class:`~tracelet.errors.ExperimentActiveError` if a run is already active.
+    It returns as soon as the arguments are checked and the runs are asked to open
+    (in a warm delivery agent, or a new one): it never waits for an import, a client
+    or a store. What is logged before the runs are open waits, in order. What only
+    the store can refuse (a wrong tracking URI, refused credentials) is logged once
+    at ERROR, kept in the spool for ``tracelet sync``, and reported by
+    ``stop_logging()``. ``wait=True`` (or ``TRACELET_START=wait``) returns only once
+    every run is open and raises what opening raised.
+
+    Raises at once, on the caller's thread: a bad argument (``ValueError`` or
+    ``TypeError`` naming it), an unknown backend, an absent backend package
+    (:class:`~tracelet.errors.BackendNotInstalledError`, naming the ``pip install``
+    extra, found without importing it), a ``config`` value over a store's length
+    limit, and :class:`~tracelet.errors.ExperimentActiveError` if a run is already active.
     """
     global _active, _capture, _idle
     with _lock:
@@ -84,7 +96,7 @@ def start_logging(
             raise ExperimentActiveError(
                 f"experiment {_active.name!r} is still active; call tracelet.stop_logging() first"
             )
-        experiment = _open(exp_name, project, backend, config, tags, backend_options, on_close=_forget)
+        experiment = _open(exp_name, project, backend, config, tags, backend_options, _forget, wait)
         if experiment.closed:  # a non-zero rank or a multiprocessing child: it logs nothing
             _idle = experiment  # so the same script's stop_logging() works on every rank
             return experiment
@@ -105,6 +117,8 @@ def open_run(
     config: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    wait: bool | None = None,
 ) -> Experiment:
     """Start a run *beside* the active experiment, for integrations (a second Lightning logger).
 
@@ -113,7 +127,7 @@ def open_run(
     (and marked ``killed`` by a handled signal) like the active one.
     """
     with _lock:
-        experiment = _open(exp_name, project, backend, config, tags, backend_options, on_close=_forget)
+        experiment = _open(exp_name, project, backend, config, tags, backend_options, _forget, wait)
         if not experiment.closed:
             _beside.add(experiment)
             atexit.register(_flush_at_exit)
@@ -128,17 +142,24 @@ def _open(
     tags: Mapping[str, Any] | None,
     backend_options: Mapping[str, Mapping[str, Any]] | None,
     on_close: Callable[[Experiment], None],
+    wait: bool | None,
 ) -> Experiment:
-    settings = resolve(exp_name=exp_name, project=project, backend=backend, backend_options=backend_options)
+    settings = resolve(
+        exp_name=exp_name, project=project, backend=backend, backend_options=backend_options, wait=wait
+    )
     reason = _why_not_logging()
     if reason is not None:
         log.info("tracelet: %s", reason)
         return Experiment(settings, enabled=False)
     classes = [get_backend_class(name) for name in settings.backends]
-    for cls in classes:
+    limits: list[tuple[int, str]] = []
+    for name, cls in zip(settings.backends, classes, strict=True):
         cls.ensure_installed()
-        cls(settings.backend_options.get(cls.name))  # checks the option keys here, on the caller's thread
-    experiment = Experiment(settings, on_close=on_close)
+        # Built here only to check the option keys and read the store's static param limit.
+        limit = cls(settings.backend_options.get(name)).param_value_limit()
+        if limit is not None:
+            limits.append((limit, name))
+    experiment = Experiment(settings, on_close=on_close, param_limit=min(limits) if limits else None)
     try:
         if config:
             experiment.log_params(config)

@@ -43,6 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_doctor.add_argument("--json", action="store_true", help="print JSON")
     p_sync = commands.add_parser("sync", help="replay a spool into its backend, exactly once")
     p_sync.add_argument("spool_dir", type=Path)
+    p_sync.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="BACKEND.KEY=VALUE",
+        help="replace a stored backend option, e.g. mlflow.tracking_uri=http://127.0.0.1:5000",
+    )
     p_show = commands.add_parser("show", help="read a run back from a backend and print it as JSON")
     p_show.add_argument("backend")
     p_show.add_argument("run_id")
@@ -71,8 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sync":
         from tracelet.spool import sync
 
+        overrides: dict[str, dict[str, str]] = {}
+        for item in args.overrides:
+            key, sep, value = item.partition("=")
+            backend, dot, option = key.partition(".")
+            if not sep or not dot or not backend or not option:
+                sys.stderr.write(f"tracelet sync: --set {item!r} is not BACKEND.KEY=VALUE\n")
+                return 2
+            overrides.setdefault(backend, {})[option] = value
         try:
-            replayed = sync(args.spool_dir)
+            replayed = sync(args.spool_dir, overrides=overrides)
         except FileNotFoundError as exc:
             sys.stderr.write(f"tracelet sync: {exc}\n")
             return 2

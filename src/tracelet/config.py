@@ -12,8 +12,11 @@ TRACELET_HANDLE_SIGNALS     ``0``: do not install SIGTERM/SIGINT handlers    ``1
 TRACELET_FLUSH_TIMEOUT      seconds ``stop_logging`` waits for delivery      ``60``
 TRACELET_SPOOL_DIR          where overflow and leftovers are spooled         user cache
 TRACELET_DELIVERY           ``agent``: a delivery process; ``thread``: here  ``agent``
-TRACELET_AGENT_TIMEOUT      seconds ``start_logging`` waits for the agent    ``120``
+TRACELET_START              ``wait``: ``start_logging`` returns once every   ``background``
+                            run is open, and raises what opening raised
+TRACELET_AGENT_TIMEOUT      seconds the agent may take to open the runs      ``120``
 TRACELET_AGENT_DRAIN        seconds the agent delivers after trainer death   ``30``
+TRACELET_AGENT_IDLE         seconds an idle agent waits for the next run     ``60``
 TRACELET_AGENT_NICE         added to the agent's niceness (0: none)          ``10``
 TRACELET_TRACK_GIT          ``0``: record no git commit/branch/remote       ``1``
 TRACELET_TRACK_TENSORBOARD  ``0``: do not capture ``SummaryWriter`` calls   ``1``
@@ -40,7 +43,11 @@ DEFAULT_FLUSH_TIMEOUT = 60.0
 #: Long enough for a cold ``mlflow server`` (its first sqlite migration) and a first wandb-core start.
 DEFAULT_AGENT_TIMEOUT = 120.0
 DEFAULT_AGENT_DRAIN = 30.0
+#: An idle agent holds its stores' clients (an MLflow agent: about 250 MB of RSS) for the next run of a
+#: sweep; a minute covers the gap between trials of a sweep or the tests of a suite.
+DEFAULT_AGENT_IDLE = 60.0
 DELIVERY_MODES = ("agent", "thread")
+START_MODES = ("background", "wait")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -93,6 +100,9 @@ class Settings:
     delivery: str = "agent"
     agent_timeout: float = DEFAULT_AGENT_TIMEOUT
     agent_drain: float = DEFAULT_AGENT_DRAIN
+    agent_idle: float = DEFAULT_AGENT_IDLE
+    #: return from ``start_logging`` only once every run is open (and raise what opening raised)
+    wait: bool = False
     #: record the git commit, branch, dirty flag and (credential-free) remote
     track_git: bool = True
     #: capture ``torch.utils.tensorboard.SummaryWriter`` calls while the run is active
@@ -116,6 +126,7 @@ def resolve(
     project: str | None,
     backend: str | Sequence[str] | None,
     backend_options: Mapping[str, Mapping[str, Any]] | None,
+    wait: bool | None = None,
 ) -> Settings:
     """Merge the call with the environment. Bad values raise errors that name them."""
     names = parse_backends(backend)
@@ -149,6 +160,11 @@ def resolve(
     delivery = (os.environ.get("TRACELET_DELIVERY") or "agent").strip().lower()
     if delivery not in DELIVERY_MODES:
         raise ValueError(f"TRACELET_DELIVERY={delivery!r} is not one of {DELIVERY_MODES}")
+    if wait is not None and not isinstance(wait, bool):
+        raise TypeError(f"wait must be True or False, not {type(wait).__name__}")
+    start = (os.environ.get("TRACELET_START") or "background").strip().lower()
+    if start not in START_MODES:
+        raise ValueError(f"TRACELET_START={start!r} is not one of {START_MODES}")
     return Settings(
         backends=names,
         project=project,
@@ -160,6 +176,8 @@ def resolve(
         delivery=delivery,
         agent_timeout=_seconds("TRACELET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT),
         agent_drain=_seconds("TRACELET_AGENT_DRAIN", DEFAULT_AGENT_DRAIN),
+        agent_idle=_seconds("TRACELET_AGENT_IDLE", DEFAULT_AGENT_IDLE),
+        wait=wait if wait is not None else start == "wait",
         track_git=env_flag("TRACELET_TRACK_GIT", True),
         track_tensorboard=env_flag("TRACELET_TRACK_TENSORBOARD", True),
     )

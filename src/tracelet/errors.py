@@ -57,3 +57,12 @@ class AgentStartError(TraceletError):
             message += f"\n--- the agent's stderr (last lines) ---\n{stderr_tail}"
         message += "\n(set TRACELET_DELIVERY=thread to deliver from this process instead)"
         super().__init__(message)
+
+
+class RunOpenError(TraceletError):
+    """``wait=True``: a store refused to open its run (a wrong URI, refused credentials)."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = dict(errors)
+        lines = "; ".join(f"{backend}: {why}" for backend, why in errors.items())
+        super().__init__(f"tracelet: could not open the run on {', '.join(errors)}: {lines}")

@@ -16,10 +16,10 @@ from types import TracebackType
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, RunInfo
-from tracelet.collectors import run_metadata
+from tracelet.collectors.system import system_metadata
 from tracelet.config import Settings
 from tracelet.delivery import Delivery, OpenRequest, open_delivery
-from tracelet.errors import DeliveryError, TraceletError
+from tracelet.errors import DeliveryError, RunOpenError, TraceletError
 from tracelet.images import png_size, to_png
 from tracelet.redaction import Redactor
 from tracelet.report import DeliveryReport
@@ -47,13 +47,13 @@ class Experiment:
         enabled: bool = True,
         on_close: Callable[[Experiment], None] | None = None,
         writer_options: Mapping[str, int] | None = None,
+        param_limit: tuple[int, str] | None = None,
     ) -> None:
         self.project = settings.project
         self.name = settings.run_name
         self.settings = settings
         self.status: str = "running"
-        #: backend name -> its run id (``None`` for a backend whose run failed to open).
-        self.runs: dict[str, str | None] = {}
+        self._runs: dict[str, str | None] | None = None
         self._params: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._image_steps: dict[str, int] = {}
@@ -71,23 +71,67 @@ class Experiment:
         self._staging = self.spool_dir / "staging"
         self._delivery: Delivery | None = None
         self._send: Callable[[tuple[Any, ...]], None] = _drop
-        self._param_limit: tuple[int, str] | None = None
+        #: the smallest (static) param value limit over the backends, and the backend that sets it
+        self._param_limit = param_limit
         #: secrets never leave the caller's thread (``TRACELET_REDACT``, see :mod:`tracelet.redaction`)
         self._redactor = Redactor.from_env()
         if not enabled:
+            self._runs = {}
             return
         request = OpenRequest(
             backends=[(name, dict(settings.backend_options.get(name, {}))) for name in settings.backends],
-            info=RunInfo(self.project, self.name, run_metadata(track_git=settings.track_git)),
+            info=RunInfo(self.project, self.name, system_metadata()),
             spool_dir=str(self.spool_dir),
+            cwd=os.getcwd(),
             writer_options=dict(writer_options or {}),
+            track_git=settings.track_git,
         )
         self._delivery = open_delivery(
-            request, settings.delivery, agent_timeout=settings.agent_timeout, agent_drain=settings.agent_drain
+            request,
+            settings.delivery,
+            agent_timeout=settings.agent_timeout,
+            agent_drain=settings.agent_drain,
+            agent_idle=settings.agent_idle,
         )
-        self.runs = dict(self._delivery.opened.runs)
-        self._param_limit = self._delivery.opened.param_limit
         self._send = self._delivery.put
+        if settings.wait:
+            self._wait_open()
+
+    def _wait_open(self) -> None:
+        """``wait=True``: block until every run is open; raise what opening raised, leaving nothing behind."""
+        assert self._delivery is not None
+        opened = self._delivery.opened(self.settings.agent_timeout + 5.0)
+        error: BaseException | None = self._delivery.open_error
+        if opened is not None and error is None:
+            if not opened.errors:
+                return
+            error = RunOpenError(opened.errors)
+        self._inactive = True
+        self._disabled = True
+        self._delivery.stop(FAILED, 1.0)
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        if error is not None:
+            raise error
+        raise TraceletError(
+            f"the runs did not open within {self.settings.agent_timeout:.0f}s (TRACELET_AGENT_TIMEOUT)"
+        )
+
+    @property
+    def runs(self) -> dict[str, str | None]:
+        """Backend name -> its run id (``None`` for a backend whose run failed to open).
+
+        The runs open in the background: this waits until each is open or has failed,
+        at most ``TRACELET_AGENT_TIMEOUT`` seconds (then the ids not known yet are ``None``).
+        """
+        if self._runs is None:
+            assert self._delivery is not None or self._disabled
+            opened = (
+                self._delivery.opened(self.settings.agent_timeout) if self._delivery is not None else None
+            )
+            if opened is None:
+                return {name: None for name in self.settings.backends}
+            self._runs = dict(opened.runs)
+        return dict(self._runs)
 
     # -- metrics ---------------------------------------------------------------------------
     def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
@@ -334,7 +378,9 @@ class Experiment:
             log.error("%s", err)
 
     def __repr__(self) -> str:
-        return f"Experiment(name={self.name!r}, project={self.project!r}, runs={self.runs!r})"
+        return (
+            f"Experiment(name={self.name!r}, project={self.project!r}, backends={self.settings.backends!r})"
+        )
 
 
 def _drop(item: tuple[Any, ...]) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,37 +172,67 @@ def find_spools(path: Path) -> list[Path]:
     return sorted(found, key=order)
 
 
-def _targets(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The backends a spool replays into: its own, or every target of a trainer's queue spool."""
-    if "targets" in meta:
-        return list(meta["targets"])
-    return [{"backend": meta["backend"], "run_id": meta["run_id"], "options": meta.get("options") or {}}]
+def _run_dir(directory: Path) -> Path:
+    """The run's spool directory: parent of ``<backend>/`` and ``queue/``, or of ``trainer/<backend>/``."""
+    return directory.parent.parent if directory.parent.name == "trainer" else directory.parent
 
 
-def _attach(target: dict[str, Any]) -> Any:
-    from tracelet.backends.registry import get_backend_class
+class _Runs:
+    """The backends ``sync`` writes to: each run attached (or opened) once, whichever spools name it."""
 
-    cls = get_backend_class(target["backend"])
-    cls.ensure_installed()
-    backend = cls(target.get("options") or {})
-    if not target.get("run_id"):
-        raise ValueError(f"spool for {target['backend']!r} has no run id: its run was never opened")
-    backend.attach(target["run_id"])
-    return backend
+    def __init__(self, overrides: Mapping[str, Mapping[str, str]]) -> None:
+        self.overrides = overrides
+        #: (run's spool dir, backend) -> the run id ``sync`` opened for a run that never was
+        self.opened: dict[tuple[Path, str], str] = {}
+
+    def attach(self, directory: Path, meta: dict[str, Any], target: dict[str, Any]) -> Any:
+        from tracelet.backends.base import RunInfo
+        from tracelet.backends.registry import get_backend_class
+
+        name = target["backend"]
+        cls = get_backend_class(name)
+        cls.ensure_installed()
+        options = {**(target.get("options") or {}), **self.overrides.get(name, {})}
+        backend = cls(options)
+        key = (_run_dir(directory), name)
+        run_id = target.get("run_id") or self.opened.get(key)
+        if run_id:
+            backend.attach(run_id)
+        else:
+            # Its run was never opened (a wrong URI at start, a store that was down): open it now
+            # and write the id into the spool before replaying, so a second sync never opens another.
+            info = RunInfo(
+                str(meta.get("project") or "default"),
+                str(meta.get("run_name") or _run_dir(directory).name),
+                dict(meta.get("system_tags") or {}),
+            )
+            run_id = backend.start(info)
+            self.opened[key] = run_id
+            log.info("tracelet sync: opened %s run %s for %s", name, run_id, directory)
+        target["run_id"] = run_id
+        if "targets" not in meta:
+            meta["run_id"] = run_id
+        _write_meta(directory / META, meta)
+        return backend
 
 
-def sync(path: Path, batch_size: int = 1000) -> dict[str, int]:
+def sync(
+    path: Path, batch_size: int = 1000, overrides: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, int]:
     """Replay every spool under ``path`` into its backend's run, exactly once.
 
     Returns the number of events replayed per spool directory. A spool already
     synced is skipped with a warning; progress is committed after every batch.
     Dead letters are replayed one by one first (they are the oldest); one the
-    store refuses again is logged and left in the dead-letter file.
+    store refuses again is logged and left in the dead-letter file. A run that was
+    never opened is opened here (once per backend and run). ``overrides`` replace
+    stored backend options, per backend (``{"mlflow": {"tracking_uri": ...}}``).
     """
     replayed: dict[str, int] = {}
     spools = find_spools(path)
     if not spools:
         raise FileNotFoundError(f"no tracelet spool under {path}")
+    runs = _Runs(overrides or {})
     finish: dict[tuple[str, str], tuple[Any, str]] = {}
     for directory in spools:
         meta = json.loads((directory / META).read_text())
@@ -210,8 +241,9 @@ def sync(path: Path, batch_size: int = 1000) -> dict[str, int]:
             replayed[str(directory)] = 0
             continue
         count = 0
-        for target in _targets(meta):
-            backend = _attach(target)
+        targets = meta.get("targets", [meta])
+        for target in targets:
+            backend = runs.attach(directory, meta, target)
             count += _replay_dead_letters(backend, directory, meta)
             events_file = directory / EVENTS
             if events_file.is_file():

@@ -1,9 +1,10 @@
 """The one small interface every backend implements.
 
-A backend object lives for one run. ``start`` runs on the caller's thread inside
-``start_logging`` (so ``Experiment.runs`` knows every run id at once); ``write``
+A backend object lives for one run. ``start`` runs where delivery runs (the delivery
+agent, or a thread of the training process), never on the caller's thread; ``write``
 and ``finish`` run only on that backend's own writer thread, so a backend never
-needs locks of its own.
+needs locks of its own. The trainer builds one instance too, only to check its
+options and read :meth:`Backend.param_value_limit`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class Backend(ABC):
     package: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
     option_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Whether one process may serve this store's runs one after another. A warm delivery
+    #: agent is reused for the next run only when every backend of its last run allows it;
+    #: a store whose client keeps per-process state (ClearML's one ``Task``) sets False and
+    #: gets a fresh agent per run.
+    shares_process: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -100,7 +106,11 @@ class Backend(ABC):
             raise BackendNotInstalledError(cls.name, cls.package, cls.extra or cls.name)
 
     def param_value_limit(self) -> int | None:
-        """Longest param value the store accepts (read from the package at runtime), or None."""
+        """Longest param value the store accepts, or None.
+
+        Called on the caller's thread, before any run is open: a static figure, never an
+        import of the store's package (the E2E suite checks it against the installed one).
+        """
         return None
 
     def is_transient(self, error: BaseException) -> bool:
@@ -115,7 +125,7 @@ class Backend(ABC):
 
     @abstractmethod
     def start(self, info: RunInfo) -> str:
-        """Open a run and return its id. Runs on the caller's thread."""
+        """Open a run and return its id. Runs off the caller's thread, in the run's environment."""
 
     @abstractmethod
     def write(self, events: Sequence[Event]) -> None:

@@ -195,6 +195,9 @@ class ClearMLBackend(Backend):
     ``Task.init``; ClearML ignores it offline).
     """
 
+    #: ClearML keeps one ``Task`` per process (``Task.current_task()``, its offline session and
+    #: reporting threads): each run gets a fresh delivery agent.
+    shares_process = False
     name = "clearml"
     package = "clearml"
     extra = "clearml"

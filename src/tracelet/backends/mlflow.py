@@ -27,6 +27,8 @@ from tracelet.redaction import strip_url_userinfo
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
+#: ``mlflow.utils.validation.MAX_PARAM_VAL_LENGTH``; the E2E suite checks it against the installed MLflow.
+MAX_PARAM_VALUE_LENGTH = 6000
 
 IMAGE_DIR = "tracelet-images"
 STATUS_TO_MLFLOW = {FINISHED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
@@ -93,9 +95,8 @@ class MLflowBackend(Backend):
         return options
 
     def param_value_limit(self) -> int | None:
-        from mlflow.utils import validation
-
-        return int(getattr(validation, "MAX_PARAM_VAL_LENGTH", 6000))
+        """MLflow's ``MAX_PARAM_VAL_LENGTH`` (6000 since MLflow 2.3), without importing MLflow."""
+        return MAX_PARAM_VALUE_LENGTH
 
     def start(self, info: RunInfo) -> str:
         client = self._connect()

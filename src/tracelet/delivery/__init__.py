@@ -3,14 +3,16 @@
 ``Experiment`` validates on the caller's thread and hands plain tuples to a
 :class:`Delivery`; it never knows which implementation it holds:
 
-* :class:`~tracelet.delivery.agent.AgentDelivery` (the default): the backends and
-  their writers run in a separate *delivery agent* process, so the stores' own
-  Python code (SQLAlchemy, protobuf) never competes with training for its GIL;
+* :class:`~tracelet.delivery.trainer_side.AgentDelivery` (the default): the backends
+  and their writers run in a separate *delivery agent* process
+  (:mod:`tracelet.delivery.agent_side`), so the stores' own Python code (SQLAlchemy,
+  protobuf) never competes with training for its GIL. One agent stays warm between
+  runs, and the runs open in the background;
 * :class:`~tracelet.delivery.thread.ThreadDelivery` (``TRACELET_DELIVERY=thread``):
   the same writers, on threads of this process.
 
 Both run the same :class:`~tracelet.delivery.writer.BackendWriter` code, through
-:class:`~tracelet.delivery.thread.Fanout`.
+:class:`~tracelet.delivery.fanout.Fanout`.
 """
 
 from __future__ import annotations
@@ -29,25 +31,34 @@ class OpenRequest:
 
     #: (backend name, its options), in the order the user gave them
     backends: list[tuple[str, dict[str, Any]]]
+    #: project and run name; the system tags (versions, git) are collected where the runs open,
+    #: off the caller's thread
     info: RunInfo
     #: absolute path of this run's spool directory
     spool_dir: str
+    #: the caller's working directory when it started the run (git state, relative paths)
+    cwd: str
     writer_options: dict[str, int] = field(default_factory=dict)
+    track_git: bool = True
 
 
 @dataclass(frozen=True)
 class Opened:
-    """What opening the runs gave: run ids (``None`` where a backend failed) and limits."""
+    """What opening the runs gave: run ids, ``None`` where a backend failed (its reason in ``errors``)."""
 
     runs: dict[str, str | None]
-    #: the smallest param value limit over the backends, and the backend that sets it
-    param_limit: tuple[int, str] | None
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 class Delivery(ABC):
     """Where validated events go. ``put`` is the hot path; the rest is the run's lifecycle."""
 
-    opened: Opened
+    #: why the runs could not be opened at all, once that is known (``wait=True`` raises it)
+    open_error: BaseException | None = None
+
+    @abstractmethod
+    def opened(self, timeout: float) -> Opened | None:
+        """The opened runs, waiting at most ``timeout`` seconds; ``None`` if they are not open yet."""
 
     @abstractmethod
     def put(self, item: tuple[Any, ...]) -> None:
@@ -70,12 +81,14 @@ class Delivery(ABC):
         """In a forked child: let go of the parent's threads and pipes without touching them."""
 
 
-def open_delivery(request: OpenRequest, mode: str, *, agent_timeout: float, agent_drain: float) -> Delivery:
-    """Open the runs with the delivery ``mode`` asks for (``agent`` or ``thread``)."""
+def open_delivery(
+    request: OpenRequest, mode: str, *, agent_timeout: float, agent_drain: float, agent_idle: float
+) -> Delivery:
+    """Ask the delivery ``mode`` (``agent`` or ``thread``) to open the runs; returns without waiting."""
     if mode == "thread":
         from tracelet.delivery.thread import ThreadDelivery
 
         return ThreadDelivery(request)
-    from tracelet.delivery.agent import AgentDelivery
+    from tracelet.delivery.trainer_side import AgentDelivery
 
-    return AgentDelivery(request, handshake_timeout=agent_timeout, drain_timeout=agent_drain)
+    return AgentDelivery(request, open_timeout=agent_timeout, drain_timeout=agent_drain, idle=agent_idle)

@@ -4,47 +4,136 @@ Messages travel over a :class:`multiprocessing.connection.Connection` (a Unix so
 or a named pipe on Windows), never over stdout, which the stores print to. Each is
 one ``send_bytes``: a kind byte, then the body. Event batches are ``marshal``-ed
 lists of plain tuples (the cheapest serializer there is: the trainer holds its GIL
-for well under a microsecond a point); everything else is pickled.
+for well under a microsecond a point); control messages are the small dataclasses
+below, pickled.
 
-trainer → agent: ``OPEN`` (request, sys.path, cwd, log level, trainer pid),
-``BATCH`` (events), ``FLUSH`` (token, timeout), ``STOP`` (token, status, timeout).
-agent → trainer: ``OPENED`` (an :class:`~tracelet.delivery.Opened`), ``ACK``
-(per backend: delivered, failed, durable, retries), ``LOG`` (a log record's
-fields), ``REPLY`` (token, result), ``ERROR`` (why opening failed).
+One agent serves one run at a time and then waits for the next: every message that
+belongs to a run carries the run's serial number (``run``), so a late message of a
+finished run is never taken for one of the next.
+
+trainer → agent: :class:`Open`, batches, :class:`Flush`, :class:`Stop`, :class:`Quit`.
+agent → trainer: :class:`OpenedRuns`, :class:`OpenFailed`, :class:`Ack`,
+:class:`LogRecord`, :class:`Reply`, :class:`Final`.
 """
 
 from __future__ import annotations
 
 import marshal
 import pickle
+from dataclasses import dataclass
 from typing import Any
+
+from tracelet.delivery import Opened, OpenRequest
+from tracelet.report import BackendReport
 
 BATCH = b"B"
 CONTROL = b"C"
 
-OPEN = "open"
-FLUSH = "flush"
-STOP = "stop"
-OPENED = "opened"
-ACK = "ack"
-LOG = "log"
-REPLY = "reply"
-ERROR = "error"
-
 #: The module the trainer starts with ``python -m``.
 AGENT_MODULE = "tracelet.delivery"
+
+#: Per backend: (delivered, failed, durable, retries); see ``BackendWriter.durable``.
+Progress = dict[str, tuple[int, int, int, int]]
+
+
+# -- trainer → agent ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Open:
+    """Open the runs of ``request`` in the caller's environment, as it was at ``start_logging()``.
+
+    The environment replaces the agent's for the whole run: the stores read far more than
+    their own variables (``HOME``, proxies, CA bundles, cloud credentials), and nothing of
+    one run may leak into the next run a warm agent serves.
+    """
+
+    run: int
+    request: OpenRequest
+    environ: dict[str, str]
+    sys_path: list[str]
+    log_level: int
+    #: seconds the agent keeps delivering after the trainer died
+    drain: float
+    #: seconds the agent waits for the next run once this one is closed, then exits
+    idle: float
+
+
+@dataclass(frozen=True)
+class Flush:
+    run: int
+    token: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    run: int
+    token: int
+    status: str
+    #: seconds left of the caller's timeout when the stop left the trainer
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Quit:
+    """An idle agent is not needed any more (the trainer exits, or retires it): exit now."""
+
+
+# -- agent → trainer ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpenedRuns:
+    run: int
+    opened: Opened
+
+
+@dataclass(frozen=True)
+class OpenFailed:
+    """Opening the runs raised in the agent (a backend that cannot even be built)."""
+
+    run: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    run: int
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A log record of the agent's, re-emitted on the trainer's logger of the same name."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    run: int
+    token: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Final:
+    """The answer to :class:`Stop`: the run is closed; ``reusable``: the agent waits for another."""
+
+    run: int
+    token: int
+    reports: dict[str, BackendReport]
+    progress: Progress
+    reusable: bool
 
 
 def encode_batch(items: list[tuple[Any, ...]]) -> bytes:
     return BATCH + marshal.dumps(items)
 
 
-def encode(message: tuple[Any, ...]) -> bytes:
+def encode(message: object) -> bytes:
     return CONTROL + pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode(data: bytes) -> tuple[bool, Any]:
-    """``(True, events)`` for a batch, ``(False, message)`` for anything else."""
+    """``(True, events)`` for a batch, ``(False, message)`` for a control message."""
     if data[:1] == BATCH:
         return True, marshal.loads(data[1:])
     return False, pickle.loads(data[1:])

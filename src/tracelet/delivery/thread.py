@@ -1,123 +1,147 @@
-"""Writers on threads of the process that owns them: the thread mode, and the agent's engine.
+"""The thread mode (``TRACELET_DELIVERY=thread``): the writers run on threads of this process.
 
-:class:`Fanout` opens one run per backend and feeds one
-:class:`~tracelet.delivery.writer.BackendWriter` each. The thread mode
-(:class:`ThreadDelivery`) uses it in the training process; the delivery agent uses
-the very same class in its own process, so both modes run the same writer code.
+The runs open on a thread of their own, so ``start_logging()`` does not wait for the
+store's import, client or first round trip here either. What is logged meanwhile
+waits, in order, and is handed to the writers once they exist. If opening fails
+outright, everything logged is kept in the run's spool (``queue/``) for
+``tracelet sync``, and the report says why.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import replace
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from tracelet.backends.registry import get_backend_class
 from tracelet.delivery import Delivery, Opened, OpenRequest
-from tracelet.delivery.writer import BackendWriter
-from tracelet.redaction import Redactor
+from tracelet.delivery.fanout import Fanout
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
 log = logging.getLogger(__name__)
 
 
-class Fanout:
-    """One writer per backend; every event goes to each of them."""
-
-    def __init__(self, request: OpenRequest) -> None:
-        self.writers: list[BackendWriter] = []
-        #: the names the user asked for (an entry point's name may differ from its class's ``name``)
-        self.names: list[str] = []
-        runs: dict[str, str | None] = {}
-        limits: list[tuple[int, str]] = []
-        spool_dir = Path(request.spool_dir)
-        for name, options in request.backends:
-            backend = get_backend_class(name)(options)
-            error: BaseException | None = None
-            try:
-                runs[name] = backend.start(request.info)
-            except Exception as exc:
-                error = exc
-                runs[name] = None
-                log.warning("tracelet: %s could not open a run: %r", name, exc)
-            if error is None:
-                try:
-                    limit = backend.param_value_limit()
-                except Exception as exc:
-                    limit = None
-                    log.warning("tracelet: %s param limit unknown: %r", name, exc)
-                if limit is not None:
-                    limits.append((limit, name))
-            meta = {
-                "backend": name,
-                "run_id": backend.run_id,
-                "project": request.info.project,
-                "run_name": request.info.run_name,
-                # no credential on disk: `tracelet sync` takes them from the store's own variables
-                "options": Redactor.from_env().without_secrets(backend.spool_options()),
-                "order": 0,
-            }
-            spool = Spool(spool_dir / name, meta)
-            self.writers.append(BackendWriter(backend, spool, start_error=error, **request.writer_options))
-            self.names.append(name)
-        self.opened = Opened(runs=runs, param_limit=min(limits) if limits else None)
-        for writer in self.writers:
-            writer.start()
-
-    def put(self, item: tuple[Any, ...]) -> None:
-        for writer in self.writers:
-            writer.put(item)
-
-    def put_many(self, items: list[tuple[Any, ...]]) -> None:
-        for writer in self.writers:
-            for item in items:
-                writer.put(item)
-
-    def wake(self) -> None:
-        for writer in self.writers:
-            writer.wake()
-
-    def flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        return all(w.flush(max(0.0, deadline - time.monotonic())) for w in self.writers)
-
-    def stop(self, status: str, timeout: float) -> dict[str, BackendReport]:
-        """Drain every backend at once, within one shared deadline."""
-        deadline = time.monotonic() + timeout
-        for writer in self.writers:
-            writer.begin_stop(status)
-        return {
-            name: replace(w.stop(status, max(0.0, deadline - time.monotonic())), backend=name)
-            for name, w in zip(self.names, self.writers, strict=True)
-        }
-
-    def progress(self) -> dict[str, tuple[int, int, int, int]]:
-        """Per backend: (delivered, failed, durable, retries); see :meth:`BackendWriter.durable`."""
-        return {
-            name: (w.delivered, w.failed, w.durable(), w.retries)
-            for name, w in zip(self.names, self.writers, strict=True)
-        }
-
-
 class ThreadDelivery(Delivery):
-    """The thread mode (``TRACELET_DELIVERY=thread``): the writers run in this process."""
+    """A :class:`Fanout` in this process, opened on a background thread."""
 
     def __init__(self, request: OpenRequest) -> None:
-        self._fanout: Fanout | None = Fanout(request)
-        self.opened = self._fanout.opened
-        self._put = self._fanout.put
+        self._request = request
+        self._fanout: Fanout | None = None
+        self._failure: str | None = None
+        self._fallback: Spool | None = None
+        self._waiting: deque[tuple[Any, ...]] = deque()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._sent = 0
+        self._put = self._put_before_open
+        self._opener = threading.Thread(target=self._open, name="tracelet-open", daemon=True)
+        self._opener.start()
+
+    def _open(self) -> None:
+        try:
+            fanout = Fanout(self._request)
+        except BaseException as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "tracelet: could not open the runs: %s; everything logged is kept in %s",
+                why,
+                self._request.spool_dir,
+            )
+            log.debug("opening the runs failed", exc_info=True)
+            self.open_error = exc
+            with self._lock:
+                self._failure = why
+                self._fallback = self._spool()
+                if self._waiting:
+                    self._fallback.append(list(self._waiting))
+                    self._waiting.clear()
+            self._ready.set()
+            return
+        with self._lock:
+            fanout.put_many(list(self._waiting))
+            self._waiting.clear()
+            self._fanout = fanout
+            self._put = fanout.put
+        self._ready.set()
+
+    def _spool(self) -> Spool:
+        targets = [
+            {"backend": name, "run_id": None, "options": options} for name, options in self._request.backends
+        ]
+        return Spool(
+            Path(self._request.spool_dir) / "queue",
+            {
+                "targets": targets,
+                "order": 2,
+                "project": self._request.info.project,
+                "run_name": self._request.info.run_name,
+            },
+        )
+
+    def _put_before_open(self, item: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._sent += 1
+            if self._fanout is None:
+                if self._fallback is not None:
+                    self._fallback.append([item])
+                else:
+                    self._waiting.append(item)
+                return
+        self._fanout.put(item)
+
+    def opened(self, timeout: float) -> Opened | None:
+        if not self._ready.wait(timeout):
+            return None
+        if self._fanout is not None:
+            return self._fanout.opened
+        return Opened(
+            runs={name: None for name, _ in self._request.backends},
+            errors={name: self._failure or "" for name, _ in self._request.backends},
+        )
 
     def put(self, item: tuple[Any, ...]) -> None:
         self._put(item)
 
     def flush(self, timeout: float) -> bool:
-        return self._fanout.flush(timeout) if self._fanout else True
+        if not self._ready.wait(timeout):
+            return False
+        return self._fanout.flush(timeout) if self._fanout else self._failure is None
 
     def stop(self, status: str, timeout: float) -> dict[str, BackendReport]:
-        return self._fanout.stop(status, timeout) if self._fanout else {}
+        self._ready.wait(timeout)
+        with self._lock:
+            fanout = self._fanout
+            if fanout is None and self._fallback is None:  # still opening: keep what waits
+                self._failure = f"the runs did not open within {timeout:.1f}s"
+                self._fallback = self._spool()
+                if self._waiting:
+                    self._fallback.append(list(self._waiting))
+                    self._waiting.clear()
+        if fanout is not None:
+            return fanout.stop(status, timeout)
+        return self._unopened_reports(status)
+
+    def _unopened_reports(self, status: str) -> dict[str, BackendReport]:
+        assert self._fallback is not None
+        self._fallback.meta["finish_status"] = status
+        self._fallback.commit()
+        self._fallback.close(remove_if_empty=True)
+        return {
+            name: BackendReport(
+                backend=name,
+                run_id=None,
+                sent=self._sent,
+                delivered=0,
+                failed=0,
+                pending=self._sent,
+                spool_path=self._request.spool_dir if self._sent else None,
+                errors=(f"the runs could not be opened: {self._failure}",),
+                retries=0,
+            )
+            for name, _ in self._request.backends
+        }
 
     def wake(self) -> None:
         if self._fanout is not None:

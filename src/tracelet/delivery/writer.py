@@ -171,6 +171,10 @@ class BackendWriter:
     def idle(self) -> bool:
         return self.pending() == 0
 
+    def hung(self) -> bool:
+        """True when ``stop`` gave up on this writer and its thread is still inside a store call."""
+        return self._abandoned and self._thread.is_alive()
+
     def flush(self, timeout: float) -> bool:
         """Wait until everything sent so far is delivered or failed; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -402,4 +406,7 @@ class BackendWriter:
                     log.warning("tracelet: %s failed to close its run: %r", self.backend.name, exc)
                     break
         with self._lock:
+            if self._start_error is not None and (self.spool.dead_lettered or self.spool.unread):
+                self.spool.meta["finish_status"] = status  # `tracelet sync` opens the run, closes it so
+                self.spool.commit()
             self.spool.close(remove_if_empty=True)
