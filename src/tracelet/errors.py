@@ -50,6 +50,7 @@ class AgentStartError(TraceletError):
     """The delivery agent could not start or open the runs; the message ends with its stderr."""
 
     def __init__(self, why: str, exit_code: int | None, stderr_tail: str) -> None:
+        self.why = why
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
         message = f"tracelet: {why}"

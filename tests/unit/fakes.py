@@ -22,6 +22,8 @@ from tracelet.backends.local import LocalBackend
 from tracelet.events import Event, Metric, from_json, to_json
 
 ENV_GATE = "TRACELET_TEST_GATE"
+#: a variable only some runs set: a warm agent must not carry it from one run into the next
+ENV_SECRET = "TRACELET_TEST_SECRET"
 
 
 def _root() -> Path:
@@ -77,6 +79,10 @@ class MemoryBackend(Backend):
             "system_tags": info.system_tags,
             "status": None,
             "started": time.time(),
+            # where and in which environment the run was opened (a warm agent serves many runs)
+            "pid": os.getpid(),
+            "cwd": os.getcwd(),
+            "secret": os.environ.get(ENV_SECRET),
         }
         self._save()
         return self.run_id
@@ -248,6 +254,21 @@ class RunView:
     def system_tags(self) -> dict[str, str]:
         return dict(self._meta()["system_tags"])
 
+    @property
+    def pid(self) -> int:
+        """The process that opened the run: the delivery agent, or the trainer in thread mode."""
+        return int(self._meta()["pid"])
+
+    @property
+    def cwd(self) -> str:
+        return str(self._meta()["cwd"])
+
+    @property
+    def secret(self) -> str | None:
+        """``TRACELET_TEST_SECRET`` as the store's client saw it when it opened the run."""
+        secret = self._meta()["secret"]
+        return str(secret) if secret is not None else None
+
 
 def run_view(run_id: str | None) -> RunView:
     assert run_id is not None, "the backend opened no run"
@@ -286,6 +307,29 @@ class RefusingLocalBackend(StallingLocalBackend):
         LocalBackend.write(self, events)
 
 
+class GatedStartBackend(MemoryBackend):
+    """Opens its run only once the gate is open: a store that takes as long as a test wants."""
+
+    name = "gated-start"
+
+    def start(self, info: RunInfo) -> str:
+        _wait_for_gate()
+        return super().start(info)
+
+
+class ClosedStoreBackend(LocalBackend):
+    """The local store, refusing to open a run while the gate is closed: a server that is down at start."""
+
+    name = "closed-store"
+
+    def start(self, info: RunInfo) -> str:
+        if not gate_open():
+            raise ConnectionError("the store refused the run: it is down")
+        return super().start(info)
+
+
 FAKES["slow-start"] = "tests.unit.fakes:SlowStartBackend"
+FAKES["gated-start"] = "tests.unit.fakes:GatedStartBackend"
+FAKES["closed-store"] = "tests.unit.fakes:ClosedStoreBackend"
 FAKES["refusing-local"] = "tests.unit.fakes:RefusingLocalBackend"
 FAKES["agent-import-fails"] = "tests.unit.agent_import_fails:Backend"

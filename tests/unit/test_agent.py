@@ -13,13 +13,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tracelet
-from tests.unit.fakes import release, run_view, wait_for
-from tracelet.errors import AgentStartError
+from tests.unit.fakes import ENV_SECRET, release, run_view, wait_for
+from tracelet.api import open_run
+from tracelet.delivery.trainer_side import IDLE_POOL
+from tracelet.errors import AgentStartError, DeliveryError, RunOpenError
 from tracelet.spool import sync
 from tracelet.testing import RunRecord, read_run
 
@@ -51,13 +54,169 @@ def agent_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACELET_DELIVERY", "agent")
 
 
-@linux_only
-def test_no_agent_is_left_after_stop() -> None:
-    exp = tracelet.start_logging(backend="memory")
-    assert len(agent_pids(os.getpid())) == 1
+@pytest.fixture(autouse=True)
+def no_warm_agent() -> Iterator[None]:
+    """Each test starts with no idle agent of an earlier test, and leaves none behind."""
+    IDLE_POOL.close_all()
+    yield
+    release()
+    active = tracelet.get_active_experiment()
+    if active is not None:
+        active.stop(flush_timeout=5)
+    IDLE_POOL.close_all()
+
+
+def memory_run(**kwargs: object) -> tracelet.Experiment:
+    return tracelet.start_logging(backend="memory", **kwargs)  # type: ignore[arg-type]
+
+
+def test_start_logging_returns_before_the_run_is_open_and_what_is_logged_meanwhile_lands() -> None:
+    """The store opens its run only when the gate opens; a start that waited would never return."""
+    exp = tracelet.start_logging(exp_name="early", backend="gated-start", config={"lr": 0.1})
+    for i in range(500):
+        exp.log_metric("loss", float(i), i)
+    assert exp.flush(0.3) is False  # nothing can land while the run is not open
+    release()
+    report = tracelet.stop_logging(flush_timeout=30)
+    assert report.ok, report.format()
+    run = run_view(exp.runs["gated-start"])
+    assert [(m.step, m.value) for m in run.metrics] == [(i, float(i)) for i in range(500)]
+    assert run.status == "finished"
+
+
+def test_the_warm_agent_serves_the_next_run_and_exits_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACELET_AGENT_IDLE", "3")
+    pids = []
+    for n in range(3):
+        exp = memory_run(exp_name=f"sweep-{n}")
+        exp.log_metric("x", float(n))
+        assert tracelet.stop_logging().ok
+        run = run_view(exp.runs["memory"])
+        assert [m.value for m in run.metrics] == [float(n)]
+        pids.append(run.pid)
+    assert pids[0] != os.getpid()
+    assert pids == [pids[0]] * 3  # one agent, three runs
+    if sys.platform.startswith("linux"):
+        assert agent_pids(os.getpid()) == [pids[0]]  # idle, waiting for the next run
+        wait_for(lambda: agent_pids(os.getpid()) == [], 20, "the idle agent to exit")
+
+
+def test_each_run_carries_its_own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A credential of run 1 never reaches run 2, though the same agent opens both."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    monkeypatch.setenv(ENV_SECRET, "run-1-password")
+    one = memory_run(exp_name="one")
+    assert tracelet.stop_logging().ok
+    monkeypatch.delenv(ENV_SECRET)
+    monkeypatch.chdir(second)
+    two = memory_run(exp_name="two")
+    assert tracelet.stop_logging().ok
+    run_one, run_two = run_view(one.runs["memory"]), run_view(two.runs["memory"])
+    assert run_one.pid == run_two.pid
+    assert (run_one.secret, run_one.cwd) == ("run-1-password", str(first))
+    assert (run_two.secret, run_two.cwd) == (None, str(second))
+
+
+def test_runs_open_at_the_same_time_each_get_an_agent() -> None:
+    exp = memory_run(exp_name="active")
+    beside = open_run(exp_name="beside", backend="memory")
+    for i in range(50):
+        exp.log_metric("a", float(i), i)
+        beside.log_metric("b", float(i), i)
+    assert beside.stop().ok
+    assert tracelet.stop_logging().ok
+    active, other = run_view(exp.runs["memory"]), run_view(beside.runs["memory"])
+    assert active.pid != other.pid
+    assert [m.value for m in active.metrics] == [float(i) for i in range(50)]
+    assert [m.name for m in other.metrics] == ["b"] * 50
+
+
+def test_an_agent_whose_stop_timed_out_is_retired() -> None:
+    exp = tracelet.start_logging(exp_name="hung", backend="hanging")
     exp.log_metric("x", 1.0)
-    tracelet.stop_logging()
-    assert agent_pids(os.getpid()) == []
+    report = tracelet.stop_logging(flush_timeout=0.5)  # the writer hangs in the store's call
+    assert report["hanging"].pending == 1
+    hung_pid = run_view(exp.runs["hanging"]).pid
+    if sys.platform.startswith("linux"):
+        wait_for(lambda: hung_pid not in agent_pids(), 15, "the hung agent to exit")
+    after = memory_run(exp_name="after")
+    assert tracelet.stop_logging().ok
+    assert run_view(after.runs["memory"]).pid != hung_pid
+
+
+@posix_only
+def test_an_agent_killed_while_idle_is_replaced() -> None:
+    first = memory_run(exp_name="first")
+    assert tracelet.stop_logging().ok
+    idle_pid = run_view(first.runs["memory"]).pid
+    os.kill(idle_pid, signal.SIGKILL)
+    second = memory_run(exp_name="second")
+    for i in range(100):
+        second.log_metric("x", float(i), i)
+    report = tracelet.stop_logging()
+    assert report.ok, report.format()
+    run = run_view(second.runs["memory"])
+    assert run.pid != idle_pid
+    assert [m.value for m in run.metrics] == [float(i) for i in range(100)]
+
+
+def test_a_store_that_refuses_to_open_is_reported_kept_and_synced(caplog: pytest.LogCaptureFixture) -> None:
+    exp = tracelet.start_logging(exp_name="down", project="p", backend="closed-store", config={"lr": 0.1})
+    for i in range(200):
+        exp.log_metric("loss", float(i), i)
+    assert exp.runs == {"closed-store": None}
+    report = tracelet.stop_logging()
+    r = report["closed-store"]
+    assert r.sent == 201 and r.delivered == 0 and r.failed + r.pending == 201
+    assert any("it is down" in e for e in r.errors)
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert sum("closed-store could not open a run" in m and "it is down" in m for m in errors) == 1
+    release()  # the store is up again
+    assert r.dead_letter_path is not None or r.spool_path is not None
+    sync(exp.spool_dir)
+    (run_dir,) = [p for p in (Path(os.environ["TRACELET_LOCAL_DIR"]) / "p").iterdir()]
+    record = read_run("local", run_dir.name)
+    assert record.metrics["loss"] == [(i, float(i)) for i in range(200)]
+    assert record.params == {"lr": "0.1"}
+    assert record.status == "finished"
+    sync(exp.spool_dir)  # a second sync opens no second run and replays nothing twice
+    assert len(list((Path(os.environ["TRACELET_LOCAL_DIR"]) / "p").iterdir())) == 1
+    assert read_run("local", run_dir.name).metrics["loss"] == record.metrics["loss"]
+
+
+def test_a_store_that_refuses_to_open_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACELET_STRICT", "1")
+    exp = tracelet.start_logging(backend="failing", backend_options={"failing": {"fail_start": True}})
+    exp.log_metric("x", 1.0)
+    with pytest.raises(DeliveryError, match="no server"):
+        tracelet.stop_logging()
+
+
+def test_wait_true_raises_what_opening_raised() -> None:
+    with pytest.raises(RunOpenError, match="failing.*no server"):
+        tracelet.start_logging(
+            backend="failing", backend_options={"failing": {"fail_start": True}}, wait=True
+        )
+    assert tracelet.get_active_experiment() is None
+
+
+def test_an_agent_that_cannot_open_within_the_timeout_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TRACELET_AGENT_TIMEOUT", "1")
+    exp = tracelet.start_logging(backend="slow-start", backend_options={"slow-start": {"seconds": 30}})
+    exp.log_metric("x", 1.0)
+    report = tracelet.stop_logging(flush_timeout=5)
+    r = report["slow-start"]
+    assert (r.sent, r.delivered, r.pending) == (1, 0, 1)
+    assert any("TRACELET_AGENT_TIMEOUT" in e for e in r.errors)
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert sum("TRACELET_AGENT_TIMEOUT" in m for m in errors) == 1
+    if sys.platform.startswith("linux"):
+        wait_for(lambda: agent_pids(os.getpid()) == [], 15, "the stuck agent to be killed")
 
 
 def test_the_agent_runs_the_backends_in_another_process() -> None:
@@ -68,24 +227,43 @@ def test_the_agent_runs_the_backends_in_another_process() -> None:
     assert run_view(exp.runs["memory"]).metrics[0].value == 1.0  # ...and the agent delivered
 
 
-def test_handshake_timeout_raises_with_the_setting_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handshake_timeout_raises_with_the_setting_named_when_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("TRACELET_AGENT_TIMEOUT", "1")
     t0 = time.monotonic()
     with pytest.raises(AgentStartError, match="TRACELET_AGENT_TIMEOUT"):
-        tracelet.start_logging(backend="slow-start", backend_options={"slow-start": {"seconds": 30}})
+        tracelet.start_logging(
+            backend="slow-start", backend_options={"slow-start": {"seconds": 30}}, wait=True
+        )
     assert time.monotonic() - t0 < 15
     assert tracelet.get_active_experiment() is None
     if sys.platform.startswith("linux"):
-        assert agent_pids(os.getpid()) == []
+        wait_for(lambda: agent_pids(os.getpid()) == [], 15, "the stuck agent to be killed")
 
 
-def test_an_import_error_in_the_agent_is_raised_with_its_stderr() -> None:
+def test_an_import_error_in_the_agent_is_raised_with_its_stderr_when_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRACELET_START", "wait")
     with pytest.raises(AgentStartError) as info:
         tracelet.start_logging(backend="agent-import-fails")
     message = str(info.value)
     assert "store_sdk" in message  # the agent's reason
     assert "Traceback" in info.value.stderr_tail  # and the tail of its stderr
     assert tracelet.get_active_experiment() is None
+
+
+def test_an_import_error_in_the_agent_is_reported_and_kept_without_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exp = tracelet.start_logging(backend="agent-import-fails")
+    exp.log_metric("x", 1.0)
+    report = tracelet.stop_logging()
+    r = report["agent-import-fails"]
+    assert (r.pending, r.spool_path) == (1, str(exp.spool_dir))
+    assert any("store_sdk" in e for e in r.errors)
+    assert sum("store_sdk" in rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR") == 1
 
 
 @posix_only

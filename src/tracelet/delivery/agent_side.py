@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any, NoReturn
@@ -140,8 +141,8 @@ class Agent:
         try:
             fanout = Fanout(request)
         except BaseException as exc:
-            log.debug("opening the runs failed", exc_info=True)
-            self.send(protocol.encode(protocol.OpenFailed(message.run, f"{type(exc).__name__}: {exc}")))
+            why = f"{type(exc).__name__}: {exc}"
+            self.send(protocol.encode(protocol.OpenFailed(message.run, why, traceback.format_exc())))
             return False
         with self.state_lock:
             self.run = message.run

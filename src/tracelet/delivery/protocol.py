@@ -91,6 +91,8 @@ class OpenFailed:
 
     run: int
     why: str
+    #: the agent's traceback of the failure
+    traceback: str
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,10 @@ IDLE_POOL = _Pool()
 atexit.register(IDLE_POOL.close_all)
 
 
+class _OpenRefused(AgentStartError):
+    """The agent answered that it cannot open the runs: a new agent would not either."""
+
+
 class AgentDelivery(Delivery):
     """Opens a run in a (warm) agent in the background, feeds it, keeps every event until confirmed."""
 
@@ -362,9 +366,12 @@ class AgentDelivery(Delivery):
             try:
                 self._opened = self._handshake(agent, deadline)
                 return agent
+            except _OpenRefused:
+                agent.kill()
+                raise
             except AgentStartError:
                 agent.kill()
-                if warm is None or self._state is not State.CONNECTING:
+                if warm is None or self._state is not State.CONNECTING or time.monotonic() >= deadline:
                     raise
                 # A warm agent that died while idle (the OOM killer, a stray signal): nothing was
                 # shipped to it yet, so the run opens in a new one instead.
@@ -406,7 +413,8 @@ class AgentDelivery(Delivery):
             elif isinstance(message, protocol.OpenedRuns) and message.run == self._run:
                 return message.opened
             elif isinstance(message, protocol.OpenFailed) and message.run == self._run:
-                raise agent.failure(f"the delivery agent could not open the runs: {message.why}")
+                why = f"the delivery agent could not open the runs: {message.why}"
+                raise _OpenRefused(why, agent.proc.poll(), message.traceback.rstrip())
 
     # -- caller's thread --------------------------------------------------------------------
     def put(self, item: tuple[Any, ...]) -> None:
