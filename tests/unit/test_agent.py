@@ -170,7 +170,7 @@ def test_a_store_that_refuses_to_open_is_reported_kept_and_synced(caplog: pytest
     assert exp.runs == {"closed-store": None}
     report = tracelet.stop_logging()
     r = report["closed-store"]
-    assert r.sent == 201 and r.delivered == 0 and r.failed + r.pending == 201
+    assert (r.sent, r.delivered, r.failed + r.pending) == (201, 0, 201)
     assert any("it is down" in e for e in r.errors)
     errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
     assert sum("closed-store could not open a run" in m and "it is down" in m for m in errors) == 1
@@ -196,7 +196,7 @@ def test_a_store_that_refuses_to_open_raises_in_strict_mode(monkeypatch: pytest.
 
 
 def test_wait_true_raises_what_opening_raised() -> None:
-    with pytest.raises(RunOpenError, match="failing.*no server"):
+    with pytest.raises(RunOpenError, match=r"failing.*no server"):
         tracelet.start_logging(
             backend="failing", backend_options={"failing": {"fail_start": True}}, wait=True
         )
