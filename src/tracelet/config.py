@@ -11,7 +11,8 @@ TRACELET_STRICT             ``1``: ``stop_logging`` raises unless all landed ``0
 TRACELET_HANDLE_SIGNALS     ``0``: do not install SIGTERM/SIGINT handlers    ``1``
 TRACELET_FLUSH_TIMEOUT      seconds ``stop_logging`` waits for delivery      ``60``
 TRACELET_SPOOL_DIR          where overflow and leftovers are spooled         user cache
-TRACELET_DELIVERY           ``agent``: a delivery process; ``thread``: here  ``agent``
+TRACELET_DELIVERY           ``agent``: a (warm) delivery process;           ``agent``
+                            ``thread``: writer threads in this process
 TRACELET_START              ``wait``: ``start_logging`` returns once every   ``background``
                             run is open, and raises what opening raised
 TRACELET_AGENT_TIMEOUT      seconds the agent may take to open the runs      ``120``

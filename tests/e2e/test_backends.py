@@ -288,6 +288,17 @@ def test_mlflow_batches_with_log_batch(isolated_env: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.e2e_basic
+@pytest.mark.requires("mlflow")
+def test_the_static_param_limit_is_the_installed_mlflows() -> None:
+    """The trainer checks param lengths against a static table (it never imports MLflow): keep it true."""
+    from mlflow.utils import validation
+
+    from tracelet.backends.mlflow import MLflowBackend
+
+    assert MLflowBackend().param_value_limit() == validation.MAX_PARAM_VAL_LENGTH
+
+
+@pytest.mark.e2e_basic
 @pytest.mark.requires("clearml")
 def test_clearml_private_settings_still_exist() -> None:
     """tracelet's quiet ClearML defaults rely on private attributes; fail loudly when ClearML renames them."""

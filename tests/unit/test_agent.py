@@ -70,20 +70,6 @@ def memory_run(**kwargs: object) -> tracelet.Experiment:
     return tracelet.start_logging(backend="memory", **kwargs)  # type: ignore[arg-type]
 
 
-def test_start_logging_returns_before_the_run_is_open_and_what_is_logged_meanwhile_lands() -> None:
-    """The store opens its run only when the gate opens; a start that waited would never return."""
-    exp = tracelet.start_logging(exp_name="early", backend="gated-start", config={"lr": 0.1})
-    for i in range(500):
-        exp.log_metric("loss", float(i), i)
-    assert exp.flush(0.3) is False  # nothing can land while the run is not open
-    release()
-    report = tracelet.stop_logging(flush_timeout=30)
-    assert report.ok, report.format()
-    run = run_view(exp.runs["gated-start"])
-    assert [(m.step, m.value) for m in run.metrics] == [(i, float(i)) for i in range(500)]
-    assert run.status == "finished"
-
-
 def test_the_warm_agent_serves_the_next_run_and_exits_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACELET_AGENT_IDLE", "3")
     pids = []

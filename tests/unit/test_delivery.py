@@ -144,3 +144,34 @@ def test_backoff_doubles_up_to_its_cap(tmp_path: Path, monkeypatch: pytest.Monke
     assert max(clock.sleeps) <= 0.05  # so a stop that gives up is noticed at once
     assert run_view(backend.run_id).metrics == [Metric("x", 1.0, 0, 1.0)]
     assert writer.retries == 8
+
+
+def test_start_returns_before_the_run_is_open_and_the_early_events_land_in_order() -> None:
+    """The store opens its run only when the gate opens: a start that waited for it would never return."""
+    exp = tracelet.start_logging(exp_name="early", backend="gated-start", config={"lr": 0.1})
+    for i in range(500):
+        exp.log_metric("loss", float(i), i)
+    assert exp.flush(0.3) is False  # nothing can land while the run is not open
+    release()
+    report = tracelet.stop_logging(flush_timeout=30)
+    assert report.ok, report.format()
+    run = run_view(exp.runs["gated-start"])
+    assert [(m.step, m.value) for m in run.metrics] == [(i, float(i)) for i in range(500)]
+    assert run.status == "finished"
+
+
+def test_a_store_that_refuses_to_open_is_reported_and_its_events_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exp = tracelet.start_logging(backend="failing", backend_options={"failing": {"fail_start": True}})
+    for i in range(10):
+        exp.log_metric("x", float(i), i)
+    assert exp.runs == {"failing": None}
+    r = tracelet.stop_logging()["failing"]
+    assert (r.sent, r.delivered, r.failed + r.pending) == (10, 0, 10)
+    assert any("no server" in e for e in r.errors)
+    assert r.dead_letter_path is not None
+    kept = Path(r.dead_letter_path).read_text().splitlines()
+    assert len(kept) == 10
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert sum("failing could not open a run" in m for m in errors) == 1
