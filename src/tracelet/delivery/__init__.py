@@ -88,7 +88,7 @@ def open_delivery(
     if mode == "thread":
         from tracelet.delivery.thread import ThreadDelivery
 
-        return ThreadDelivery(request)
+        return ThreadDelivery(request, open_timeout=agent_timeout)
     from tracelet.delivery.trainer_side import AgentDelivery
 
     return AgentDelivery(request, open_timeout=agent_timeout, drain_timeout=agent_drain, idle=agent_idle)

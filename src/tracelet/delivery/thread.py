@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 class ThreadDelivery(Delivery):
     """A :class:`Fanout` in this process, opened on a background thread."""
 
-    def __init__(self, request: OpenRequest) -> None:
+    def __init__(self, request: OpenRequest, open_timeout: float) -> None:
         self._request = request
+        self._open_timeout = open_timeout
         self._fanout: Fanout | None = None
         self._failure: str | None = None
         self._fallback: Spool | None = None
@@ -110,11 +111,14 @@ class ThreadDelivery(Delivery):
         return self._fanout.flush(timeout) if self._fanout else self._failure is None
 
     def stop(self, status: str, timeout: float) -> dict[str, BackendReport]:
-        self._ready.wait(timeout)
+        """Deliver within ``timeout``, counted from when the runs are open (at most ``open_timeout`` away)."""
+        self._ready.wait(self._open_timeout)
         with self._lock:
             fanout = self._fanout
             if fanout is None and self._fallback is None:  # still opening: keep what waits
-                self._failure = f"the runs did not open within {timeout:.1f}s"
+                self._failure = (
+                    f"the runs did not open within {self._open_timeout:g}s (TRACELET_AGENT_TIMEOUT)"
+                )
                 self._fallback = self._spool()
                 if self._waiting:
                     self._fallback.append(list(self._waiting))

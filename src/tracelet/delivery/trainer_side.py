@@ -669,18 +669,23 @@ class AgentDelivery(Delivery):
         return bool(reply is not None and reply.ok)
 
     def stop(self, status: str, timeout: float) -> dict[str, BackendReport]:
-        deadline = time.monotonic() + timeout
+        """Deliver within ``timeout``, counted from when the runs are open.
+
+        A run stopped while its agent still starts waits for it (bounded by
+        ``TRACELET_AGENT_TIMEOUT``, which the feeder enforces): the caller's timeout is
+        the time to deliver, as it was when ``start_logging()`` waited for the agent.
+        """
         reports: dict[str, BackendReport] = {}
         with self._lock:
             connecting = self._state is State.CONNECTING
-            if self._state in (State.RUNNING, State.CONNECTING):
-                self._state = State.STOPPING if not connecting else self._state
+            if self._state is State.RUNNING:
+                self._state = State.STOPPING
         if connecting:
-            # The runs are still opening: they get what is left of the timeout to do it.
-            self._opened_event.wait(timeout)
+            self._opened_event.wait(self._open_timeout + EXIT_GRACE)
             with self._lock:
                 if self._state is State.RUNNING:
                     self._state = State.STOPPING
+        deadline = time.monotonic() + timeout
         if self._state is State.STOPPING:
             # The agent gets what is left of the timeout once everything before the stop is shipped.
             final = self._ask(
@@ -694,7 +699,7 @@ class AgentDelivery(Delivery):
             else:
                 self._lose(f"the delivery agent did not answer the stop within {timeout:.1f}s")
         elif self._state is State.CONNECTING:
-            self._lose(f"the delivery agent did not open the runs within {timeout:.1f}s (the stop's timeout)")
+            self._lose(f"the delivery agent did not open the runs within {self._open_timeout:g}s")
         self._wake_event.set()
         with self._lock:
             if self._state is not State.LOST and (self._unacked or self._queue or self._spooling):
