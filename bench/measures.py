@@ -16,6 +16,11 @@ Measurements (``spec["measure"]``):
   call timed, floats then 0-d tensors; ``start_logging`` and ``stop_logging`` timed.
 * ``artifacts``: upload a 1 MB file, a 100 MB file and a folder of 1,000 small files, each
   until it has landed; then download each back from the store.
+* ``sweep``: ``runs`` short runs one after the other in this one process, as a hyperparameter
+  sweep does, inside a git repository: each opens a run, logs 3 params and ``points`` losses,
+  and closes it with everything landed. Timed from before the client is imported (``import
+  tracelet``, ``import mlflow``...) to after the last run closed; each run's open and whole
+  time too. Native: the store's bulk API, as in ``bulk``.
 
 The training-overhead measure runs ``bench/overhead.py``'s own child (one loop, one variant).
 """
@@ -33,7 +38,15 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from _common import PACKAGES, backend_counts, open_native, sqlite_uri, tracelet_backend, write_child_result
+from _common import (
+    PACKAGES,
+    backend_counts,
+    git_init,
+    open_native,
+    sqlite_uri,
+    tracelet_backend,
+    write_child_result,
+)
 
 PROJECT = "bench-suite"
 MLFLOW_CHUNK = 1000  # MLflow's batch limit: the best its bulk API can do
@@ -384,11 +397,110 @@ def measure_artifacts(spec: dict[str, Any]) -> dict[str, Any]:
     return side(spec, root, src)
 
 
+# -- sweep: many short runs in one process -------------------------------------------------------
+
+
+def _sweep_params(i: int) -> dict[str, Any]:
+    """Run ``i``'s hyperparameters: what a sweep varies."""
+    return {"lr": 0.001 * (i + 1), "batch": 32 * (1 + i % 4), "seed": i}
+
+
+def _loss(i: int, step: int) -> float:
+    return 1.0 / (1.0 + 0.01 * step) + 0.01 * math.sin(step + i)
+
+
+def _sweep_run(points: int, t: tuple[float, float, float], delivered: int, landed: bool) -> dict[str, Any]:
+    """One run of a sweep from its three clock readings: before open, opened, closed (all landed)."""
+    return {
+        "points": points,
+        "start_s": t[1] - t[0],
+        "run_s": t[2] - t[0],
+        "delivered": delivered,
+        "landed": landed,
+    }
+
+
+def sweep_tracelet(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``start_logging``, 3 params, ``points`` losses, ``stop_logging``: ``runs`` times, one process."""
+    if "tracelet" in sys.modules:
+        raise RuntimeError("tracelet was imported before the clock started: the total would leave it out")
+    runs, points, perf = int(spec["runs"]), int(spec["points"]), time.perf_counter
+    backend, options = tracelet_backend(spec["store"], root, spec.get("server_url"))
+    done: list[dict[str, Any]] = []
+    t0 = perf()
+    import tracelet
+
+    imported = perf()
+    for i in range(runs):
+        a = perf()
+        exp = tracelet.start_logging(
+            exp_name=f"{spec['run_name']}-{i}", project=PROJECT, backend=backend, backend_options=options
+        )
+        b = perf()
+        exp.log_params(_sweep_params(i))
+        log = exp.log_metric
+        for step in range(points):
+            log("loss", _loss(i, step), step)
+        report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
+        c = perf()
+        counts = backend_counts(report, backend)
+        done.append(
+            _sweep_run(points, (a, b, c), counts["delivered"], counts["ok"] and counts["delivered"] >= points)
+        )
+    end = perf()
+    return {"import_s": imported - t0, "total_s": end - t0, "runs": done}
+
+
+def sweep_native(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The same sweep with the store's own client; its import happens inside the first open."""
+    package = PACKAGES[spec["store"]]
+    if package is not None and package in sys.modules:
+        raise RuntimeError(f"{package} was imported before the clock started: the total would leave it out")
+    runs, points, perf = int(spec["runs"]), int(spec["points"]), time.perf_counter
+    done: list[dict[str, Any]] = []
+    import_s = 0.0
+    t0 = perf()
+    for i in range(runs):
+        a = perf()
+        run = open_native(
+            spec["store"],
+            root,
+            PROJECT,
+            f"{spec['run_name']}-{i}",
+            mlflow_chunk=MLFLOW_CHUNK,
+            server_url=spec.get("server_url"),
+        )
+        b = perf()
+        run.log_params(_sweep_params(i))
+        log = run.log_step
+        for step in range(points):
+            log(step, {"loss": _loss(i, step)})
+        run.close()
+        c = perf()
+        if i == 0:  # the first open imports the client
+            import_s = run.import_s
+        # landed: the native close returned without raising
+        done.append(_sweep_run(points, (a, b, c), points, True))
+    end = perf()
+    return {"import_s": import_s, "total_s": end - t0, "runs": done}
+
+
+def measure_sweep(spec: dict[str, Any]) -> dict[str, Any]:
+    """A git repository around the working directory first (tracelet reads it), then the sweep."""
+    root = Path(spec["root"])
+    git = git_init(root) if spec.get("git", True) else False
+    os.chdir(root)  # where the suite starts the child anyway: inside that repository
+    side = sweep_tracelet if spec["kind"] == "tracelet" else sweep_native
+    result = side(spec, root)
+    return {**result, "landed": all(r["landed"] for r in result["runs"]), "git": git}
+
+
 MEASURES = {
     "bulk": measure_bulk,
     "percall": measure_percall,
     "latency": measure_latency,
     "artifacts": measure_artifacts,
+    "sweep": measure_sweep,
 }
 
 

@@ -4,7 +4,8 @@ One table per measure with the stores side by side, ratios against the native cl
 absolute figures second, each as ``median [min..max]`` over the repetitions; a figure that
 regressed against the baseline of the same machine key is marked. The plots are PNGs beside the
 report. The closing section, "which backend for which load", is drawn from the figures of this
-run, not written by hand, so it cannot go stale.
+run, not written by hand, so it cannot go stale. A run of some measures (``--measures``) shows
+those only. The sweep's table judges its targets (``_common.TARGETS``) beside its figures.
 
     python bench/suite.py --render-only [--out reports/bench]   # re-render from results.json
 """
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from _common import TARGETS
 
 LABELS = {
     "mlflow": "MLflow (sqlite)",
@@ -72,16 +75,28 @@ class Figures:
         return (statistics.median(reps), min(reps), max(reps)) if reps else None
 
     def cell(self, measure: str, store: str, name: str) -> str:
-        s = self.spread(measure, store, name)
-        if s is None:
+        reps = self.reps(measure, store, name)
+        if not reps:
             return "–"
         figure = self._by_id[(measure, store, name)]
-        text = f"{_num(s[0])} [{_num(s[1])}..{_num(s[2])}]" if len(figure["reps"]) > 1 else _num(s[0])
+        text = _spread_text(reps)
         unit = figure.get("unit", "")
         text = f"{text} {unit}".rstrip() if unit in ("×", "%") else text
         if (measure, store, name) in self._regressed:
             text += " ⚠ regressed"
         return text
+
+
+def measured(results: Mapping[str, Any]) -> set[str]:
+    """The measures this run chose (a results.json from before ``--measures``: those it has figures of)."""
+    chosen = results.get("measures")
+    return set(chosen) if chosen is not None else {str(f["measure"]) for f in results["figures"]}
+
+
+def _spread_text(reps: Sequence[float]) -> str:
+    """``median [min..max]``, or the one value of a single repetition."""
+    median = statistics.median(reps)
+    return f"{_num(median)} [{_num(min(reps))}..{_num(max(reps))}]" if len(reps) > 1 else _num(median)
 
 
 def _num(x: float) -> str:
@@ -104,6 +119,80 @@ def _table(fig: Figures, measure: str, rows: Sequence[tuple[str, str]]) -> list[
     for label, name in rows:
         lines.append(f"| {label} | " + " | ".join(fig.cell(measure, s, name) for s in fig.stores) + " |")
     return lines
+
+
+#: a target's verdict beside its figure
+MET, MISSED = "✓ MET", "✗ MISSED"
+
+
+def sweep_table(fig: Figures, plan: Mapping[str, Any]) -> tuple[list[str], int, list[str]]:
+    """The Sweep table (stores side by side, each target's verdict beside its figure), how many
+    verdicts it holds, and the targets missed.
+
+    Every target is judged on the median over the repetitions. The whole sweep has to reach
+    ``sweep_min_ratio`` of the native client's speed on every store but ``local``, whose native
+    side is a hand-written file: there it has ``sweep_local_per_run_ms`` a run instead.
+    """
+    t, runs = TARGETS, int(plan.get("sweep_runs") or 0)
+    ratio, local_ms = t["sweep_min_ratio"], t["sweep_local_per_run_ms"]
+    p50_ms, p99_ms, extra_ms = t["sweep_start_p50_ms"], t["sweep_start_p99_ms"], t["sweep_extra_per_run_ms"]
+
+    def per_run(store: str) -> list[float]:
+        return [total / runs * 1e3 for total in fig.reps("sweep", store, "tracelet total")] if runs else []
+
+    def at_most(limit: float) -> Callable[[str, float], bool | None]:
+        return lambda store, value: value <= limit
+
+    # (label, figure name (None: the whole sweep per run), target, judge (None where it does not apply))
+    rows: list[tuple[str, str | None, str, Callable[[str, float], bool | None] | None]] = [
+        (
+            "native ÷ tracelet, whole sweep",
+            "ratio native/tracelet total",
+            f"≥ {ratio:g}×, not local",
+            lambda store, value: None if store == "local" else value >= ratio,
+        ),
+        (
+            "tracelet, whole sweep ÷ runs (ms)",
+            None,
+            f"≤ {local_ms:g} ms a run, local only",
+            lambda store, value: value <= local_ms if store == "local" else None,
+        ),
+        ("`start_logging` p50 (ms)", "tracelet start_logging p50", f"≤ {p50_ms:g} ms", at_most(p50_ms)),
+        ("`start_logging` p99 (ms)", "tracelet start_logging p99", f"≤ {p99_ms:g} ms", at_most(p99_ms)),
+        (
+            "a run after the first, tracelet − native (ms)",
+            "extra per run over native",
+            f"≤ {extra_ms:g} ms (tracelet ≤ native + {extra_ms:g} ms)",
+            at_most(extra_ms),
+        ),
+        ("a run after the first, tracelet (ms)", "tracelet per run after the first", "", None),
+        ("a run after the first, native (ms)", "native per run after the first", "", None),
+        ("whole sweep, tracelet (s)", "tracelet total", "", None),
+        ("whole sweep, native (s)", "native total", "", None),
+    ]
+    lines = [
+        "| | " + " | ".join(LABELS.get(s, s) for s in fig.stores) + " | target |",
+        "|---|" + "---|" * (len(fig.stores) + 1),
+    ]
+    judged, missed = 0, []
+    for label, name, target, judge in rows:
+        cells = []
+        for store in fig.stores:
+            reps = per_run(store) if name is None else fig.reps("sweep", store, name)
+            if not reps:
+                cells.append("–")
+                continue
+            text = _spread_text(reps) if name is None else fig.cell("sweep", store, name)
+            value = statistics.median(reps)
+            ok = judge(store, value) if judge is not None else None
+            if ok is not None:
+                judged += 1
+                text += f" {MET if ok else MISSED}"
+            if ok is False:
+                missed.append(f"{LABELS.get(store, store)}, {label}: {_num(value)} (target {target})")
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
+    return lines, judged, missed
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -194,203 +283,221 @@ def plot_all(fig: Figures, results: Mapping[str, Any], out: Path) -> list[tuple[
         plt.close(figure)
         made.append((name, caption))
 
+    ran, stores = measured(results), fig.stores
+
     # throughput
-    f, ax = plt.subplots(figsize=(9, 4.8))
-    _grouped(
-        ax,
-        fig,
-        [
-            ("native per-call", "throughput", "native per-call points/s", "//"),
-            ("native bulk", "throughput", "native bulk points/s", ".."),
-            ("tracelet", "throughput", "tracelet points/s", ""),
-        ],
-        "delivered points per second (log scale)",
-        log=True,
-    )
-    ax.set_title(
-        f"Throughput, {plan['throughput_points']:,} points over 10 keys, until landed\n{subtitle}", fontsize=9
-    )
-    save(
-        f,
-        "throughput.png",
-        "Throughput: points per second from the first log call until the run is closed with every "
-        "point stored",
-    )
-
-    # scalability
-    f, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    for ax, (label, sizes, xlabel) in zip(
-        axes,
-        (
-            ("points", [(p, f"{p:,} points") for p in plan["points"]], "points logged (10 keys)"),
-            ("keys", [(k, f"{k:,} keys") for k in plan["keys"]], f"keys ({plan['keys_points']:,} points)"),
-        ),
-        strict=True,
-    ):
-        for store in fig.stores:
-            for kind, style in (("tracelet", "-o"), ("native", "--s")):
-                pts = [
-                    (x, fig.median("scalability", store, f"{kind} µs/point @ {where}")) for x, where in sizes
-                ]
-                pts = [(x, y) for x, y in pts if y]
-                if pts:
-                    ax.plot(
-                        [p[0] for p in pts],
-                        [p[1] for p in pts],
-                        style,
-                        color=COLORS.get(store),
-                        markersize=4,
-                        label=f"{LABELS.get(store, store)} {kind}",
-                    )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _readable_log(ax, "x")
-        _readable_log(ax, "y")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("cost per delivered point (µs, log scale)")
-        ax.grid(which="both", alpha=0.3)
-        ax.set_title(f"Cost per point vs {label}: solid tracelet, dashed native", fontsize=9)
-    handles, names = axes[0].get_legend_handles_labels()
-    f.legend(handles, names, loc="lower center", ncol=5, fontsize=7, frameon=False)
-    save(
-        f,
-        "scalability.png",
-        "Scalability: µs per delivered point (run open to run closed, start excluded), log-log",
-        bottom=0.12,
-    )
-
-    # overhead as a slowdown factor (the MLflow server's per-step native call is ~100x: log scale)
-    f, ax = plt.subplots(figsize=(9, 4.6))
-    stores = fig.stores
-    for i, (kind, hatch) in enumerate((("native", "//"), ("tracelet", ""))):
-        values = []
-        for s in stores:
-            sp = fig.spread("overhead", s, f"{kind} fast loop")
-            values.append(tuple(1 + v / 100 for v in sp) if sp else None)
-        heights, err = _bar_err(values)  # type: ignore[arg-type]
-        xs = [j + (i - 0.5) * 0.38 for j in range(len(stores))]
-        ax.bar(
-            xs,
-            heights,
-            0.38,
-            yerr=err,
-            capsize=3,
-            hatch=hatch,
-            label=kind,
-            color=[COLORS.get(s) for s in stores],
-            edgecolor="black",
-            linewidth=0.6,
-            alpha=0.55 + 0.45 * i,
-        )
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    _readable_log(ax)
-    ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
-    ax.set_ylabel("median step time ÷ no-logging step (×, log scale)")
-    base = fig.median("overhead", "-", "no-logging step")
-    ax.set_title(
-        f"Training overhead: fast CPU loop ({base or 0:.2f} ms/step), 5 metrics a step\n{subtitle}",
-        fontsize=9,
-    )
-    _legend(ax, [("native per-step call", "//", 0.55), ("tracelet", "", 1.0)])
-    ax.grid(axis="y", which="both", alpha=0.3)
-    save(
-        f,
-        "overhead.png",
-        "Training overhead: how much slower each step runs with tracelet, and with the native per-step call",
-    )
-
-    # latency
-    f, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, q in zip(axes, ("p50", "p99"), strict=True):
+    if "throughput" in ran:
+        f, ax = plt.subplots(figsize=(9, 4.8))
         _grouped(
             ax,
             fig,
             [
-                ("native float", "latency", f"native float {q}", "//"),
-                ("native tensor (.item())", "latency", f"native tensor {q}", "\\\\"),
-                ("tracelet float", "latency", f"tracelet float {q}", ""),
-                ("tracelet 0-d tensor", "latency", f"tracelet tensor {q}", ".."),
+                ("native per-call", "throughput", "native per-call points/s", "//"),
+                ("native bulk", "throughput", "native bulk points/s", ".."),
+                ("tracelet", "throughput", "tracelet points/s", ""),
             ],
-            f"{q} of one call (µs, log scale)",
+            "delivered points per second (log scale)",
             log=True,
         )
-        ax.set_title(f"Caller latency {q} while delivery is busy", fontsize=9)
-    save(
-        f,
-        "latency.png",
-        "Caller latency of one log call: tracelet's log_metric while a backlog drains, against the "
-        "native per-call API",
-    )
+        ax.set_title(
+            f"Throughput, {plan['throughput_points']:,} points over 10 keys, until landed\n{subtitle}",
+            fontsize=9,
+        )
+        save(
+            f,
+            "throughput.png",
+            "Throughput: points per second from the first log call until the run is closed with every "
+            "point stored",
+        )
+
+    # scalability
+    if "scalability" in ran:
+        f, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+        for ax, (label, sizes, xlabel) in zip(
+            axes,
+            (
+                ("points", [(p, f"{p:,} points") for p in plan["points"]], "points logged (10 keys)"),
+                (
+                    "keys",
+                    [(k, f"{k:,} keys") for k in plan["keys"]],
+                    f"keys ({plan['keys_points']:,} points)",
+                ),
+            ),
+            strict=True,
+        ):
+            for store in fig.stores:
+                for kind, style in (("tracelet", "-o"), ("native", "--s")):
+                    pts = [
+                        (x, fig.median("scalability", store, f"{kind} µs/point @ {where}"))
+                        for x, where in sizes
+                    ]
+                    pts = [(x, y) for x, y in pts if y]
+                    if pts:
+                        ax.plot(
+                            [p[0] for p in pts],
+                            [p[1] for p in pts],
+                            style,
+                            color=COLORS.get(store),
+                            markersize=4,
+                            label=f"{LABELS.get(store, store)} {kind}",
+                        )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _readable_log(ax, "x")
+            _readable_log(ax, "y")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("cost per delivered point (µs, log scale)")
+            ax.grid(which="both", alpha=0.3)
+            ax.set_title(f"Cost per point vs {label}: solid tracelet, dashed native", fontsize=9)
+        handles, names = axes[0].get_legend_handles_labels()
+        f.legend(handles, names, loc="lower center", ncol=5, fontsize=7, frameon=False)
+        save(
+            f,
+            "scalability.png",
+            "Scalability: µs per delivered point (run open to run closed, start excluded), log-log",
+            bottom=0.12,
+        )
+
+    # overhead as a slowdown factor (the MLflow server's per-step native call is ~100x: log scale)
+    if "overhead" in ran:
+        f, ax = plt.subplots(figsize=(9, 4.6))
+        for i, (kind, hatch) in enumerate((("native", "//"), ("tracelet", ""))):
+            values = []
+            for s in stores:
+                sp = fig.spread("overhead", s, f"{kind} fast loop")
+                values.append(tuple(1 + v / 100 for v in sp) if sp else None)
+            heights, err = _bar_err(values)  # type: ignore[arg-type]
+            xs = [j + (i - 0.5) * 0.38 for j in range(len(stores))]
+            ax.bar(
+                xs,
+                heights,
+                0.38,
+                yerr=err,
+                capsize=3,
+                hatch=hatch,
+                label=kind,
+                color=[COLORS.get(s) for s in stores],
+                edgecolor="black",
+                linewidth=0.6,
+                alpha=0.55 + 0.45 * i,
+            )
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        _readable_log(ax)
+        ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
+        ax.set_ylabel("median step time ÷ no-logging step (×, log scale)")
+        base = fig.median("overhead", "-", "no-logging step")
+        ax.set_title(
+            f"Training overhead: fast CPU loop ({base or 0:.2f} ms/step), 5 metrics a step\n{subtitle}",
+            fontsize=9,
+        )
+        _legend(ax, [("native per-step call", "//", 0.55), ("tracelet", "", 1.0)])
+        ax.grid(axis="y", which="both", alpha=0.3)
+        save(
+            f,
+            "overhead.png",
+            "Training overhead: how much slower each step runs with tracelet, and with the native "
+            "per-step call",
+        )
+
+    # latency
+    if "latency" in ran:
+        f, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+        for ax, q in zip(axes, ("p50", "p99"), strict=True):
+            _grouped(
+                ax,
+                fig,
+                [
+                    ("native float", "latency", f"native float {q}", "//"),
+                    ("native tensor (.item())", "latency", f"native tensor {q}", "\\\\"),
+                    ("tracelet float", "latency", f"tracelet float {q}", ""),
+                    ("tracelet 0-d tensor", "latency", f"tracelet tensor {q}", ".."),
+                ],
+                f"{q} of one call (µs, log scale)",
+                log=True,
+            )
+            ax.set_title(f"Caller latency {q} while delivery is busy", fontsize=9)
+        save(
+            f,
+            "latency.png",
+            "Caller latency of one log call: tracelet's log_metric while a backlog drains, against the "
+            "native per-call API",
+        )
 
     # memory
-    f, ax = plt.subplots(figsize=(9, 4.6))
-    for i, (kind, hatch) in enumerate((("native", "//"), ("tracelet", ""))):
-        xs = [j + (i - 0.5) * 0.38 for j in range(len(stores))]
-        trainer = [fig.median("memory", s, f"{kind} trainer peak MB") or 0 for s in stores]
-        helpers = [fig.median("memory", s, f"{kind} helpers peak MB") or 0 for s in stores]
-        colors = [COLORS.get(s) for s in stores]
-        ax.bar(
-            xs,
-            trainer,
-            0.38,
-            hatch=hatch,
-            color=colors,
-            edgecolor="black",
-            linewidth=0.6,
-            label=f"{kind}: trainer",
+    if "memory" in ran:
+        f, ax = plt.subplots(figsize=(9, 4.6))
+        for i, (kind, hatch) in enumerate((("native", "//"), ("tracelet", ""))):
+            xs = [j + (i - 0.5) * 0.38 for j in range(len(stores))]
+            trainer = [fig.median("memory", s, f"{kind} trainer peak MB") or 0 for s in stores]
+            helpers = [fig.median("memory", s, f"{kind} helpers peak MB") or 0 for s in stores]
+            colors = [COLORS.get(s) for s in stores]
+            ax.bar(
+                xs,
+                trainer,
+                0.38,
+                hatch=hatch,
+                color=colors,
+                edgecolor="black",
+                linewidth=0.6,
+                label=f"{kind}: trainer",
+            )
+            ax.bar(
+                xs,
+                helpers,
+                0.38,
+                bottom=trainer,
+                hatch=hatch,
+                color="white",
+                edgecolor=colors,
+                linewidth=1.2,
+                label=f"{kind}: helper processes (agent, wandb-core)",
+            )
+        ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
+        ax.set_ylabel("peak RSS (MB)")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the tallest bar
+        top_reps = plan.get("top_reps", plan["reps"])
+        ax.set_title(
+            f"Memory while logging {plan['points'][-1]:,} points (peaks of trainer and helpers)\n"
+            f"{cores} cores, {suite} suite, {top_reps} reps; bars: medians",
+            fontsize=9,
         )
-        ax.bar(
-            xs,
-            helpers,
-            0.38,
-            bottom=trainer,
-            hatch=hatch,
-            color="white",
-            edgecolor=colors,
-            linewidth=1.2,
-            label=f"{kind}: helper processes (agent, wandb-core)",
-        )
-    ax.set_xticks(range(len(stores)), [TICKS.get(s, s) for s in stores], fontsize=8)
-    ax.set_ylabel("peak RSS (MB)")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the tallest bar
-    top_reps = plan.get("top_reps", plan["reps"])
-    ax.set_title(
-        f"Memory while logging {plan['points'][-1]:,} points (peaks of trainer and helpers)\n"
-        f"{cores} cores, {suite} suite, {top_reps} reps; bars: medians",
-        fontsize=9,
-    )
-    from matplotlib.patches import Patch
+        from matplotlib.patches import Patch
 
-    ax.legend(
-        handles=[
-            Patch(facecolor="#888888", hatch="//", edgecolor="black", label="native: trainer"),
-            Patch(facecolor="white", hatch="//", edgecolor="#555555", label="native: helpers (wandb-core)"),
-            Patch(facecolor="#888888", edgecolor="black", label="tracelet: trainer"),
-            Patch(facecolor="white", edgecolor="#555555", label="tracelet: helpers (agent, wandb-core)"),
-        ],
-        fontsize=7,
-    )
-    ax.grid(axis="y", alpha=0.3)
-    save(f, "memory.png", "Memory: peak RSS of the training process and of its helper processes, stacked")
+        ax.legend(
+            handles=[
+                Patch(facecolor="#888888", hatch="//", edgecolor="black", label="native: trainer"),
+                Patch(
+                    facecolor="white", hatch="//", edgecolor="#555555", label="native: helpers (wandb-core)"
+                ),
+                Patch(facecolor="#888888", edgecolor="black", label="tracelet: trainer"),
+                Patch(facecolor="white", edgecolor="#555555", label="tracelet: helpers (agent, wandb-core)"),
+            ],
+            fontsize=7,
+        )
+        ax.grid(axis="y", alpha=0.3)
+        save(f, "memory.png", "Memory: peak RSS of the training process and of its helper processes, stacked")
 
     # artifacts: one panel per case and direction, native (hatched) beside tracelet (solid)
-    labels = list(plan["artifacts"])
-    f, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 7.5), squeeze=False)
-    for row, way in enumerate(("upload", "download")):
-        for col, label in enumerate(labels):
-            ax = axes[row][col]
-            series = [
-                ("native", "artifacts", f"{way} {label} native MB/s", "//"),
-                ("tracelet", "artifacts", f"{way} {label} tracelet MB/s", ""),
-            ]
-            _grouped(ax, fig, series, f"{way} speed (MB/s, log scale)", log=True)
-            ax.tick_params(axis="x", labelsize=7)
-            ax.set_title(f"{way} {label}", fontsize=9)
-    f.suptitle(f"Artifacts: until stored, and read back from the store\n{subtitle}", fontsize=9)
-    save(
-        f, "artifacts.png", "Artifacts: upload and download speed per size, tracelet against the native call"
-    )
+    if "artifacts" in ran:
+        labels = list(plan["artifacts"])
+        f, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 7.5), squeeze=False)
+        for row, way in enumerate(("upload", "download")):
+            for col, label in enumerate(labels):
+                ax = axes[row][col]
+                series = [
+                    ("native", "artifacts", f"{way} {label} native MB/s", "//"),
+                    ("tracelet", "artifacts", f"{way} {label} tracelet MB/s", ""),
+                ]
+                _grouped(ax, fig, series, f"{way} speed (MB/s, log scale)", log=True)
+                ax.tick_params(axis="x", labelsize=7)
+                ax.set_title(f"{way} {label}", fontsize=9)
+        f.suptitle(f"Artifacts: until stored, and read back from the store\n{subtitle}", fontsize=9)
+        save(
+            f,
+            "artifacts.png",
+            "Artifacts: upload and download speed per size, tracelet against the native call",
+        )
     return made
 
 
@@ -506,13 +613,14 @@ def advice(fig: Figures, plan: Mapping[str, Any]) -> list[str]:
                 f"tracelet's batches deliver {_num(ratio)}× that."
             )
     base = fig.median("overhead", "-", "no-logging step")
-    lines.append(
-        f"- **Fast training loops** ({_num(base or 0)} ms a step): through tracelet every store cost "
-        f"{span('overhead', 'tracelet fast loop', fig.stores)} % a step; the stores' own per-step calls cost "
-        f"{span('overhead', 'native fast loop', tracked)} %. The store matters little here; logging "
-        "in the loop "
-        "with a store's own client is what costs."
-    )
+    if base is not None:
+        lines.append(
+            f"- **Fast training loops** ({_num(base)} ms a step): through tracelet every store cost "
+            f"{span('overhead', 'tracelet fast loop', fig.stores)} % a step; the stores' own per-step calls "
+            f"cost {span('overhead', 'native fast loop', tracked)} %. The store matters little here; logging "
+            "in the loop "
+            "with a store's own client is what costs."
+        )
     small = best("memory", "tracelet total peak MB", False, tracked)
     big = best("memory", "tracelet total peak MB", True, tracked)
     if small and big:
@@ -550,7 +658,7 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
     """Write ``report.md`` and, unless ``plots`` is false, the PNGs under ``out``; returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     fig = Figures(results, comparison)
-    plan, m = results["plan"], results["machine"]
+    plan, m, ran = results["plan"], results["machine"], measured(results)
     made = plot_all(fig, results, out) if plots else []
     load = [f"{x:.2f}" for x in m.get("load_average") or []] or ["n/a"]
     load_end = [f"{x:.2f}" for x in m.get("load_average_end") or []] or ["n/a"]
@@ -564,7 +672,8 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
         f"Machine: {m.get('cores')} cores ({m.get('usable_cores')} usable), 1-minute load {load[0]} "
         "at the start and "
         f"{load_end[0]} at the end, Python {m.get('python')}, {m.get('platform')}. {versions}. "
-        f"Commit `{(m.get('git_commit') or '?')[:10]}`{' (src modified)' if m.get('src_dirty') else ''}.",
+        f"Commit `{(m.get('git_commit') or '?')[:10]}`{' (src modified)' if m.get('src_dirty') else ''}."
+        + (f" Measures: {', '.join(results['measures'])}." if results.get("measures") else ""),
         "",
         "Every cell is `median [min..max]` over the repetitions. Ratios compare tracelet with the "
         "store's own "
@@ -579,155 +688,207 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
         lines += ["**Failed measurements:**", "", *[f"- {e}" for e in results["errors"]], ""]
 
     tp = plan["throughput_points"]
+    if "throughput" in ran:
+        lines += [
+            "## Throughput",
+            "",
+            f"{tp:,} points over 10 keys, from the first log call until the run is closed with every "
+            "point stored "
+            "(tracelet: until `stop_logging()` returns with all delivered). Native per-call: "
+            f"{plan['per_call_points']:,} points, one call each.",
+            "",
+            *_table(
+                fig,
+                "throughput",
+                [
+                    ("tracelet ÷ native bulk", "tracelet ÷ native bulk"),
+                    ("tracelet ÷ native per-call", "tracelet ÷ native per-call"),
+                    ("tracelet, points/s", "tracelet points/s"),
+                    ("native bulk, points/s", "native bulk points/s"),
+                    ("native per-call, points/s", "native per-call points/s"),
+                ],
+            ),
+            "",
+        ]
+    if "overhead" in ran:
+        lines += [
+            "## Training overhead",
+            "",
+            f"`bench/overhead.py`'s fast loop: a small MLP, one torch thread, about "
+            f"{_num(fig.median('overhead', '-', 'no-logging step') or 0)} ms a step here, 5 metrics a "
+            "step (the loss as a 0-d tensor). "
+            "Overhead = median step time over the median of the no-logging runs (one per repetition). "
+            f"{plan['overhead_steps']:,} steps a variant "
+            f"({plan['overhead_server_native_steps']} for the MLflow server's native per-step call, ~50 "
+            "ms each).",
+            "",
+            *_table(
+                fig,
+                "overhead",
+                [
+                    ("step time native ÷ tracelet", "step time native ÷ tracelet"),
+                    ("tracelet overhead", "tracelet fast loop"),
+                    ("native per-step call overhead", "native fast loop"),
+                ],
+            ),
+            "",
+        ]
+    if "latency" in ran:
+        lines += [
+            "## Caller latency",
+            "",
+            f"tracelet: {plan['latency_calls']:,} `log_metric` calls of each type, each timed, after a "
+            "backlog of "
+            f"{plan['latency_backlog']:,} points, so delivery is busy while they run. Native: the "
+            "per-call API's own calls "
+            "(a tensor through `.item()`, as a user must). `start_logging` includes `import tracelet`; "
+            "`stop_logging` waits for everything to land.",
+            "",
+            *_table(
+                fig,
+                "latency",
+                [
+                    ("native ÷ tracelet, float p50", "native ÷ tracelet float p50"),
+                    ("native ÷ tracelet, tensor p50", "native ÷ tracelet tensor p50"),
+                    ("native ÷ tracelet, float p99", "native ÷ tracelet float p99"),
+                    ("native ÷ tracelet, tensor p99", "native ÷ tracelet tensor p99"),
+                    ("tracelet float p50 / p99 (µs)", "tracelet float p50"),
+                    ("", "tracelet float p99"),
+                    ("tracelet tensor p50 / p99 (µs)", "tracelet tensor p50"),
+                    ("", "tracelet tensor p99"),
+                    ("native float p50 / p99 (µs)", "native float p50"),
+                    ("", "native float p99"),
+                    ("native tensor p50 / p99 (µs)", "native tensor p50"),
+                    ("", "native tensor p99"),
+                    ("`start_logging` (s)", "tracelet start_logging"),
+                    ("`stop_logging` (s)", "tracelet stop_logging"),
+                    ("native run create (s)", "native start"),
+                    ("native close (s)", "native close"),
+                ],
+            ),
+            "",
+        ]
+    if "artifacts" in ran:
+        lines += [
+            "## Artifacts",
+            "",
+            "Each artifact timed from the log call until it is stored (tracelet: `log_artifact` then "
+            "`flush()`), and back: "
+            "tracelet through `tracelet.testing.read_artifact` (one call per file), native through the "
+            "store's own download "
+            "(MLflow `download_artifacts`); W&B and ClearML offline have no download call, so their "
+            "native side reads the "
+            "files where the client put them. W&B's `run.save` links files instead of copying them.",
+            "",
+            *_table(
+                fig,
+                "artifacts",
+                [
+                    *[
+                        (f"{way} {label}: tracelet ÷ native", f"{way} {label} tracelet ÷ native")
+                        for way in ("upload", "download")
+                        for label in plan["artifacts"]
+                    ],
+                    *[
+                        (f"{way} {label}, {kind} (MB/s)", f"{way} {label} {kind} MB/s")
+                        for way in ("upload", "download")
+                        for label in plan["artifacts"]
+                        for kind in ("tracelet", "native")
+                    ],
+                ],
+            ),
+            "",
+        ]
+    if "memory" in ran:
+        lines += [
+            "## Memory",
+            "",
+            f"Peak RSS while logging {plan['points'][-1]:,} points over 10 keys "
+            f"({plan.get('top_reps', plan['reps'])} repetitions, the suite's longest runs), sampled every "
+            "50 ms from outside: the "
+            "training process, and its helper processes (tracelet's delivery agent; W&B's `wandb-core` "
+            "on both sides).",
+            "",
+            *_table(
+                fig,
+                "memory",
+                [
+                    ("native ÷ tracelet, total", "native ÷ tracelet total"),
+                    ("tracelet: trainer (MB)", "tracelet trainer peak MB"),
+                    ("tracelet: helpers (MB)", "tracelet helpers peak MB"),
+                    ("tracelet: total (MB)", "tracelet total peak MB"),
+                    ("native: trainer (MB)", "native trainer peak MB"),
+                    ("native: helpers (MB)", "native helpers peak MB"),
+                    ("native: total (MB)", "native total peak MB"),
+                ],
+            ),
+            "",
+        ]
+    if "scalability" in ran:
+        lines += [
+            "## Scalability",
+            "",
+            "Cost per delivered point (µs), from the first log call until the run is closed, over 10 keys; "
+            f"then {plan['keys_points']:,} points over 1 to {plan['keys'][-1]:,} keys.",
+            "",
+            *_table(
+                fig,
+                "scalability",
+                [
+                    *[
+                        (f"tracelet @ {p:,} points", f"tracelet µs/point @ {p:,} points")
+                        for p in plan["points"]
+                    ],
+                    *[(f"native @ {p:,} points", f"native µs/point @ {p:,} points") for p in plan["points"]],
+                    *[(f"tracelet @ {k:,} keys", f"tracelet µs/point @ {k:,} keys") for k in plan["keys"]],
+                    *[(f"native @ {k:,} keys", f"native µs/point @ {k:,} keys") for k in plan["keys"]],
+                    *[
+                        (f"native ÷ tracelet @ {p:,} points", f"native ÷ tracelet @ {p:,} points")
+                        for p in plan["points"]
+                    ],
+                ],
+            ),
+            "",
+            "Where tracelet's cost per point stops being flat, and whose cost it is:",
+            "",
+            *[f"- {LABELS.get(s, s)}: {flatness(fig, s, plan)}" for s in fig.stores],
+            "",
+        ]
+    if "sweep" in ran:
+        table, judged, missed = sweep_table(fig, plan)
+        if not judged:
+            verdicts = "none judged (no repetition succeeded)."
+        elif missed:
+            verdicts = f"{len(missed)} of {judged} missed:"
+        else:
+            verdicts = f"all {judged} met."
+        lines += [
+            "## Sweep",
+            "",
+            f"{plan.get('sweep_runs', '?')} runs one after the other in one process, as a hyperparameter "
+            "sweep runs them, inside a git repository (tracelet records the commit a run started from); "
+            f"each: open a run, log 3 params and {plan.get('sweep_points', 0):,} losses, close it with "
+            "everything stored. "
+            "The whole sweep is timed from before `import tracelet` (native: before the client's import, "
+            "inside its first run) until the last run is closed; `start_logging` is what the call took the "
+            "caller, over every run, the first included; a run after the first is the median over runs "
+            "2..N, from opening it until `stop_logging()` returned (native: the close). Native: the store's "
+            "bulk API, as in the throughput measure. Each target is judged on the median over the "
+            "repetitions.",
+            "",
+            *table,
+            "",
+            f"**Targets**: {verdicts}",
+            *([""] + [f"- ✗ {miss}" for miss in missed] if missed else []),
+            "",
+        ]
+    if made:
+        lines += [
+            "## Plots",
+            "",
+            *[f"![{caption}]({name})\n\n*{caption}.*\n" for name, caption in made],
+        ]
     lines += [
-        "## Throughput",
-        "",
-        f"{tp:,} points over 10 keys, from the first log call until the run is closed with every "
-        "point stored "
-        "(tracelet: until `stop_logging()` returns with all delivered). Native per-call: "
-        f"{plan['per_call_points']:,} points, one call each.",
-        "",
-        *_table(
-            fig,
-            "throughput",
-            [
-                ("tracelet ÷ native bulk", "tracelet ÷ native bulk"),
-                ("tracelet ÷ native per-call", "tracelet ÷ native per-call"),
-                ("tracelet, points/s", "tracelet points/s"),
-                ("native bulk, points/s", "native bulk points/s"),
-                ("native per-call, points/s", "native per-call points/s"),
-            ],
-        ),
-        "",
-        "## Training overhead",
-        "",
-        f"`bench/overhead.py`'s fast loop: a small MLP, one torch thread, about "
-        f"{_num(fig.median('overhead', '-', 'no-logging step') or 0)} ms a step here, 5 metrics a "
-        "step (the loss as a 0-d tensor). "
-        "Overhead = median step time over the median of the no-logging runs (one per repetition). "
-        f"{plan['overhead_steps']:,} steps a variant "
-        f"({plan['overhead_server_native_steps']} for the MLflow server's native per-step call, ~50 "
-        "ms each).",
-        "",
-        *_table(
-            fig,
-            "overhead",
-            [
-                ("step time native ÷ tracelet", "step time native ÷ tracelet"),
-                ("tracelet overhead", "tracelet fast loop"),
-                ("native per-step call overhead", "native fast loop"),
-            ],
-        ),
-        "",
-        "## Caller latency",
-        "",
-        f"tracelet: {plan['latency_calls']:,} `log_metric` calls of each type, each timed, after a "
-        "backlog of "
-        f"{plan['latency_backlog']:,} points, so delivery is busy while they run. Native: the "
-        "per-call API's own calls "
-        "(a tensor through `.item()`, as a user must). `start_logging` includes `import tracelet`; "
-        "`stop_logging` waits for everything to land.",
-        "",
-        *_table(
-            fig,
-            "latency",
-            [
-                ("native ÷ tracelet, float p50", "native ÷ tracelet float p50"),
-                ("native ÷ tracelet, tensor p50", "native ÷ tracelet tensor p50"),
-                ("native ÷ tracelet, float p99", "native ÷ tracelet float p99"),
-                ("native ÷ tracelet, tensor p99", "native ÷ tracelet tensor p99"),
-                ("tracelet float p50 / p99 (µs)", "tracelet float p50"),
-                ("", "tracelet float p99"),
-                ("tracelet tensor p50 / p99 (µs)", "tracelet tensor p50"),
-                ("", "tracelet tensor p99"),
-                ("native float p50 / p99 (µs)", "native float p50"),
-                ("", "native float p99"),
-                ("native tensor p50 / p99 (µs)", "native tensor p50"),
-                ("", "native tensor p99"),
-                ("`start_logging` (s)", "tracelet start_logging"),
-                ("`stop_logging` (s)", "tracelet stop_logging"),
-                ("native run create (s)", "native start"),
-                ("native close (s)", "native close"),
-            ],
-        ),
-        "",
-        "## Artifacts",
-        "",
-        "Each artifact timed from the log call until it is stored (tracelet: `log_artifact` then "
-        "`flush()`), and back: "
-        "tracelet through `tracelet.testing.read_artifact` (one call per file), native through the "
-        "store's own download "
-        "(MLflow `download_artifacts`); W&B and ClearML offline have no download call, so their "
-        "native side reads the "
-        "files where the client put them. W&B's `run.save` links files instead of copying them.",
-        "",
-        *_table(
-            fig,
-            "artifacts",
-            [
-                *[
-                    (f"{way} {label}: tracelet ÷ native", f"{way} {label} tracelet ÷ native")
-                    for way in ("upload", "download")
-                    for label in plan["artifacts"]
-                ],
-                *[
-                    (f"{way} {label}, {kind} (MB/s)", f"{way} {label} {kind} MB/s")
-                    for way in ("upload", "download")
-                    for label in plan["artifacts"]
-                    for kind in ("tracelet", "native")
-                ],
-            ],
-        ),
-        "",
-        "## Memory",
-        "",
-        f"Peak RSS while logging {plan['points'][-1]:,} points over 10 keys "
-        f"({plan.get('top_reps', plan['reps'])} repetitions, the suite's longest runs), sampled every 50 ms "
-        "from outside: the "
-        "training process, and its helper processes (tracelet's delivery agent; W&B's `wandb-core` "
-        "on both sides).",
-        "",
-        *_table(
-            fig,
-            "memory",
-            [
-                ("native ÷ tracelet, total", "native ÷ tracelet total"),
-                ("tracelet: trainer (MB)", "tracelet trainer peak MB"),
-                ("tracelet: helpers (MB)", "tracelet helpers peak MB"),
-                ("tracelet: total (MB)", "tracelet total peak MB"),
-                ("native: trainer (MB)", "native trainer peak MB"),
-                ("native: helpers (MB)", "native helpers peak MB"),
-                ("native: total (MB)", "native total peak MB"),
-            ],
-        ),
-        "",
-        "## Scalability",
-        "",
-        "Cost per delivered point (µs), from the first log call until the run is closed, over 10 keys; then "
-        f"{plan['keys_points']:,} points over 1 to {plan['keys'][-1]:,} keys.",
-        "",
-        *_table(
-            fig,
-            "scalability",
-            [
-                *[(f"tracelet @ {p:,} points", f"tracelet µs/point @ {p:,} points") for p in plan["points"]],
-                *[(f"native @ {p:,} points", f"native µs/point @ {p:,} points") for p in plan["points"]],
-                *[(f"tracelet @ {k:,} keys", f"tracelet µs/point @ {k:,} keys") for k in plan["keys"]],
-                *[(f"native @ {k:,} keys", f"native µs/point @ {k:,} keys") for k in plan["keys"]],
-                *[
-                    (f"native ÷ tracelet @ {p:,} points", f"native ÷ tracelet @ {p:,} points")
-                    for p in plan["points"]
-                ],
-            ],
-        ),
-        "",
-        "Where tracelet's cost per point stops being flat, and whose cost it is:",
-        "",
-        *[f"- {LABELS.get(s, s)}: {flatness(fig, s, plan)}" for s in fig.stores],
-        "",
-        "## Plots",
-        "",
-        *[f"![{caption}]({name})\n\n*{caption}.*\n" for name, caption in made],
         "## Trend",
         "",
     ]
@@ -746,7 +907,9 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
         )
         lines += ["", *[f"- ⚠ {v.describe()}" for v in regressed]]
         lines += [f"- note: {w}" for w in comparison.warnings]
-    lines += ["", "## Which backend for which load", "", *advice(fig, plan), ""]
+    advised = advice(fig, plan)
+    if advised:
+        lines += ["", "## Which backend for which load", "", *advised, ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -3,7 +3,9 @@
     nox -s bench                        # the full suite (about 40 minutes on 2 cores)
     nox -s bench -- --quick             # smaller sizes, every measure (under 10 minutes)
     nox -s bench -- --update-baseline   # make this run the baseline of this machine's key
-    python bench/suite.py [--quick] [--reps 3] [--backends mlflow wandb ...] [--out reports/bench]
+    nox -s bench -- --quick --measures sweep    # only some of the measures below (default: all)
+    python bench/suite.py [--quick] [--reps 3] [--backends mlflow wandb ...] [--measures sweep ...]
+                          [--out reports/bench]
 
 Why: a user choosing a store, or checking that a release did not slow down, needs figures measured
 side by side, not one script's text. Each measure runs tracelet and the store's own client on the
@@ -16,7 +18,10 @@ same kind of store, configured alike, each in a fresh process (``bench/measures.
 * **artifacts**: upload and download of 1 MB, 100 MB and a folder of 1,000 small files;
 * **memory**: peak RSS of the trainer and of its helper processes (tracelet's agent, wandb-core)
   while logging 10^6 points, sampled from outside every 50 ms;
-* **scalability**: cost per delivered point from 10^3 to 10^6 points, and for 1 to 1,000 keys.
+* **scalability**: cost per delivered point from 10^3 to 10^6 points, and for 1 to 1,000 keys;
+* **sweep**: 20 short runs (1,000 points and 3 params each) one after the other in one process,
+  inside a git repository, as a hyperparameter sweep does: ``start_logging`` p50/p99, each run's
+  time after the first against the native client's, and the whole sweep from the client's import.
 
 Repetitions are interleaved: each rep runs every child in a seeded order rotated from rep to rep,
 so drift in the machine's load spreads over all variants; figures are medians with their spread.
@@ -39,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,10 @@ BENCH = Path(__file__).resolve().parent
 MEASURES_SCRIPT = BENCH / "measures.py"
 OVERHEAD_SCRIPT = BENCH / "overhead.py"
 STORES = ("mlflow", "mlflow_server", "wandb", "clearml", "local")
+#: what ``--measures`` chooses from: the figures' measures (one child may serve several)
+MEASURES = ("throughput", "overhead", "latency", "artifacts", "memory", "scalability", "sweep")
+#: what a results.json written before ``--measures`` existed measured
+EARLIER_MEASURES = tuple(m for m in MEASURES if m != "sweep")
 SAMPLE_EVERY_S = 0.05
 
 
@@ -82,6 +91,9 @@ class Plan:
     #: step time does not need thousands of 50 ms steps)
     overhead_steps: int
     overhead_server_native_steps: int
+    #: sweep: runs one after the other in one process, and points (one key) logged in each
+    sweep_runs: int
+    sweep_points: int
     #: artifacts: label -> (bytes per file, files)
     artifacts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -100,6 +112,8 @@ PLANS: dict[str, Plan] = {
         latency_backlog=20_000,
         overhead_steps=1_500,
         overhead_server_native_steps=200,
+        sweep_runs=20,
+        sweep_points=1_000,
         artifacts={"1MB": (1_000_000, 1), "100MB": (100_000_000, 1), "1000 files": (1_000, 1_000)},
     ),
     "quick": Plan(
@@ -115,6 +129,8 @@ PLANS: dict[str, Plan] = {
         latency_backlog=5_000,
         overhead_steps=400,
         overhead_server_native_steps=60,
+        sweep_runs=8,
+        sweep_points=1_000,
         artifacts={"1MB": (1_000_000, 1), "10MB": (10_000_000, 1), "50 files": (1_000, 50)},
     ),
 }
@@ -137,8 +153,16 @@ class Job:
         return f"{self.measure} {self.kind}-{self.store}"
 
 
-def jobs_for(plan: Plan, stores: list[str], server_url: str | None) -> list[Job]:
-    """Every child of one repetition (the caller shuffles their order per rep)."""
+def jobs_for(
+    plan: Plan, stores: list[str], server_url: str | None, measures: Collection[str] = MEASURES
+) -> list[Job]:
+    """Every child of one repetition that the chosen ``measures`` need (the caller shuffles their order).
+
+    The bulk children serve throughput, scalability and memory; the native per-call child serves
+    throughput and latency.
+    """
+    wanted = set(measures)
+    bulk_wanted = bool(wanted & {"throughput", "scalability", "memory"})
     jobs: list[Job] = []
     cases = [
         {"label": label, "bytes": size, "files": files} for label, (size, files) in plan.artifacts.items()
@@ -149,7 +173,9 @@ def jobs_for(plan: Plan, stores: list[str], server_url: str | None) -> list[Job]
         for kind in ("tracelet", "native"):
             side = {**base, "kind": kind}
             largest = [[plan.points[-1], 10]]
-            if plan.memory_apart:
+            if not bulk_wanted:
+                pass
+            elif plan.memory_apart:
                 # the smaller sizes in one process (one run each); the largest alone, its memory sampled
                 jobs.append(Job("bulk", kind, store, {**side, "measure": "bulk", "sizes": small}))
                 jobs.append(
@@ -171,50 +197,76 @@ def jobs_for(plan: Plan, stores: list[str], server_url: str | None) -> list[Job]
                         sample_memory=True,
                     )
                 )
-            jobs.append(Job("artifacts", kind, store, {**side, "measure": "artifacts", "cases": cases}))
+            if "artifacts" in wanted:
+                jobs.append(Job("artifacts", kind, store, {**side, "measure": "artifacts", "cases": cases}))
             steps = plan.overhead_steps
             if kind == "native" and store == "mlflow_server":
                 steps = plan.overhead_server_native_steps
+            if "overhead" in wanted:
+                jobs.append(
+                    Job(
+                        "overhead",
+                        kind,
+                        store,
+                        {**side, "loop": "fast", "steps": steps},
+                        script=OVERHEAD_SCRIPT,
+                    )
+                )
+            if "sweep" in wanted:  # the child makes its root a git repository first (tracelet reads it)
+                jobs.append(
+                    Job(
+                        "sweep",
+                        kind,
+                        store,
+                        {
+                            **side,
+                            "measure": "sweep",
+                            "runs": plan.sweep_runs,
+                            "points": plan.sweep_points,
+                            "git": True,
+                        },
+                    )
+                )
+        if wanted & {"throughput", "latency"}:
             jobs.append(
-                Job("overhead", kind, store, {**side, "loop": "fast", "steps": steps}, script=OVERHEAD_SCRIPT)
+                Job(
+                    "percall",
+                    "native",
+                    store,
+                    {**base, "kind": "native", "measure": "percall", "points": plan.per_call_points},
+                )
             )
+        if "latency" in wanted:
+            jobs.append(
+                Job(
+                    "latency",
+                    "tracelet",
+                    store,
+                    {
+                        **base,
+                        "kind": "tracelet",
+                        "measure": "latency",
+                        "calls": plan.latency_calls,
+                        "backlog": plan.latency_backlog,
+                    },
+                )
+            )
+    if "overhead" in wanted:
         jobs.append(
             Job(
-                "percall",
-                "native",
-                store,
-                {**base, "kind": "native", "measure": "percall", "points": plan.per_call_points},
-            )
-        )
-        jobs.append(
-            Job(
-                "latency",
-                "tracelet",
-                store,
+                "overhead",
+                "none",
+                "-",
                 {
-                    **base,
-                    "kind": "tracelet",
-                    "measure": "latency",
-                    "calls": plan.latency_calls,
-                    "backlog": plan.latency_backlog,
+                    "kind": "none",
+                    "store": "-",
+                    "loop": "fast",
+                    "steps": plan.overhead_steps,
+                    "flush_timeout": 60.0,
                 },
+                script=OVERHEAD_SCRIPT,
             )
         )
-    jobs.append(
-        Job(
-            "overhead",
-            "none",
-            "-",
-            {
-                "kind": "none",
-                "store": "-",
-                "loop": "fast",
-                "steps": plan.overhead_steps,
-                "flush_timeout": 60.0,
-            },
-            script=OVERHEAD_SCRIPT,
-        )
-    )
     return jobs
 
 
@@ -320,8 +372,16 @@ def _paired(a: list[float], b: list[float], op: Callable[[float, float], float])
     return [op(x, y) for x, y in zip(a, b, strict=False) if x and y]
 
 
-def build_figures(runs: list[dict[str, Any]], plan: Plan, stores: list[str]) -> list[dict[str, Any]]:
-    """Every figure of the run, each with its per-rep values (the trend's format)."""
+def _rank(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile by nearest rank, as ``bench/measures.py``'s p50/p99 (of 20 runs, p99 is the max)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def build_figures(
+    runs: list[dict[str, Any]], plan: Plan, stores: list[str], measures: Collection[str] = MEASURES
+) -> list[dict[str, Any]]:
+    """Every figure of the chosen ``measures``, each with its per-rep values (the trend's format)."""
     figures: list[dict[str, Any]] = []
     add = figures.append
     for store in stores:
@@ -508,13 +568,63 @@ def build_figures(runs: list[dict[str, Any]], plan: Plan, stores: list[str]) -> 
                 _paired(steps["native"], steps["tracelet"], lambda a, b: a / b),
             )
         )
+
+        # sweep: short runs one after the other in one process. start_logging over every run of a rep,
+        # the first included (a new agent, cold imports); a run's time after the first (a warm agent);
+        # the whole sweep from before the client's import
+        sweep = {k: _per_rep(runs, "sweep", k, store) for k in ("tracelet", "native")}
+        totals_s = {k: [r["total_s"] for r in sweep[k]] for k in sweep}
+        starts_ms = [[run["start_s"] * 1e3 for run in r["runs"]] for r in sweep["tracelet"] if r["runs"]]
+        later_ms = {
+            k: [
+                statistics.median(run["run_s"] * 1e3 for run in r["runs"][1:])
+                for r in sweep[k]
+                if len(r["runs"]) > 1
+            ]
+            for k in sweep
+        }
+        add(
+            _fig(
+                "sweep",
+                store,
+                "ratio native/tracelet total",
+                "ratio",
+                "×",
+                _paired(totals_s["native"], totals_s["tracelet"], lambda a, b: a / b),
+            )
+        )
+        for q, at in (("p50", 0.50), ("p99", 0.99)):
+            add(
+                _fig(
+                    "sweep",
+                    store,
+                    f"tracelet start_logging {q}",
+                    "us",
+                    "ms",
+                    [_rank(s, at) for s in starts_ms],
+                )
+            )
+        add(_fig("sweep", store, "tracelet per run after the first", "us", "ms", later_ms["tracelet"]))
+        add(_fig("sweep", store, "native per run after the first", "us", "ms", later_ms["native"]))
+        add(
+            _fig(
+                "sweep",
+                store,
+                "extra per run over native",
+                "delta",
+                "ms",
+                _paired(later_ms["tracelet"], later_ms["native"], lambda a, b: a - b),
+            )
+        )
+        add(_fig("sweep", store, "tracelet total", "seconds", "s", totals_s["tracelet"]))
+        add(_fig("sweep", store, "native total", "seconds", "s", totals_s["native"]))
     none_ms = [
         r["result"]["median_ms"]
         for r in sorted(runs, key=lambda r: r["rep"])
         if r["measure"] == "overhead" and r["kind"] == "none" and "error" not in r["result"]
     ]
     add(_fig("overhead", "-", "no-logging step", "us", "ms", none_ms))
-    return figures
+    return [f for f in figures if f["measure"] in measures]
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -540,7 +650,15 @@ def maybe_server(stores: list[str], root: Path) -> Iterator[MLflowServer | None]
         yield server
 
 
-def run_suite(plan: Plan, stores: list[str], out: Path, seed: int, keep: bool, suite: str) -> dict[str, Any]:
+def run_suite(
+    plan: Plan,
+    stores: list[str],
+    out: Path,
+    seed: int,
+    keep: bool,
+    suite: str,
+    measures: Sequence[str] = MEASURES,
+) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -554,7 +672,7 @@ def run_suite(plan: Plan, stores: list[str], out: Path, seed: int, keep: bool, s
                 console.print(
                     f"mlflow server on {server.url} answered /health after {server.started_s:.1f} s"
                 )
-            jobs = jobs_for(plan, stores, server.url if server else None)
+            jobs = jobs_for(plan, stores, server.url if server else None, measures)
             by_label = {job.label: job for job in jobs}
             orders = rep_orders(list(by_label), plan.reps, seed)
             columns = (
@@ -610,8 +728,9 @@ def run_suite(plan: Plan, stores: list[str], out: Path, seed: int, keep: bool, s
         "suite": suite,
         "plan": asdict(plan),
         "stores": stores,
+        "measures": list(measures),
         "elapsed_s": time.perf_counter() - started,
-        "figures": build_figures(runs, plan, stores),
+        "figures": build_figures(runs, plan, stores, measures),
         "errors": [
             f"rep {r['rep']} {r['measure']} {r['kind']}-{r['store']}: {r['result']['error']}"
             for r in runs
@@ -628,6 +747,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default: the plan's, 3)")
     parser.add_argument("--backends", nargs="+", default=list(STORES), help=f"any of {', '.join(STORES)}")
+    parser.add_argument(
+        "--measures",
+        nargs="+",
+        choices=MEASURES,
+        default=list(MEASURES),
+        help="only these measures (default: all); a run of some cannot become the baseline",
+    )
     parser.add_argument("--out", type=Path, default=BENCH.parent / "reports" / "bench")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp stores (path printed)")
@@ -650,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     if args.render_only:
         results = json.loads(results_path.read_text(encoding="utf-8"))
+        results.setdefault("measures", list(EARLIER_MEASURES))
         if results.get("runs"):  # figures are derived: rebuild them with this version's arithmetic
             plan_data = {**results["plan"], "points": tuple(results["plan"]["points"])}
             plan_data["keys"] = tuple(plan_data["keys"])
@@ -657,8 +784,13 @@ def main(argv: list[str] | None = None) -> int:
                 "memory_apart",
                 not any(r["measure"] == "bulk" and "peak_rss_mb" in r["result"] for r in results["runs"]),
             )
+            sizes = PLANS[results.get("suite", "full")]
+            plan_data.setdefault("sweep_runs", sizes.sweep_runs)
+            plan_data.setdefault("sweep_points", sizes.sweep_points)
             plan_data["artifacts"] = {k: tuple(v) for k, v in plan_data["artifacts"].items()}
-            results["figures"] = build_figures(results["runs"], Plan(**plan_data), results["stores"])
+            results["figures"] = build_figures(
+                results["runs"], Plan(**plan_data), results["stores"], results["measures"]
+            )
     else:
         suite = "quick" if args.quick else "full"
         plan = PLANS[suite]
@@ -671,8 +803,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"warning: 1-minute load average is {load:.2f} on {os.cpu_count()} cores; expect "
                 "noisy numbers"
             )
-        results = run_suite(plan, stores, out, args.seed, args.keep, suite)
-    comparison = trend.compare(results, trend.load_baseline(results, args.baselines))
+        measures = [m for m in MEASURES if m in args.measures]
+        results = run_suite(plan, stores, out, args.seed, args.keep, suite, measures)
+    baseline = trend.load_baseline(results, args.baselines)
+    partial = set(results["measures"]) != set(MEASURES)
+    if baseline is not None and partial:  # compare what was measured; say nothing of the rest
+        kept = [f for f in baseline["figures"] if f["measure"] in results["measures"]]
+        baseline = {**baseline, "figures": kept}
+    comparison = trend.compare(results, baseline)
     results["trend"] = {
         "key": comparison.key,
         "has_baseline": comparison.has_baseline,
@@ -696,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_baseline:
         if results.get("errors"):
             print("baseline NOT written: a run with failed measurements cannot be the reference")
+            return 1
+        if partial:
+            print(f"baseline NOT written: only {', '.join(results['measures'])} measured, not every measure")
             return 1
         print(f"baseline written: {trend.write_baseline(results, args.baselines)}")
         return 0

@@ -7,10 +7,13 @@ keyed by OS, core count and Python version (:func:`baseline_key`) and live in
 * ``ratio`` (native time / tracelet time, higher is better): by relative change;
 * ``points`` (an overhead in percent, lower is better): in percentage points;
 * ``seconds`` / ``us`` (a time, lower is better): by relative change;
-* ``rate`` (points/s, MB/s, higher is better) and ``MB`` (memory, lower is better): by relative change.
+* ``rate`` (points/s, MB/s, higher is better) and ``MB`` (memory, lower is better): by relative change;
+* ``delta`` (a signed difference, e.g. ms a run over the native client, lower is better): in its
+  own units, as ``points`` are (a relative change of a value near or below zero means nothing).
 
 A figure regressed only when it moved the wrong way by more than the measured spread: the wider of
 the two runs' spreads (max - min of their repetitions). Within that, it is noise, not a verdict.
+A figure with no repetition (every child of its measure failed) is not compared; a warning says so.
 A run whose key has no baseline is compared with nothing and says so: the CI job only warns then.
 
 The results format (``reports/bench/results.json``, and the baselines)::
@@ -45,6 +48,7 @@ KINDS: dict[str, tuple[bool, str]] = {
     "us": (False, "relative"),
     "rate": (True, "relative"),  # points/s, MB/s
     "MB": (False, "relative"),  # memory
+    "delta": (False, "points"),  # a signed difference, in the figure's own unit
 }
 
 
@@ -85,7 +89,8 @@ class Verdict:
         assert self.change is not None
         assert self.tolerance is not None
         if terms == "points":
-            moved = f"{self.change:+.2f} points (spread {self.tolerance:.2f})"
+            units = "points" if self.kind == "points" else "(absolute)"
+            moved = f"{self.change:+.2f} {units} (spread {self.tolerance:.2f})"
         else:
             moved = f"{self.change:+.1%} (spread {self.tolerance:.1%})"
         flag = "REGRESSED" if self.regressed else "ok"
@@ -151,19 +156,25 @@ class Trend:
 def compare(results: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> Trend:
     """Every figure of ``results`` against ``baseline`` (None: no baseline for this machine's key)."""
     key = baseline_key(results["machine"])
+    figures = [f for f in results["figures"] if f["reps"]]
+    unmeasured = [
+        f"{'/'.join(_identity(f))}: no repetition succeeded, not compared"
+        for f in results["figures"]
+        if not f["reps"]
+    ]
     if baseline is None:
-        verdicts = [compare_figure(f, None) for f in results["figures"]]
-        return Trend(key, False, verdicts, [NO_BASELINE.format(key=key)])
+        verdicts = [compare_figure(f, None) for f in figures]
+        return Trend(key, False, verdicts, [NO_BASELINE.format(key=key), *unmeasured])
     if baseline_key(baseline["machine"]) != key:
         raise ValueError(f"baseline is for {baseline_key(baseline['machine'])}, results for {key}")
-    by_identity = {_identity(f): f for f in baseline["figures"]}
-    verdicts = [compare_figure(f, by_identity.get(_identity(f))) for f in results["figures"]]
+    by_identity = {_identity(f): f for f in baseline["figures"] if f["reps"]}
+    verdicts = [compare_figure(f, by_identity.get(_identity(f))) for f in figures]
     measured = {_identity(f) for f in results["figures"]}
     warnings = [
         f"{'/'.join(identity)}: in the baseline, not measured this time"
         for identity in sorted(set(by_identity) - measured)
     ]
-    return Trend(key, True, verdicts, warnings)
+    return Trend(key, True, verdicts, [*unmeasured, *warnings])
 
 
 def load_baseline(results: Mapping[str, Any], directory: Path = RESULTS_DIR) -> dict[str, Any] | None:

@@ -1,8 +1,8 @@
 """bench/suite.py's figures and bench/report.py's tables, on synthetic child results (no store runs).
 
 What is checked is the arithmetic a reader trusts: ratios paired rep by rep, overhead against the
-same rep's no-logging step, cost per point, memory peaks; and that the report and the summary's
-bench table show them.
+same rep's no-logging step, cost per point, memory peaks, the sweep's start_logging percentiles and
+per-run times; and that the report (with the sweep's targets) and the summary's bench table show them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ PLAN = suite.Plan(
     latency_backlog=10,
     overhead_steps=10,
     overhead_server_native_steps=10,
+    sweep_runs=5,
+    sweep_points=100,
     artifacts={"1MB": (1_000_000, 1)},
 )
 
@@ -189,3 +191,118 @@ def test_the_quick_plan_takes_memory_from_the_process_that_ran_every_size() -> N
     got = {(f["measure"], f["name"]): f["reps"] for f in suite.build_figures(runs, plan, ["local"])}
     assert got[("memory", "tracelet total peak MB")] == [40]
     assert got[("scalability", "tracelet µs/point @ 10,000 points")] == pytest.approx([5.0])
+
+
+# -- the sweep ----------------------------------------------------------------------------------------
+
+
+def sweep_child(
+    rep: int, store: str, kind: str, start_ms: list[float], run_ms: list[float], total_s: float
+) -> dict[str, Any]:
+    """One sweep child's result: each run's start_logging (or native open) and whole time."""
+    runs = [
+        {"points": 100, "start_s": start / 1e3, "run_s": run / 1e3, "delivered": 100, "landed": True}
+        for start, run in zip(start_ms, run_ms, strict=True)
+    ]
+    result = {"import_s": 0.05, "total_s": total_s, "runs": runs, "landed": True, "git": True}
+    return {"measure": "sweep", "kind": kind, "store": store, "rep": rep, "result": result}
+
+
+def sweep_reps(
+    store: str = "local", first_start_ms: float = 200.0, tracelet_total_s: float = 1.2
+) -> list[Any]:
+    """Two reps of both sides: tracelet's first start is slow (a new agent), the next ones fast."""
+    return [
+        child
+        for rep in (1, 2)
+        for child in (
+            sweep_child(
+                rep,
+                store,
+                "tracelet",
+                [first_start_ms, 10, 12, 11, 30],
+                [500, 40, 50, 45, 60],
+                tracelet_total_s,
+            ),
+            sweep_child(rep, store, "native", [100, 5, 5, 5, 5], [300, 20, 30, 25, 20], 0.6),
+        )
+    ]
+
+
+def test_the_sweep_figures_come_from_every_run_and_the_runs_after_the_first() -> None:
+    got = {
+        (f["measure"], f["name"]): f["reps"]
+        for f in suite.build_figures(sweep_reps(), PLAN, ["local"], ["sweep"])
+    }
+    assert {measure for measure, _ in got} == {"sweep"}  # only the measures asked for
+    assert got[("sweep", "ratio native/tracelet total")] == pytest.approx([0.5, 0.5])
+    # start_logging over all 5 runs, the first included (nearest rank): [10, 11, 12, 30, 200] ms
+    assert got[("sweep", "tracelet start_logging p50")] == pytest.approx([12, 12])
+    assert got[("sweep", "tracelet start_logging p99")] == pytest.approx([200, 200])
+    # runs 2..5: median of [40, 50, 45, 60] and of [20, 30, 25, 20] ms
+    assert got[("sweep", "tracelet per run after the first")] == pytest.approx([47.5, 47.5])
+    assert got[("sweep", "native per run after the first")] == pytest.approx([22.5, 22.5])
+    assert got[("sweep", "extra per run over native")] == pytest.approx([25, 25])
+    assert got[("sweep", "tracelet total")] == [1.2, 1.2]
+    assert got[("sweep", "native total")] == [0.6, 0.6]
+
+
+def test_only_the_chosen_measures_run_and_the_sweep_runs_in_a_git_repository() -> None:
+    jobs = suite.jobs_for(PLAN, ["local", "mlflow"], None, ["sweep"])
+    assert sorted(j.label for j in jobs) == [
+        "sweep native-local",
+        "sweep native-mlflow",
+        "sweep tracelet-local",
+        "sweep tracelet-mlflow",
+    ]
+    assert all(j.spec["git"] and (j.spec["runs"], j.spec["points"]) == (5, 100) for j in jobs)
+    assert "sweep" not in {j.measure for j in suite.jobs_for(PLAN, ["local"], None, ["latency"])}
+    with pytest.raises(SystemExit):
+        suite.main(["--measures", "no-such-measure"])
+
+
+def test_the_sweep_table_judges_each_target_and_marks_a_missed_one(tmp_path: Path) -> None:
+    # mlflow: a 200 ms first start_logging (p99 missed) and half the native speed (ratio missed);
+    # local: every start fast, 0.1 s for 5 runs (20 ms a run: met)
+    runs = sweep_reps("mlflow") + sweep_reps("local", first_start_ms=10, tracelet_total_s=0.1)
+    stores = ["mlflow", "local"]
+    data = {
+        **results(),
+        "stores": stores,
+        "measures": ["sweep"],
+        "figures": suite.build_figures(runs, PLAN, stores, ["sweep"]),
+    }
+    text = report.render(data, trend.compare(data, None), tmp_path, plots=False).read_text(encoding="utf-8")
+    assert "## Throughput" not in text  # only the measures that ran
+    sweep = text.split("## Sweep")[1].split("## Trend")[0]
+    body = [line for line in sweep.splitlines() if line.startswith("| ") and not line.startswith("| |")]
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in body}  # label -> mlflow, local, target
+    assert next(iter(rows)) == "| native ÷ tracelet, whole sweep"  # the ratio comes first
+    mlflow, local, target = zip(*rows.values(), strict=True)
+    assert mlflow[0] == "0.500 [0.500..0.500] × ✗ MISSED"  # half the native speed
+    assert "MET" not in local[0]  # local is judged per run instead: 0.1 s over 5 runs
+    assert "MISSED" not in local[0]
+    assert local[1] == "20.0 [20.0..20.0] ✓ MET"
+    assert rows["| `start_logging` p50 (ms)"][:2] == ["12.0 [12.0..12.0] ✓ MET", "11.0 [11.0..11.0] ✓ MET"]
+    assert rows["| `start_logging` p99 (ms)"] == [
+        "200 [200..200] ✗ MISSED",
+        "30.0 [30.0..30.0] ✓ MET",
+        "≤ 50 ms |",
+    ]
+    extra = rows["| a run after the first, tracelet − native (ms)"]
+    assert extra[0] == "25.0 [25.0..25.0] ✓ MET"  # at the limit is met
+    assert target[0] == "≥ 0.9×, not local |"
+    assert "**Targets**: 2 of 8 missed:" in sweep
+    assert "- ✗ MLflow (sqlite), `start_logging` p99 (ms): 200 (target ≤ 50 ms)" in sweep
+
+
+def test_a_signed_difference_is_compared_in_its_own_units() -> None:
+    """-5 ms over native in the baseline, +5 now: a relative change of -200 % would read as better."""
+
+    def run(extra: list[float]) -> dict[str, Any]:
+        figure = {"measure": "sweep", "backend": "local", "name": "extra per run over native"}
+        return {**results(), "figures": [{**figure, "kind": "delta", "unit": "ms", "reps": extra}]}
+
+    (verdict,) = trend.compare(run([5.0, 5.5]), run([-5.0, -4.5])).verdicts
+    assert verdict.regressed
+    assert verdict.change == pytest.approx(10.0)
