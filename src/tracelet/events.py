@@ -61,7 +61,19 @@ class Image:
     height: int
 
 
-Event = Metric | Params | Tags | Artifact | Image
+@dataclass(frozen=True)
+class Status:
+    """The run's status to show in the stores *now*, while it stays open for more logging.
+
+    Lightning's ``finalize`` sends it: after ``trainer.fit()`` the store says how fit
+    ended, and a later ``trainer.test()`` still logs into the same run. The status the
+    run is closed with (``stop_logging``) is the last word.
+    """
+
+    status: str
+
+
+Event = Metric | Params | Tags | Artifact | Image | Status
 
 _KINDS: dict[str, type[Any]] = {
     "metric": Metric,
@@ -69,6 +81,7 @@ _KINDS: dict[str, type[Any]] = {
     "tags": Tags,
     "artifact": Artifact,
     "image": Image,
+    "status": Status,
 }
 _KIND_OF: dict[type[Any], str] = {cls: kind for kind, cls in _KINDS.items()}
 

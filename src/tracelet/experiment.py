@@ -294,6 +294,20 @@ class Experiment:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         self._end_status = status
 
+    def show_status(self, status: str) -> None:
+        """Show ``status`` in the stores now, in order with what was logged; the run stays open.
+
+        MLflow's run and the local store's say it at once (ClearML's offline session too);
+        a W&B run shows "running" until it is closed. What is logged later still lands, and
+        the status the run is closed with has the last word.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if self._inactive:
+            self._check_active()
+            return
+        self._put(("status", status))
+
     def mark_killed(self) -> None:
         """A signal ends this run: it closes as ``killed`` (at exit or at the next stop)."""
         self._signal_status = KILLED

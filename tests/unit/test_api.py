@@ -9,7 +9,7 @@ import pytest
 
 import tracelet
 from tests.unit.fakes import RunView, all_runs, run_view
-from tracelet.events import Artifact, Image, Metric, Params, Tags
+from tracelet.events import Artifact, Image, Metric, Params, Status, Tags
 from tracelet.testing import read_run
 
 pytestmark = pytest.mark.usefixtures("delivery_mode")
@@ -292,3 +292,30 @@ def test_figure_like_objects_are_rendered_with_savefig() -> None:
     tracelet.stop_logging()
     images = [e for e in backend.events if isinstance(e, Image)]
     assert [(i.name, i.step, i.width, i.height) for i in images] == [("plot", 7, 9, 3)]
+
+
+@pytest.mark.usefixtures("delivery_mode")
+def test_show_status_reaches_the_store_in_order_and_the_run_stays_open() -> None:
+    exp, backend = memory_run()
+    exp.log_metric("fit", 1.0, 0)
+    exp.show_status("failed")
+    with pytest.raises(ValueError, match="status must be one of"):
+        exp.show_status("done")
+    exp.log_metric("test", 2.0, 0)  # logged after the status: it still lands
+    assert tracelet.stop_logging(status="finished").ok
+    kinds = [type(e).__name__ for e in backend.events if not isinstance(e, (Params, Tags))]
+    assert kinds == ["Metric", "Status", "Metric"]
+    assert Status("failed") in backend.events
+    assert backend.status == "finished"  # the close has the last word
+
+
+def test_show_status_shows_in_the_local_store_while_the_run_is_open() -> None:
+    exp = tracelet.start_logging(backend="local")
+    exp.log_metric("x", 1.0, 0)
+    exp.show_status("failed")
+    assert exp.flush(10)
+    assert read_run("local", exp.runs["local"]).status == "failed"  # type: ignore[arg-type]
+    exp.log_metric("x", 2.0, 1)
+    assert tracelet.stop_logging().ok
+    record = read_run("local", exp.runs["local"])  # type: ignore[arg-type]
+    assert (record.status, record.metrics["x"]) == ("finished", [(0, 1.0), (1, 2.0)])

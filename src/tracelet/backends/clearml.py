@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
 from tracelet.backends.naming import label_to_tag, split_clearml, tag_to_label
-from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
+from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -289,8 +289,18 @@ class ClearMLBackend(Backend):
                 self._upload_artifact(task, event)
             elif isinstance(event, Image):
                 self._report_image(clearml_logger, event)
+            elif isinstance(event, Status):
+                self._show_status(task, event.status)
             else:  # pragma: no cover - the Event union is closed
                 raise TypeError(f"unknown event type {type(event).__name__}")
+
+    def _show_status(self, task: Any, status: str) -> None:
+        """Mid-run status (Lightning's finalize). Offline, the session's ``task.json`` records it, and
+        what is logged later still lands in the session; the status at close is the last word.
+        Online, a completed or failed task would refuse later reports: the server sees the status
+        when the run is closed."""
+        if self._offline:
+            record_offline_status(task, STATUS_TO_CLEARML[status], f"tracelet: {status} (the run stays open)")
 
     def _report_image(self, clearml_logger: Any, event: Image) -> None:
         """Hand ClearML its own link to the PNG snapshot, which it deletes once stored.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tracelet.backends.base import RUNNING, Backend, RunInfo
-from tracelet.events import Artifact, Event, Image, Tags, to_json
+from tracelet.events import Artifact, Event, Image, Status, Tags, to_json
 
 ENV_ROOT = "TRACELET_LOCAL_DIR"
 DEFAULT_ROOT = "tracelet-runs"
@@ -93,6 +93,9 @@ class LocalBackend(Backend):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(event.local_path, target)
                 data["local_path"] = str(target.relative_to(self._dir))
+            elif isinstance(event, Status):  # shown now; the run stays open, its close has the last word
+                self._meta["status"] = event.status
+                write_json_atomic(self._dir / "run.json", self._meta)
             lines.append(json.dumps(data))
         if lines:
             self._events.write("\n".join(lines) + "\n")

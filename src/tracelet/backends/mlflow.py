@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
-from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
+from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 from tracelet.redaction import strip_url_userinfo
 
 #: MLflow's documented ``log_batch`` limits.
@@ -208,6 +208,10 @@ class MLflowBackend(Backend):
                         self._upload(event.local_path, event.artifact_path)
                     elif isinstance(event, Image):
                         self._upload(event.local_path, f"{IMAGE_DIR}/{event.name}/{event.step}.png")
+                    elif isinstance(event, Status):  # as Lightning's MLFlowLogger does at finalize
+                        self._client.set_terminated(
+                            self._require_run(), status=STATUS_TO_MLFLOW[event.status]
+                        )
                     done += 1
                     saved_ts = dict(self._last_ts)
             flush()

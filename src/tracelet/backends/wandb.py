@@ -32,7 +32,7 @@ from typing import Any
 
 from tracelet.backends.base import Backend, RunInfo
 from tracelet.backends.naming import EXIT_CODES, label_to_tag, tag_to_label
-from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
+from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class WandbBackend(Backend):
                     run.config.update(dict(event.values), allow_val_change=True)
             elif isinstance(event, Tags):
                 problems.extend(self._add_tags(event.values))
+            elif isinstance(event, Status):
+                pass  # a W&B run shows "running" until it finishes: its state is the exit code at finish
             elif isinstance(event, Artifact):
                 try:
                     self._save_file(event)

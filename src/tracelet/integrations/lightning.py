@@ -9,9 +9,12 @@ imported yet); both Trainers accept either.
 
 It behaves as Lightning's own ``MLFlowLogger`` and ``WandbLogger`` do:
 
-* **one run for the logger's life.** ``finalize`` flushes but leaves the run open, as
-  ``WandbLogger`` does: ``trainer.fit()`` then ``trainer.test()``, or ``Tuner.lr_find()``
-  then ``fit``, log into the same run. The run ends with ``tracelet.stop_logging()``,
+* **one run for the logger's life.** ``finalize`` flushes and, where the logger opened
+  the run, shows its outcome in the store at once (as ``MLFlowLogger.finalize`` does:
+  MLflow says FINISHED or FAILED after ``trainer.fit()``; the local store and ClearML's
+  offline session too; a W&B run shows "running" until it is closed), but leaves the run
+  open: ``trainer.fit()`` then ``trainer.test()``, or ``Tuner.lr_find()`` then ``fit``,
+  log into the same run. The run ends with ``tracelet.stop_logging()``,
   :meth:`TraceletLogger.close`, or at exit, with the status of the last ``finalize``;
 * **its own run.** If a tracelet run is already active (``tracelet.start_logging``)
   and no other TraceletLogger uses it, the logger logs into it and leaves it open.
@@ -176,8 +179,10 @@ class TraceletLogger(_Logger):  # type: ignore[misc]
         if self._experiment is None or self._experiment.closed:
             return
         _finalized.add(self._token)
-        if self._owns_experiment:
-            self._experiment.set_end_status(_STATUS.get(status, "failed"))
+        if self._owns_experiment:  # as MLFlowLogger.finalize: the store says how fit ended, now
+            outcome = _STATUS.get(status, "failed")
+            self._experiment.set_end_status(outcome)
+            self._experiment.show_status(outcome)
         self._experiment.flush()
 
     def close(self) -> None:
