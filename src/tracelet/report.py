@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class BackendReport:
-    """Delivery counts for one backend; ``sent == delivered + failed + pending`` always holds.
+    """Delivery counts for one backend; ``sent == delivered + failed + pending + dropped`` always holds.
 
     ``pending`` events are not lost: they wait in ``spool_path``, and
-    ``tracelet sync <spool_path>`` replays them.
+    ``tracelet sync <spool_path>`` replays them. ``dropped`` events fit neither in
+    the bounded memory nor on the spool's disk (it was full): they are counted, and
+    an ERROR named the disk.
     """
 
     backend: str
@@ -25,10 +27,12 @@ class BackendReport:
     retries: int = 0
     #: where the events the store refused are kept, with its reasons (``tracelet sync`` replays them)
     dead_letter_path: str | None = None
+    #: events lost because the spool's disk was full (ENOSPC) when they had to go there
+    dropped: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.pending == 0
+        return self.failed == 0 and self.pending == 0 and self.dropped == 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class DeliveryReport:
                 f"  {r.backend:<10} sent={r.sent} delivered={r.delivered} failed={r.failed} "
                 f"pending={r.pending}"
             )
+            if r.dropped:
+                line += f" dropped={r.dropped}"
             if r.retries:
                 line += f" retries={r.retries}"
             if r.spool_path:

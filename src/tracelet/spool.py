@@ -19,6 +19,7 @@ replays what is left into the same run, exactly once (a replayed spool is marked
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -88,12 +89,30 @@ class Spool:
         return self._file
 
     def append(self, raws: list[tuple[Any, ...]]) -> None:
-        """Write events (the caller's raw tuples) at the end, flushed to the OS at once."""
+        """Write events (the caller's raw tuples) at the end, flushed to the OS at once.
+
+        All or nothing: a write the disk refuses (``ENOSPC``) is cut back to the last whole
+        line and raised, so the spool never holds half an event and ``unread`` counts only
+        what is really there.
+        """
         f = self._open()
         f.seek(0, os.SEEK_END)
-        f.write("".join(json.dumps(to_json(from_raw(raw))) + "\n" for raw in raws))
-        f.flush()
+        end = f.tell()
+        try:
+            f.write("".join(json.dumps(to_json(from_raw(raw))) + "\n" for raw in raws))
+            f.flush()
+        except OSError:
+            self._cut_back(end)
+            raise
         self.unread += len(raws)
+
+    def _cut_back(self, size: int) -> None:
+        """Drop a refused write: close the file (its buffer is lost with it) and truncate to ``size``."""
+        file, self._file = self._file, None
+        with contextlib.suppress(OSError, ValueError):
+            file.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.events_path, size)
 
     def prepend(self, events: list[Event]) -> None:
         """Put events *before* everything unread (used when a stop times out with items in memory)."""

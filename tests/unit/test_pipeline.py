@@ -27,7 +27,7 @@ def experiment(backend: str, **writer_options: int) -> Experiment:
 
 def assert_invariant(report: tracelet.DeliveryReport) -> None:
     for r in report.backends.values():
-        assert r.sent == r.delivered + r.failed + r.pending, r
+        assert r.sent == r.delivered + r.failed + r.pending + r.dropped, r
 
 
 def test_each_key_arrives_in_call_order_in_batches() -> None:
@@ -177,3 +177,38 @@ def test_stop_timeout_spools_leftovers_and_sync_replays_them_once(tmp_path: Path
     assert again
     assert sum(again.values()) == 0
     assert read_run("local", exp.runs["stalling-local"]).metrics["loss"] == record.metrics["loss"]  # type: ignore[arg-type]
+
+
+def test_a_full_spool_disk_never_reaches_training_and_what_it_refused_is_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store is stalled and the disk under the spool is full: training goes on, nothing is hidden."""
+    import errno
+
+    from tracelet.spool import Spool
+
+    def disk_full(self: Spool, raws: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Spool, "append", disk_full)  # in this process: the trainer's side, or thread mode
+    monkeypatch.setenv("TRACELET_STRICT", "1")
+    exp = experiment("blocking", maxsize=50, batch_size=10)
+    for i in range(5000):
+        exp.log_metric("loss", float(i), i)  # never raises into the training loop
+    release()
+    with pytest.raises(tracelet.DeliveryError) as info:
+        exp.stop(flush_timeout=30)
+    r = info.value.report["blocking"]
+    assert r.dropped > 0
+    assert r.sent == 5000
+    assert r.sent == r.delivered + r.failed + r.pending + r.dropped
+    assert r.pending == 0  # nothing sits in a spool: it could not be written
+    assert any("No space left on device" in e for e in r.errors)
+    disk_errors = [
+        rec for rec in caplog.records if rec.levelname == "ERROR" and "No space left" in rec.getMessage()
+    ]
+    assert len(disk_errors) == 1
+    assert str(exp.spool_dir) in disk_errors[0].getMessage()
+    landed = [e.value for e in run_view(exp.runs["blocking"]).metrics]
+    assert len(landed) == r.delivered
+    assert landed == sorted(landed)  # what landed is in order, with the dropped ones missing

@@ -330,6 +330,9 @@ class AgentDelivery(Delivery):
         self._tokens = itertools.count(1)
         self._lost_reason: str | None = None
         self._held: dict[str, int] = {}
+        #: per backend: events that fit neither in memory nor on the spool's full disk
+        self._dropped: dict[str, int] = dict.fromkeys(self._names, 0)
+        self._disk_error: str | None = None
         self._open_timeout = open_timeout
         self._idle = idle
         self._opened: Opened | None = None
@@ -439,7 +442,21 @@ class AgentDelivery(Delivery):
                     overflow.directory,
                 )
             self._spooling = True
-            overflow.append([item])
+            try:
+                overflow.append([item])
+            except OSError as exc:  # the disk is full too: never an exception into training
+                self._drop(self._names, 1, exc)
+
+    def _drop(self, names: list[str], count: int, error: OSError) -> None:
+        """``count`` events for ``names`` fit neither in memory nor on the full spool disk: counted."""
+        for name in names:
+            self._dropped[name] += count
+        if not self._disk_error:
+            self._disk_error = (
+                f"the spool's disk refused a write ({error.strerror or error!r}) at {self._spool_dir}; "
+                "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
+            )
+            log.error("tracelet: %s", self._disk_error)
 
     def _run_ids(self) -> dict[str, str | None]:
         return dict(self._opened.runs) if self._opened is not None else {name: None for name in self._names}
@@ -637,15 +654,22 @@ class AgentDelivery(Delivery):
                     "order": 1,
                 }
                 spool = Spool(self._spool_dir / "trainer" / name, meta)
-                spool.append(tail)
-                spool.close(remove_if_empty=False)
+                try:
+                    spool.append(tail)
+                    spool.close(remove_if_empty=False)
+                except OSError as exc:
+                    self._held[name] = 0
+                    self._drop([name], len(tail), exc)
         self._unacked.clear()
         self._base = self._shipped
         unshipped = list(self._queue)
         self._queue.clear()
         overflow = self._overflow_spool()
         if unshipped:
-            overflow.prepend([from_raw(item) for item in unshipped])
+            try:
+                overflow.prepend([from_raw(item) for item in unshipped])
+            except OSError as exc:
+                self._drop(self._names, len(unshipped), exc)
         self._spooling = True
 
     # -- flush and stop ---------------------------------------------------------------------
@@ -724,8 +748,11 @@ class AgentDelivery(Delivery):
         sent = _count_value(self._sent)
         if self._overflow is not None:
             self._overflow.meta["finish_status"] = status
-            self._overflow.commit()
-            self._overflow.close(remove_if_empty=True)
+            try:
+                self._overflow.commit()
+                self._overflow.close(remove_if_empty=True)
+            except OSError as exc:
+                log.error("tracelet: could not close the spool %s: %r", self._overflow.directory, exc)
         runs = self._run_ids()
         out: dict[str, BackendReport] = {}
         for name in self._names:
@@ -733,10 +760,13 @@ class AgentDelivery(Delivery):
             base = agent_reports.get(name)
             if base is not None:
                 delivered, failed, retries = base.delivered, base.failed, base.retries
-            pending = sent - delivered - failed
+            dropped = self._dropped[name] + (base.dropped if base is not None else 0)
+            pending = sent - delivered - failed - dropped
             errors = base.errors if base is not None else ()
             if self._lost_reason:
                 errors = (*errors, self._lost_reason)
+            if self._dropped[name] and self._disk_error:
+                errors = (*errors, self._disk_error)
             out[name] = BackendReport(
                 backend=name,
                 run_id=runs.get(name),
@@ -748,6 +778,7 @@ class AgentDelivery(Delivery):
                 errors=errors,
                 retries=retries,
                 dead_letter_path=base.dead_letter_path if base is not None else None,
+                dropped=dropped,
             )
             if pending and base is None and not self._lost_reason:
                 log.error("tracelet: no report from the delivery agent for %s", name)

@@ -17,7 +17,8 @@ agent. Nothing is ever dropped:
 * a stop that times out moves what is left in memory to the spool, so ``pending``
   events can be replayed with ``tracelet sync``.
 
-Invariant, checked by the unit tests: ``sent == delivered + failed + pending``.
+Invariant, checked by the unit tests: ``sent == delivered + failed + pending + dropped``,
+where ``dropped`` counts what fit neither in memory nor on a full spool disk.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class BackendWriter:
         self._sent = itertools.count()
         self.delivered = 0
         self.failed = 0
+        #: events lost to a full spool disk (see :meth:`_drop`)
+        self.dropped = 0
+        self._disk_error_logged = False
         self.retries = 0
         #: single events the store refused, per reason: once a reason has refused
         #: SAME_REASON_LIMIT of them, a piece refused for it is dead-lettered whole
@@ -143,8 +147,23 @@ class BackendWriter:
                     self.spool.events_path,
                 )
             self._spooling = True
-            self.spool.append([item])
+            try:
+                self.spool.append([item])
+            except OSError as exc:
+                self._drop(1, exc)
         self._wake.set()
+
+    def _drop(self, count: int, error: OSError) -> None:
+        """``count`` events fit neither in memory nor on the spool's disk: counted, and said once."""
+        self.dropped += count
+        if not self._disk_error_logged:
+            self._disk_error_logged = True
+            message = (
+                f"the spool's disk refused a write ({error.strerror or error!r}) at {self.spool.directory}; "
+                "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
+            )
+            self._record_error(message)
+            log.error("tracelet: %s: %s", self.backend.name, message)
 
     def wake(self) -> None:
         """Ask the writer to deliver now (used by flush and by signal handlers)."""
@@ -204,10 +223,14 @@ class BackendWriter:
                 self._queue.clear()
                 self._in_flight_spooled = len(self._in_flight)
                 self._in_flight = []
-                if leftovers:
-                    self.spool.prepend(leftovers)
-                self.spool.meta["finish_status"] = status
-                self.spool.commit()
+                try:
+                    if leftovers:
+                        self.spool.prepend(leftovers)
+                    self.spool.meta["finish_status"] = status
+                    self.spool.commit()
+                except OSError as exc:
+                    self._in_flight_spooled = 0
+                    self._drop(len(leftovers), exc)
             log.warning(
                 "tracelet: %s did not finish within %.1fs; %d event(s) kept in %s (replay: tracelet sync)",
                 self.backend.name,
@@ -220,14 +243,16 @@ class BackendWriter:
     def report(self) -> BackendReport:
         pending = self.pending()
         sent = self.sent
-        if sent != self.delivered + self.failed + pending:
+        if sent != self.delivered + self.failed + pending + self.dropped:
             log.error(
-                "tracelet: delivery counts do not add up for %s: sent=%d delivered=%d failed=%d pending=%d",
+                "tracelet: delivery counts do not add up for %s: sent=%d delivered=%d failed=%d pending=%d "
+                "dropped=%d",
                 self.backend.name,
                 sent,
                 self.delivered,
                 self.failed,
                 pending,
+                self.dropped,
             )
         return BackendReport(
             backend=self.backend.name,
@@ -240,6 +265,7 @@ class BackendWriter:
             errors=tuple(self.errors),
             retries=self.retries,
             dead_letter_path=str(self.spool.dead_letter_path) if self.spool.dead_lettered else None,
+            dropped=self.dropped,
         )
 
     # -- writer thread ---------------------------------------------------------------------
@@ -273,7 +299,10 @@ class BackendWriter:
             return
         with self._lock:
             if from_spool and not self._abandoned:
-                self.spool.commit()
+                try:
+                    self.spool.commit()
+                except OSError as exc:  # the offset stays where it was: a sync would replay, not lose
+                    log.error("tracelet: %s: could not record the spool's offset: %r", self.backend.name, exc)
 
     def _deliver_piece(self, piece: list[Event], refusals: dict[str, int]) -> None:
         """Deliver ``piece`` in order, or dead-letter what the store refuses (never raises but _Abandoned)."""
@@ -348,7 +377,12 @@ class BackendWriter:
         reason = strip_url_userinfo(reason)  # a store's message may quote a URL with credentials
         with self._lock:
             if not self._abandoned:
-                self.spool.dead_letter(events, reason)
+                try:
+                    self.spool.dead_letter(events, reason)
+                except OSError as exc:  # the refused events could not be kept: dropped, not failed
+                    del self._in_flight[: len(events)]
+                    self._drop(len(events), exc)
+                    return
         self._account(len(events), delivered=False)
         self._record_error(
             f"{len(events)} event(s) refused: {reason} (kept in {self.spool.dead_letter_path})"
@@ -408,5 +442,14 @@ class BackendWriter:
         with self._lock:
             if self._start_error is not None and (self.spool.dead_lettered or self.spool.unread):
                 self.spool.meta["finish_status"] = status  # `tracelet sync` opens the run, closes it so
-                self.spool.commit()
-            self.spool.close(remove_if_empty=True)
+                with contextlib.suppress(OSError):
+                    self.spool.commit()
+            try:
+                self.spool.close(remove_if_empty=True)
+            except OSError as exc:
+                log.error(
+                    "tracelet: %s: could not close the spool %s: %r",
+                    self.backend.name,
+                    self.spool.directory,
+                    exc,
+                )
