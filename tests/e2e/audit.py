@@ -134,6 +134,15 @@ def expected_skip(
     return None
 
 
+#: The expected skip of a test marked ``mounts_tmpfs`` where this process cannot mount one.
+MOUNT_REASON = "mounting a tmpfs needs root on Linux"
+
+
+def mount_skip(platform: str, euid: int | None) -> str | None:
+    """The skip a ``mounts_tmpfs`` test should get here (None: it must run): it mounts a small tmpfs."""
+    return None if platform.startswith("linux") and euid == 0 else MOUNT_REASON
+
+
 @dataclass
 class AuditResult:
     verdict: str

@@ -27,6 +27,7 @@ from tests.e2e.audit import (
     expected_skip,
     importable_packages,
     install_set_problems,
+    mount_skip,
     parse_install_set,
 )
 
@@ -152,6 +153,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             item.user_properties += [("workflow", workflow), ("backend", environment)]
         requires, platforms, frameworks = _markers(item)
         reason = expected_skip(requires, platforms, declared(), sys.platform, frameworks)
+        if reason is None and item.get_closest_marker("mounts_tmpfs"):
+            reason = mount_skip(sys.platform, os.geteuid() if hasattr(os, "geteuid") else None)
         expected[item.nodeid] = reason
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -524,3 +524,68 @@ def test_mlflow_server_outage_is_bridged_by_retries(
     finally:
         server.stop()
     assert not server.group_alive(), "the restarted mlflow server survived its stop"
+
+
+@pytest.mark.e2e_faults
+@pytest.mark.slow
+@pytest.mark.requires("mlflow")
+@pytest.mark.platform_only("linux")
+@pytest.mark.framework_only("torch")
+@pytest.mark.mounts_tmpfs
+def test_a_full_spool_disk_while_the_server_is_down(
+    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server dies mid-run, the queues fill, and the spool's disk (a 512 KiB tmpfs) fills too.
+
+    No exception reaches training; the report's counts add up with what was dropped; an
+    ERROR names the full disk and the spool; what the store got before is intact.
+    """
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
+    root = tmp_path / "server"
+    root.mkdir()
+    server = RestartableMLflowServer(root)
+    try:
+        monkeypatch.setenv("TRACELET_SPOOL_DIR", str(small))
+        exp = tracelet.start_logging(
+            exp_name="full-disk",
+            project="full-disk",
+            backend="mlflow",
+            backend_options={"mlflow": {"tracking_uri": server.url}},
+        )
+        for step in range(100):
+            exp.log_metric("loss", float(step), step)
+        assert exp.flush(60)
+        run_id = exp.runs["mlflow"]
+        server.crash()
+        for step in range(100, 260_000):  # 100k fill the agent's queue, 100k the trainer's, then the disk
+            exp.log_metric("loss", float(step), step)
+        report = tracelet.stop_logging(flush_timeout=5)
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    r = report["mlflow"]
+    assert r.sent == 260_000
+    assert r.dropped > 0, report.format()
+    assert r.sent == r.delivered + r.failed + r.pending + r.dropped, report.format()
+    assert not report.ok
+    disk = [
+        rec.getMessage()
+        for rec in caplog.records
+        if rec.levelname == "ERROR" and "No space left" in rec.getMessage()
+    ]
+    assert disk, "no ERROR named the full disk"
+    assert len(disk) <= 2, disk  # once in the trainer, once in the agent at most
+    assert all(str(small) in message for message in disk), disk
+    assert any("No space left" in e for e in r.errors)
+    assert run_id is not None
+    # What the store took before it died is there, once and in order (read from the server's own store).
+    stored = read_run("mlflow", run_id, tracking_uri=f"sqlite:///{(root / 'server.db').as_posix()}")
+    assert stored.metrics["loss"][:100] == [(step, float(step)) for step in range(100)]
+    steps = [step for step, _ in stored.metrics["loss"]]
+    assert steps == sorted(set(steps))

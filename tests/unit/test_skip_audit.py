@@ -97,3 +97,12 @@ def test_install_set_problems_name_the_package_and_who_pulled_it_in() -> None:
 def test_pulled_in_by_reads_installed_metadata() -> None:
     # pytest requires pluggy, so pluggy is "pulled in by" pytest
     assert any(p.startswith("pytest") for p in pulled_in_by("pluggy"))
+
+
+def test_a_tmpfs_test_runs_as_root_on_linux_and_skips_with_its_reason_elsewhere() -> None:
+    from tests.e2e.audit import MOUNT_REASON, mount_skip
+
+    assert mount_skip("linux", 0) is None
+    assert mount_skip("linux", 1000) == MOUNT_REASON
+    assert mount_skip("darwin", 0) == MOUNT_REASON
+    assert mount_skip("win32", None) == MOUNT_REASON
