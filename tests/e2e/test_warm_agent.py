@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,158 @@ def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
     steps = [s for s, _ in second.metrics["step"]]
     assert len(steps) >= 3000
     assert steps == list(range(len(steps)))
+
+
+@pytest.mark.e2e_faults
+@pytest.mark.platform_only("linux")
+def test_the_agent_sigkilled_mid_run_loses_nothing_and_sync_lands_every_point_once(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OOM killer picks the agent (it holds the store's client) while training logs steadily.
+
+    Training goes on; whatever the agent had not stored, the batch in flight included, stays with
+    the trainer and reaches the spool; ``tracelet sync`` then lands every point once, in order.
+    """
+    from tracelet.delivery.trainer_side import IDLE_POOL
+
+    IDLE_POOL.close_all()  # the agent of this run is the one started for it, carrying the marker
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv("TRACELET_E2E_AGENT_MARKER", marker)
+    uri = _uri(isolated_env / "oom.db")
+    exp = tracelet.start_logging(
+        exp_name="oom", project="oom", backend="mlflow", backend_options={"mlflow": {"tracking_uri": uri}}
+    )
+    assert exp.flush(120)  # the run is open and the agent is busy with the store from now on
+    (agent,) = _agents_carrying(marker)
+    total, killed_at = 8000, 3000
+    for step in range(total):  # about 2,000 points a second, as a training loop logs
+        exp.log_metric("loss", float(step), step)
+        if step == killed_at:
+            os.kill(agent, signal.SIGKILL)
+        if step % 20 == 0:
+            time.sleep(0.01)
+    report = tracelet.stop_logging(flush_timeout=10)
+    r = report["mlflow"]
+    assert (r.sent, r.dropped) == (total, 0)
+    assert r.pending > 0, report.format()
+    assert r.delivered + r.pending == total, report.format()
+    done = subprocess.run(
+        [sys.executable, "-m", "tracelet", "sync", str(exp.spool_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=uri)
+    assert record.metrics["loss"] == [(step, float(step)) for step in range(total)]
+
+
+def _agents_carrying(marker: str) -> list[int]:
+    """Live delivery agents whose environment holds ``TRACELET_E2E_AGENT_MARKER=marker``."""
+    entry = f"TRACELET_E2E_AGENT_MARKER={marker}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if b"tracelet.delivery" in (proc / "cmdline").read_bytes() and entry in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+class _RecordingProxy:
+    """An HTTP endpoint in front of the real tracking server that records each request's Authorization.
+
+    Two of them give the test two tracking URIs (two "servers" as the client sees them) and
+    what each received; every request is forwarded to the real server, whose answer goes back.
+    """
+
+    def __init__(self, target: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.authorizations: list[str | None] = []
+        host = urllib.parse.urlsplit(target)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                proxy.authorizations.append(self.headers.get("Authorization"))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")
+                }
+                conn = http.client.HTTPConnection(host.hostname or "127.0.0.1", host.port, timeout=30)
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.e2e_advanced
+@pytest.mark.platform_only(*POSIX)
+def test_a_warm_agent_never_sends_one_runs_credentials_to_the_next_runs_server(isolated_env: Path) -> None:
+    """Run 1 to a server with ``user:password`` in its URI, run 2 to another without: no Authorization."""
+    import base64
+
+    from tests.e2e.framework import MLflowServerEnvironment
+
+    server = MLflowServerEnvironment.shared_server()
+    first, second = _RecordingProxy(server.url), _RecordingProxy(server.url)
+    try:
+        host = first.url.removeprefix("http://")
+        one = tracelet.start_logging(
+            exp_name="with-credentials",
+            project="credentials",
+            backend="mlflow",
+            backend_options={"mlflow": {"tracking_uri": f"http://alice:s3cret-pw@{host}"}},
+        )
+        one.log_metric("loss", 1.0, 0)
+        assert tracelet.stop_logging().ok
+        two = tracelet.start_logging(
+            exp_name="without",
+            project="credentials",
+            backend="mlflow",
+            backend_options={"mlflow": {"tracking_uri": second.url}},
+        )
+        two.log_metric("loss", 2.0, 0)
+        assert tracelet.stop_logging().ok
+    finally:
+        first.close()
+        second.close()
+    expected = "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
+    assert first.authorizations, "run 1 sent nothing"
+    assert set(first.authorizations) == {expected}  # the check can fail: run 1 did send its credentials
+    assert second.authorizations, "run 2 sent nothing"
+    assert set(second.authorizations) == {None}, second.authorizations
+    for exp, value in ((one, 1.0), (two, 2.0)):
+        record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=server.url)
+        assert record.metrics["loss"] == [(0, value)]
+        assert record.status == "finished"
