@@ -74,7 +74,9 @@ def test_a_sweep_lands_each_run_in_the_store_its_environment_names(
 def test_a_wrong_tracking_uri_is_reported_and_sync_set_lands_everything_once(
     isolated_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    wrong = f"sqlite:///{isolated_env}/no/such/directory/mlflow.db"
+    not_a_directory = isolated_env / "not-a-directory"
+    not_a_directory.write_text("a file where the URI wants a directory")
+    wrong = f"sqlite:///{not_a_directory}/mlflow.db"
     right = _uri(isolated_env / "right.db")
     t0 = time.monotonic()
     exp = tracelet.start_logging(
@@ -142,7 +144,7 @@ while True:
     if i == 3000:
         print("READY", flush=True)
     if i % 100 == 0:
-        time.sleep(0.001)
+        time.sleep(0.01)
 """
 
 

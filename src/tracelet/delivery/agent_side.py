@@ -108,6 +108,8 @@ class Agent:
         self.spool_dir: Path | None = None
         #: taken by whichever ends the current run first: its stop, or the trainer's death
         self.done = threading.Lock()
+        #: set once the current run is closed (by its stop, or after the trainer's death)
+        self.ended = threading.Event()
         self.state_lock = threading.Lock()
         root = logging.getLogger("tracelet")
         root.addHandler(_Forward(self))
@@ -139,7 +141,7 @@ class Agent:
         self.idle = message.idle
         self.spool_dir = Path(request.spool_dir)
         try:
-            fanout = Fanout(request)
+            fanout = Fanout(request, on_progress=self._ack_now)
         except BaseException as exc:
             why = f"{type(exc).__name__}: {exc}"
             self.send(protocol.encode(protocol.OpenFailed(message.run, why, traceback.format_exc())))
@@ -148,6 +150,7 @@ class Agent:
             self.run = message.run
             self.fanout = fanout
             self.done = threading.Lock()
+            self.ended = threading.Event()
         self.send(protocol.encode(protocol.OpenedRuns(message.run, fanout.opened)))
         return True
 
@@ -184,7 +187,10 @@ class Agent:
             try:
                 data = self.conn.recv_bytes()
             except (EOFError, OSError):
-                self.trainer_gone("its pipe closed")
+                if not self.trainer_gone("its pipe closed"):
+                    # The pid watch saw the death first and is delivering what the pipe held:
+                    # the process must not exit under it.
+                    self.ended.wait()
                 return False
             is_batch, message = protocol.decode(data)
             if is_batch:
@@ -201,6 +207,13 @@ class Agent:
         ok = fanout.flush(message.timeout)
         self.send(protocol.encode(protocol.Ack(message.run, fanout.progress())))
         self.send(protocol.encode(protocol.Reply(message.run, message.token, ok)))
+
+    def _ack_now(self) -> None:
+        """A writer delivered: acknowledge at once, from its own thread (the trainer then lets go)."""
+        with self.state_lock:
+            run, fanout = self.run, self.fanout
+        if fanout is not None:
+            self.send(protocol.encode(protocol.Ack(run, fanout.progress())))
 
     def _ack_loop(self) -> None:
         last: tuple[int, dict[str, tuple[int, int, int, int]]] | None = None
@@ -230,7 +243,10 @@ class Agent:
             return False
         fanout = self.fanout
         assert fanout is not None
-        reports = fanout.stop(message.status, message.timeout)
+        try:
+            reports = fanout.stop(message.status, message.timeout)
+        finally:
+            self.ended.set()
         reusable = fanout.reusable and not fanout.hung()
         progress = fanout.progress()
         with self.state_lock:
@@ -254,9 +270,12 @@ class Agent:
         log.warning(
             "tracelet: the trainer is gone (%s); delivering what it sent, then closing as killed", why
         )
-        reports = fanout.stop(KILLED, self.drain)
-        for report in reports.values():
-            log.warning("tracelet: %s after the trainer's death: %s", report.backend, report)
+        try:
+            reports = fanout.stop(KILLED, self.drain)
+            for report in reports.values():
+                log.warning("tracelet: %s after the trainer's death: %s", report.backend, report)
+        finally:
+            self.ended.set()
         return True
 
     def _quiet_outputs(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class Fanout:
     """One writer per backend; every event goes to each of them."""
 
-    def __init__(self, request: OpenRequest) -> None:
+    def __init__(self, request: OpenRequest, on_progress: Callable[[], None] | None = None) -> None:
         self.writers: list[BackendWriter] = []
         #: the names the user asked for (an entry point's name may differ from its class's ``name``)
         self.names: list[str] = []
@@ -74,7 +75,11 @@ class Fanout:
                 "order": 0,
             }
             spool = Spool(spool_dir / name, meta)
-            self.writers.append(BackendWriter(backend, spool, start_error=error, **request.writer_options))
+            self.writers.append(
+                BackendWriter(
+                    backend, spool, start_error=error, on_progress=on_progress, **request.writer_options
+                )
+            )
             self.names.append(name)
         self.opened = Opened(runs=runs, errors=errors)
         for writer in self.writers:

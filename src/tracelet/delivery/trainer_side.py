@@ -434,6 +434,7 @@ class AgentDelivery(Delivery):
             if not self._spooling and len(self._queue) < self._maxsize:
                 self._queue.append(item)
                 return
+            self._rescue_stragglers()
             overflow = self._overflow_spool()
             if not self._spooling and self._state is not State.LOST:
                 log.warning(
@@ -662,15 +663,39 @@ class AgentDelivery(Delivery):
                     self._drop([name], len(tail), exc)
         self._unacked.clear()
         self._base = self._shipped
-        unshipped = list(self._queue)
-        self._queue.clear()
+        # Spooling first: from now on put() takes the slow path, under this lock. A put that
+        # checked the flag just before still appends to the deque: _rescue_stragglers moves it.
+        self._spooling = True
+        unshipped = self._take_queue()
         overflow = self._overflow_spool()
         if unshipped:
             try:
                 overflow.prepend([from_raw(item) for item in unshipped])
             except OSError as exc:
                 self._drop(self._names, len(unshipped), exc)
-        self._spooling = True
+
+    def _take_queue(self) -> list[tuple[Any, ...]]:
+        """Empty the deque item by item: a concurrent append is either taken or stays for later."""
+        items: list[tuple[Any, ...]] = []
+        popleft = self._queue.popleft
+        while True:
+            try:
+                items.append(popleft())
+            except IndexError:
+                return items
+
+    def _rescue_stragglers(self) -> None:
+        """Lost or closed: what a racing fast-path put left in the deque goes to the spool, in order.
+
+        Called under the lock, before each later spooled event and at stop, so a straggler
+        lands after what was spooled before it and before what is logged after it.
+        """
+        if self._queue and self._state in (State.LOST, State.CLOSED):
+            stragglers = self._take_queue()
+            try:
+                self._overflow_spool().append(stragglers)
+            except OSError as exc:
+                self._drop(self._names, len(stragglers), exc)
 
     # -- flush and stop ---------------------------------------------------------------------
     def _ask(self, message: protocol.Flush | protocol.Stop, timeout: float) -> Any:
@@ -730,6 +755,7 @@ class AgentDelivery(Delivery):
                 self._keep_what_is_unacknowledged()
             lost = self._state is State.LOST
             self._state = State.CLOSED
+            self._rescue_stragglers()
         self._release_agent(reuse=not lost and self._reusable)
         return self._reports(reports, status)
 

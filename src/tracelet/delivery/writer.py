@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from tracelet.backends.base import Backend, PartialWriteError
@@ -88,8 +89,12 @@ class BackendWriter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         interval: float = DEFAULT_INTERVAL,
         start_error: BaseException | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
+        #: called on the writer thread right after events are delivered or dead-lettered: the agent
+        #: acknowledges them at once, so a SIGKILL a moment later leaves nothing delivered unacknowledged
+        self.on_progress = on_progress
         self.spool = spool
         self.maxsize = maxsize
         self.batch_size = batch_size
@@ -372,6 +377,8 @@ class BackendWriter:
                 self.delivered += count
             else:
                 self.failed += count
+        if self.on_progress is not None:
+            self.on_progress()
 
     def _dead_letter(self, events: list[Event], reason: str) -> None:
         reason = strip_url_userinfo(reason)  # a store's message may quote a URL with credentials
