@@ -44,6 +44,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -452,12 +453,25 @@ class AgentDelivery(Delivery):
         """``count`` events for ``names`` fit neither in memory nor on the full spool disk: counted."""
         for name in names:
             self._dropped[name] += count
+        self._disk_refused(error)
+
+    def _disk_refused(self, error: OSError) -> None:
+        """The spool's disk refused a write: one ERROR naming it (later refusals are counted, not logged)."""
         if not self._disk_error:
             self._disk_error = (
                 f"the spool's disk refused a write ({error.strerror or error!r}) at {self._spool_dir}; "
                 "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
             )
             log.error("tracelet: %s", self._disk_error)
+        else:
+            log.debug("tracelet: the spool's disk refused a write again: %r", error)
+
+    def _bookkeeping(self, step: Callable[[], None]) -> None:
+        """A spool's offset or reset: on a full disk the old offset stays (a sync may replay, never lose)."""
+        try:
+            step()
+        except OSError as exc:
+            self._disk_refused(exc)
 
     def _run_ids(self) -> dict[str, str | None]:
         return dict(self._opened.runs) if self._opened is not None else {name: None for name in self._names}
@@ -545,7 +559,7 @@ class AgentDelivery(Delivery):
                 elif self._spooling and self._overflow is not None:
                     events = self._overflow.read(SHIP_MAX)
                     if not events:
-                        self._overflow.reset()
+                        self._bookkeeping(self._overflow.reset)
                         self._spooling = False
                         return
                     items = [to_raw(e) for e in events]
@@ -559,7 +573,7 @@ class AgentDelivery(Delivery):
                 return
             if from_spool and self._overflow is not None:
                 with self._lock:
-                    self._overflow.commit()
+                    self._bookkeeping(self._overflow.commit)
 
     def _send_or_lose(self, payload: bytes) -> bool:
         assert self._agent is not None
@@ -774,11 +788,9 @@ class AgentDelivery(Delivery):
         sent = _count_value(self._sent)
         if self._overflow is not None:
             self._overflow.meta["finish_status"] = status
-            try:
-                self._overflow.commit()
-                self._overflow.close(remove_if_empty=True)
-            except OSError as exc:
-                log.error("tracelet: could not close the spool %s: %r", self._overflow.directory, exc)
+            overflow = self._overflow
+            self._bookkeeping(overflow.commit)
+            self._bookkeeping(lambda: overflow.close(remove_if_empty=True))
         runs = self._run_ids()
         out: dict[str, BackendReport] = {}
         for name in self._names:

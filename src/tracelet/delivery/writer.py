@@ -158,6 +158,11 @@ class BackendWriter:
                 self._drop(1, exc)
         self._wake.set()
 
+    def _disk_trouble(self, what: str, error: OSError) -> None:
+        """A spool's bookkeeping failed: an ERROR, unless the full disk was already named."""
+        level = logging.DEBUG if self._disk_error_logged else logging.ERROR
+        log.log(level, "tracelet: %s: %s: %r", self.backend.name, what, error)
+
     def _drop(self, count: int, error: OSError) -> None:
         """``count`` events fit neither in memory nor on the spool's disk: counted, and said once."""
         self.dropped += count
@@ -307,7 +312,7 @@ class BackendWriter:
                 try:
                     self.spool.commit()
                 except OSError as exc:  # the offset stays where it was: a sync would replay, not lose
-                    log.error("tracelet: %s: could not record the spool's offset: %r", self.backend.name, exc)
+                    self._disk_trouble("could not record the spool's offset", exc)
 
     def _deliver_piece(self, piece: list[Event], refusals: dict[str, int]) -> None:
         """Deliver ``piece`` in order, or dead-letter what the store refuses (never raises but _Abandoned)."""
@@ -454,9 +459,4 @@ class BackendWriter:
             try:
                 self.spool.close(remove_if_empty=True)
             except OSError as exc:
-                log.error(
-                    "tracelet: %s: could not close the spool %s: %r",
-                    self.backend.name,
-                    self.spool.directory,
-                    exc,
-                )
+                self._disk_trouble(f"could not close the spool {self.spool.directory}", exc)
