@@ -6,7 +6,9 @@
 * a wrong tracking URI at start: ``start_logging()`` returns, the failure is reported, and
   ``tracelet sync --set mlflow.tracking_uri=...`` opens the run and lands everything once;
 * a trainer SIGKILLed during its second run: the first run is finished, the second closed
-  ``killed`` with what reached the agent.
+  ``killed`` with what reached the agent;
+* W&B, whose session reads its variables once: a sweep with ``WANDB_DIR`` changed between runs
+  lands each run in its own folder.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import tracelet
 from tests.e2e.params import POSIX
 from tracelet.testing import read_run
 
-pytestmark = [pytest.mark.requires("mlflow"), pytest.mark.framework_only("torch")]
+pytestmark = pytest.mark.framework_only("torch")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +50,7 @@ def _runs_in(uri: str, project: str) -> dict[str, str]:
     return {run.info.run_name: run.info.run_id for run in runs}
 
 
+@pytest.mark.requires("mlflow")
 @pytest.mark.e2e_basic
 def test_a_sweep_lands_each_run_in_the_store_its_environment_names(
     isolated_env: Path, monkeypatch: pytest.MonkeyPatch
@@ -70,6 +73,7 @@ def test_a_sweep_lands_each_run_in_the_store_its_environment_names(
         assert record.metrics["loss"] == [(step, 1.0 / (step + 1) + n) for step in range(300)]
 
 
+@pytest.mark.requires("mlflow")
 @pytest.mark.e2e_faults
 def test_a_wrong_tracking_uri_is_reported_and_sync_set_lands_everything_once(
     isolated_env: Path, caplog: pytest.LogCaptureFixture
@@ -148,6 +152,7 @@ while True:
 """
 
 
+@pytest.mark.requires("mlflow")
 @pytest.mark.e2e_faults
 @pytest.mark.platform_only(*POSIX)
 def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
@@ -186,6 +191,7 @@ def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
     assert steps == list(range(len(steps)))
 
 
+@pytest.mark.requires("mlflow")
 @pytest.mark.e2e_faults
 @pytest.mark.platform_only("linux")
 def test_the_agent_sigkilled_mid_run_loses_nothing_and_sync_lands_every_point_once(
@@ -299,6 +305,7 @@ class _RecordingProxy:
         self.server.server_close()
 
 
+@pytest.mark.requires("mlflow")
 @pytest.mark.e2e_advanced
 @pytest.mark.platform_only(*POSIX)
 def test_a_warm_agent_never_sends_one_runs_credentials_to_the_next_runs_server(isolated_env: Path) -> None:
@@ -338,4 +345,38 @@ def test_a_warm_agent_never_sends_one_runs_credentials_to_the_next_runs_server(i
     for exp, value in ((one, 1.0), (two, 2.0)):
         record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=server.url)
         assert record.metrics["loss"] == [(0, value)]
+        assert record.status == "finished"
+
+
+@pytest.mark.requires("wandb")
+@pytest.mark.e2e_basic
+def test_a_wandb_sweep_lands_each_run_in_the_folder_its_environment_names(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folders = [isolated_env / f"wandb-{n}" for n in range(3)]
+    runs = []
+    for n, folder in enumerate(folders):
+        folder.mkdir()
+        for var in (
+            "WANDB_DIR",
+            "WANDB_CACHE_DIR",
+            "WANDB_DATA_DIR",
+            "WANDB_CONFIG_DIR",
+            "WANDB_ARTIFACT_DIR",
+        ):
+            monkeypatch.setenv(var, str(folder))
+        exp = tracelet.start_logging(exp_name=f"trial-{n}", project="sweep", backend="wandb")
+        exp.log_params({"trial": n})
+        for step in range(200):
+            exp.log_metric("loss", float(step + n), step)
+        report = tracelet.stop_logging()
+        assert report.ok, report.format()
+        runs.append(exp.runs["wandb"])
+    for n, (folder, run_id) in enumerate(zip(folders, runs, strict=True)):
+        found = sorted(p.name for p in folder.rglob("*.wandb"))
+        assert found == [f"run-{run_id}.wandb"], f"folder {n} holds {found}"
+        record = read_run("wandb", run_id or "", wandb_dir=str(folder))
+        assert record.params["trial"] == str(n)
+        assert record.metrics["loss"] == [(step, float(step + n)) for step in range(200)]
         assert record.status == "finished"

@@ -36,6 +36,31 @@ from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 
 log = logging.getLogger(__name__)
 
+#: The ``WANDB_*`` variables the W&B session of this process was set up with (see
+#: :func:`_session_for_this_environment`).
+_session_environment: dict[str, str] | None = None
+
+
+def _wandb_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("WANDB_") and k != "WANDB_SERVICE"}
+
+
+def _session_for_this_environment(wandb: Any) -> None:
+    """A W&B session reads its ``WANDB_*`` variables once, when it starts, and ignores later changes.
+
+    A warm delivery agent serves run after run, each in its caller's environment: when the
+    ``WANDB_*`` variables differ from those the session started with (another ``WANDB_DIR``,
+    mode or entity), the session is torn down (``wandb.teardown()``) so that ``wandb.init``
+    starts one that reads them. Runs of one sweep, with one environment, share the session.
+    """
+    global _session_environment
+    current = _wandb_environment()
+    if _session_environment is not None and current != _session_environment:
+        log.debug("tracelet: the WANDB_* variables changed since the last run; a new W&B session")
+        wandb.teardown()
+    _session_environment = current
+
+
 #: The history column that holds tracelet's step (W&B's ``_step`` only counts rows).
 STEP_KEY = "tracelet/step"
 
@@ -92,6 +117,7 @@ class WandbBackend(Backend):
         """Open the run and make ``tracelet/step`` the x-axis of every metric."""
         import wandb
 
+        _session_for_this_environment(wandb)
         settings = dict(DEFAULT_SETTINGS)
         settings.update(self.options.get("settings") or {})
         init_kwargs: dict[str, Any] = {}
