@@ -380,3 +380,29 @@ def test_a_wandb_sweep_lands_each_run_in_the_folder_its_environment_names(
         assert record.params["trial"] == str(n)
         assert record.metrics["loss"] == [(step, float(step + n)) for step in range(200)]
         assert record.status == "finished"
+
+
+@pytest.mark.requires("mlflow")
+@pytest.mark.e2e_advanced
+def test_two_runs_opening_at_once_on_a_new_sqlite_store_both_land(isolated_env: Path) -> None:
+    """Two runs start together (two Lightning loggers do), each in its own agent, on a store nobody
+    created yet: both agents run MLflow's schema migrations at the same moment, and both runs land."""
+    from tracelet.api import open_run
+
+    for attempt in range(3):  # the race is a matter of timing: try it a few times, on new stores
+        uri = _uri(isolated_env / f"new-{attempt}.db")
+        options = {"mlflow": {"tracking_uri": uri}}
+        active = tracelet.start_logging(
+            exp_name="active", project="race", backend="mlflow", backend_options=options
+        )
+        beside = open_run(exp_name="beside", project="race", backend="mlflow", backend_options=options)
+        for step in range(50):
+            active.log_metric("a", float(step), step)
+            beside.log_metric("b", float(step), step)
+        reports = [beside.stop(), tracelet.stop_logging()]
+        assert all(r.ok for r in reports), [r.format() for r in reports]
+        runs = _runs_in(uri, "race")
+        assert sorted(runs) == ["active", "beside"]
+        assert read_run("mlflow", runs["beside"], tracking_uri=uri).metrics["b"] == [
+            (step, float(step)) for step in range(50)
+        ]

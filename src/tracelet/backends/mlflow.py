@@ -12,11 +12,15 @@ timestamps: the stored order is then the call order, and no point is merged away
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
@@ -59,6 +63,65 @@ def _credentials_to_env(uri: str | None) -> str | None:
     return strip_url_userinfo(uri)
 
 
+@contextlib.contextmanager
+def _schema_lock(uri: str | None) -> Iterator[None]:
+    """Serialize opening runs on one sqlite database across processes.
+
+    Two runs opened at once (two Lightning loggers, each in its own delivery agent) may both find
+    a new database and both run MLflow's schema migrations, which then fail in many ways
+    ("duplicate column name", alembic's "expected to match one row"). An exclusive lock on a file
+    named after the database (in the temp directory, never beside the user's files) lets one
+    create the schema while the other waits, then finds it done.
+    Other stores (a server, a file store) need none.
+    """
+    if not uri or not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///").partition("?")[0]).absolute()
+    digest = hashlib.sha256(str(database).encode()).hexdigest()[:24]
+    lock_path = Path(tempfile.gettempdir()) / "tracelet-locks" / f"{digest}.lock"
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+b")  # noqa: SIM115
+    except OSError:  # no lock to be had: open as before
+        yield
+        return
+    with handle:
+        _lock_file(handle.fileno())
+        try:
+            yield
+        finally:
+            _unlock_file(handle.fileno())
+
+
+def _lock_file(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                continue
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _unlock_file(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def mlflow_tags(system_tags: dict[str, str]) -> dict[str, str]:
     """tracelet's own fields as tags, plus MLflow's standard ``mlflow.source.git.*`` tags."""
     tags = dict(system_tags)
@@ -99,6 +162,11 @@ class MLflowBackend(Backend):
         return MAX_PARAM_VALUE_LENGTH
 
     def start(self, info: RunInfo) -> str:
+        with _schema_lock(self.options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")):
+            self.run_id = self._open(info)
+        return self.run_id
+
+    def _open(self, info: RunInfo) -> str:
         client = self._connect()
         experiment = client.get_experiment_by_name(info.project)
         if experiment is not None:
@@ -114,8 +182,7 @@ class MLflowBackend(Backend):
                     raise
                 experiment_id = experiment.experiment_id
         run = client.create_run(experiment_id, run_name=info.run_name, tags=mlflow_tags(info.system_tags))
-        self.run_id = str(run.info.run_id)
-        return self.run_id
+        return str(run.info.run_id)
 
     def attach(self, run_id: str) -> None:
         """Reopen a run for ``tracelet sync``, continuing each key's timestamps where the run left them.
