@@ -406,3 +406,34 @@ def test_two_runs_opening_at_once_on_a_new_sqlite_store_both_land(isolated_env: 
         assert read_run("mlflow", runs["beside"], tracking_uri=uri).metrics["b"] == [
             (step, float(step)) for step in range(50)
         ]
+
+
+@pytest.mark.requires("clearml")
+@pytest.mark.e2e_basic
+def test_a_clearml_offline_sweep_shares_the_agent_and_lands_each_run_in_its_own_cache(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClearML keeps one Task per process: offline, ``Task.init`` after ``close()`` opens a new session."""
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
+    caches, runs = [], []
+    for n in range(3):
+        home = isolated_env / f"clearml-{n}"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("CLEARML_CACHE_DIR", str(home / "cache"))
+        exp = tracelet.start_logging(
+            exp_name=f"trial-{n}", project="sweep", backend="clearml", config={"trial": n}
+        )
+        for step in range(100):
+            exp.log_metric("loss", float(step + n), step)
+        report = tracelet.stop_logging(status="failed" if n == 1 else None)
+        assert report.ok, report.format()
+        caches.append(home / "cache" / "offline")
+        runs.append(exp.runs["clearml"])
+    for n, (offline, run_id) in enumerate(zip(caches, runs, strict=True)):
+        sessions = sorted(p.name for p in offline.iterdir() if p.is_dir())
+        assert sessions == [str(run_id)], f"cache {n} holds {sessions}"
+        record = read_run("clearml", run_id or "", offline_dir=str(offline))
+        assert (record.run_name, record.params) == (f"trial-{n}", {"trial": str(n)})
+        assert record.metrics["loss"] == [(step, float(step + n)) for step in range(100)]
+        assert record.status == ("failed" if n == 1 else "finished")

@@ -71,11 +71,6 @@ class Backend(ABC):
     package: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
     option_keys: ClassVar[frozenset[str]] = frozenset()
-    #: Whether one process may serve this store's runs one after another. A warm delivery
-    #: agent is reused for the next run only when every backend of its last run allows it;
-    #: a store whose client keeps per-process state (ClearML's one ``Task``) sets False and
-    #: gets a fresh agent per run.
-    shares_process: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -112,6 +107,15 @@ class Backend(ABC):
         import of the store's package (the E2E suite checks it against the installed one).
         """
         return None
+
+    def shares_process(self) -> bool:
+        """Whether the process that served this run may serve the store's next run (asked after ``start``).
+
+        A warm delivery agent is reused only when every backend of its last run says yes; a
+        store whose client keeps state per process that a new run would trip over says no, and
+        its next run gets a fresh agent.
+        """
+        return True
 
     def is_transient(self, error: BaseException) -> bool:
         """True when ``error`` may pass if the same write is tried again later (retried with backoff).

@@ -195,9 +195,6 @@ class ClearMLBackend(Backend):
     ``Task.init``; ClearML ignores it offline).
     """
 
-    #: ClearML keeps one ``Task`` per process (``Task.current_task()``, its offline session and
-    #: reporting threads): each run gets a fresh delivery agent.
-    shares_process = False
     name = "clearml"
     package = "clearml"
     extra = "clearml"
@@ -293,6 +290,12 @@ class ClearMLBackend(Backend):
                 self._show_status(task, event.status)
             else:  # pragma: no cover - the Event union is closed
                 raise TypeError(f"unknown event type {type(event).__name__}")
+
+    def shares_process(self) -> bool:
+        """Offline, yes: ``Task.init`` after ``close()`` opens a new session, in the run's own
+        ``CLEARML_CACHE_DIR`` (tested, read back). Online it is untested here (no server), and
+        ClearML keeps one ``Task`` per process: a fresh agent per run."""
+        return self._offline
 
     def _show_status(self, task: Any, status: str) -> None:
         """Mid-run status (Lightning's finalize). Offline, the session's ``task.json`` records it, and

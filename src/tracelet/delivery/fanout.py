@@ -47,9 +47,7 @@ class Fanout:
         if request.track_git:
             info = replace(info, system_tags={**info.system_tags, **git_metadata(request.cwd)})
         for name, options in request.backends:
-            cls = get_backend_class(name)
-            self.reusable = self.reusable and cls.shares_process
-            backend = cls(options)
+            backend = get_backend_class(name)(options)
             error: BaseException | None = None
             try:
                 runs[name] = backend.start(info)
@@ -64,6 +62,7 @@ class Fanout:
                     errors[name],
                     spool_dir / name,
                 )
+            self.reusable = self.reusable and backend.shares_process()
             meta = {
                 "backend": name,
                 "run_id": backend.run_id,

@@ -17,7 +17,7 @@ a spool that ``tracelet sync`` replays, never an exception into training.
 
 **One warm agent.** After a run is closed the agent stays, with its stores' clients
 imported, and waits for the next run (:data:`IDLE_POOL`). It is reused only when
-every backend of its last run may share a process (``Backend.shares_process``) and
+every backend of its last run may share a process (``Backend.shares_process()``) and
 its stop did not leave a writer hung in a store call; it exits after
 ``TRACELET_AGENT_IDLE`` seconds without a run, and when the trainer exits. Runs
 open at the same time each get their own agent.
