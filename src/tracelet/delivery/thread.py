@@ -53,11 +53,7 @@ class ThreadDelivery(Delivery):
             log.debug("opening the runs failed", exc_info=True)
             self.open_error = exc
             with self._lock:
-                self._failure = why
-                self._fallback = self._spool()
-                if self._waiting:
-                    self._fallback.append(list(self._waiting))
-                    self._waiting.clear()
+                self._keep_in_spool(why)
             self._ready.set()
             return
         with self._lock:
@@ -66,6 +62,17 @@ class ThreadDelivery(Delivery):
             self._fanout = fanout
             self._put = fanout.put
         self._ready.set()
+
+    def _keep_in_spool(self, why: str) -> None:
+        """The runs will not open: what waits, and what is logged from now on, goes to ``queue/``.
+
+        Called under the lock.
+        """
+        self._failure = why
+        self._fallback = self._spool()
+        if self._waiting:
+            self._fallback.append(list(self._waiting))
+            self._waiting.clear()
 
     def _spool(self) -> Spool:
         targets = [
@@ -116,13 +123,9 @@ class ThreadDelivery(Delivery):
         with self._lock:
             fanout = self._fanout
             if fanout is None and self._fallback is None:  # still opening: keep what waits
-                self._failure = (
+                self._keep_in_spool(
                     f"the runs did not open within {self._open_timeout:g}s (TRACELET_AGENT_TIMEOUT)"
                 )
-                self._fallback = self._spool()
-                if self._waiting:
-                    self._fallback.append(list(self._waiting))
-                    self._waiting.clear()
         if fanout is not None:
             return fanout.stop(status, timeout)
         return self._unopened_reports(status)

@@ -515,8 +515,6 @@ class AgentDelivery(Delivery):
             if self._overflow is not None:  # spilled while opening: the runs have ids now
                 self._name_targets(self._overflow)
         self._opened_event.set()
-        for name, error in self._opened.errors.items() if self._opened else ():
-            log.debug("tracelet: %s did not open: %s", name, error)
         receiver = threading.Thread(target=self._receive, name="tracelet-agent-receiver", daemon=True)
         receiver.start()
         while True:
