@@ -101,6 +101,42 @@ def from_raw(raw: tuple[Any, ...]) -> Event:
     return cls(*raw[1:])  # type: ignore[no-any-return]
 
 
+class MetricClock:
+    """Gives each metric key of one run strictly increasing millisecond stamps, before anything keeps a point.
+
+    MLflow orders a key's history by timestamp and keeps one row per (key, timestamp,
+    step, value). A point's timestamp is therefore part of its identity, and it must be
+    final before the point is sent, spooled or retried: an agent killed between the
+    store's commit and its acknowledgement leaves the trainer a batch the store already
+    holds, and ``tracelet sync`` replays it with the very same timestamps, which MLflow
+    keeps once. A replay also sorts after what was stored, since the clock only moves on.
+    Every delivery mode stamps at the first place a point leaves the caller's thread
+    (the agent mode's feeder; the thread mode's ``put``).
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def stamp(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``raw`` with its final timestamp (a ``metric`` tuple; anything else is returned as it is)."""
+        if raw[0] != "metric":
+            return raw
+        name = raw[1]
+        ms = int(raw[4] * 1000 + 0.5)  # nearest: a stamp read back is the same millisecond
+        last = self._last.get(name)
+        if last is not None and ms <= last:
+            ms = last + 1
+        self._last[name] = ms
+        return ("metric", name, raw[2], raw[3], ms / 1000)
+
+
+def timestamp_ms(event: Metric) -> int:
+    """A stamped point's timestamp in whole milliseconds (exact: ``round`` undoes the ``/ 1000``)."""
+    return round(event.timestamp * 1000)
+
+
 def resolve_value(value: Any) -> float:
     """A metric value as a float: accelerator tensors (copied at call time) are read here, off the caller."""
     if type(value) is float:

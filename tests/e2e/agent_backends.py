@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,10 +68,44 @@ class CountingMLflowBackend(MLflowBackend):
         return client
 
 
+ENV_KILL_AFTER_BATCH = "TRACELET_E2E_KILL_AFTER_BATCH"
+
+
+class KilledAfterCommitMLflowBackend(MLflowBackend):
+    """The real MLflow backend, whose process is SIGKILLed right after the Nth ``log_batch`` returns.
+
+    ``TRACELET_E2E_KILL_AFTER_BATCH=N`` arms it: the store has committed batch N, and the agent
+    dies before it can acknowledge it, the narrowest window an OOM kill can hit. Unset (as in
+    ``tracelet sync``), it is the plain MLflow backend.
+    """
+
+    name = "mlflow-killed-after-commit"
+
+    def _connect(self) -> Any:
+        client = super()._connect()
+        armed = os.environ.get(ENV_KILL_AFTER_BATCH)
+        if not armed:
+            return client
+        original = client.log_batch
+        calls = 0
+
+        def log_batch(*args: Any, **kw: Any) -> Any:
+            nonlocal calls
+            result = original(*args, **kw)
+            calls += 1
+            if calls == int(armed):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        client.log_batch = log_batch
+        return client
+
+
 EXTRA = {
     "broken": "tests.e2e.agent_backends:BrokenBackend",
     "hanging": "tests.e2e.agent_backends:HangingBackend",
     "mlflow-counting": "tests.e2e.agent_backends:CountingMLflowBackend",
+    "mlflow-killed-after-commit": "tests.e2e.agent_backends:KilledAfterCommitMLflowBackend",
 }
 
 

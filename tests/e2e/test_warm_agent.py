@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,116 @@ def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
     steps = [s for s, _ in second.metrics["step"]]
     assert len(steps) >= 3000
     assert steps == list(range(len(steps)))
+
+
+@pytest.mark.requires("mlflow")
+@pytest.mark.e2e_faults
+@pytest.mark.platform_only("linux")
+def test_the_agent_sigkilled_mid_run_loses_nothing_and_sync_lands_every_point_once(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OOM killer picks the agent (it holds the store's client) while training logs steadily.
+
+    Training goes on; whatever the agent had not stored, the batch in flight included, stays with
+    the trainer and reaches the spool; ``tracelet sync`` then lands every point once, in order.
+    """
+    from tracelet.delivery.trainer_side import IDLE_POOL
+
+    IDLE_POOL.close_all()  # the agent of this run is the one started for it, carrying the marker
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv("TRACELET_E2E_AGENT_MARKER", marker)
+    uri = _uri(isolated_env / "oom.db")
+    exp = tracelet.start_logging(
+        exp_name="oom", project="oom", backend="mlflow", backend_options={"mlflow": {"tracking_uri": uri}}
+    )
+    assert exp.flush(120)  # the run is open and the agent is busy with the store from now on
+    (agent,) = _agents_carrying(marker)
+    total, killed_at = 8000, 3000
+    for step in range(total):  # about 2,000 points a second, as a training loop logs
+        exp.log_metric("loss", float(step), step)
+        if step == killed_at:
+            os.kill(agent, signal.SIGKILL)
+        if step % 20 == 0:
+            time.sleep(0.01)
+    report = tracelet.stop_logging(flush_timeout=10)
+    r = report["mlflow"]
+    assert (r.sent, r.dropped) == (total, 0)
+    assert r.pending > 0, report.format()
+    assert r.delivered + r.pending == total, report.format()
+    done = subprocess.run(
+        [sys.executable, "-m", "tracelet", "sync", str(exp.spool_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=uri)
+    assert record.metrics["loss"] == [(step, float(step)) for step in range(total)]
+
+
+@pytest.mark.requires("mlflow")
+@pytest.mark.e2e_faults
+@pytest.mark.platform_only("linux", "darwin")
+def test_an_agent_killed_between_the_stores_commit_and_its_ack_replays_that_batch_once(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window the random kill above hits one time in many, hit every time.
+
+    The store commits a batch and the agent dies before acknowledging it: the trainer keeps the
+    batch (it cannot know it landed) and ``tracelet sync`` replays it. The replayed points carry
+    the timestamps they were stamped with at logging time, so MLflow holds each point once.
+    """
+    from tests.e2e.agent_backends import ENV_KILL_AFTER_BATCH, extra_backends_env
+    from tracelet.delivery.trainer_side import IDLE_POOL
+
+    IDLE_POOL.close_all()  # a fresh agent, armed by this run's environment
+    monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", extra_backends_env())
+    monkeypatch.setenv(ENV_KILL_AFTER_BATCH, "3")
+    name = "mlflow-killed-after-commit"
+    uri = _uri(isolated_env / "commit.db")
+    exp = tracelet.start_logging(
+        exp_name="commit", project="commit", backend=name, backend_options={name: {"tracking_uri": uri}}
+    )
+    total = 3000
+    for step in range(total):
+        exp.log_metric("loss", float(step), step)
+        if step % 20 == 0:
+            time.sleep(0.01)
+    report = tracelet.stop_logging(flush_timeout=10)
+    r = report[name]
+    assert r.pending > 0, report.format()
+    assert r.delivered + r.pending == total, report.format()
+    run_id = exp.runs[name] or ""
+    stored = read_run("mlflow", run_id, tracking_uri=uri).metrics["loss"]
+    assert len(stored) > r.delivered, "the killed batch was committed, yet never acknowledged"
+
+    monkeypatch.delenv(ENV_KILL_AFTER_BATCH)
+    done = subprocess.run(
+        [sys.executable, "-m", "tracelet", "sync", str(exp.spool_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record = read_run("mlflow", run_id, tracking_uri=uri)
+    assert record.metrics["loss"] == [(step, float(step)) for step in range(total)]
+
+
+def _agents_carrying(marker: str) -> list[int]:
+    """Live delivery agents whose environment holds ``TRACELET_E2E_AGENT_MARKER=marker``."""
+    entry = f"TRACELET_E2E_AGENT_MARKER={marker}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if b"tracelet.delivery" in (proc / "cmdline").read_bytes() and entry in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 class _RecordingProxy:

@@ -133,6 +133,47 @@ def test_an_agent_whose_stop_timed_out_is_retired() -> None:
     assert run_view(after.runs["memory"]).pid != hung_pid
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_the_feeder_holds_the_idle_pool_lock_does_not_hang_the_child() -> None:
+    """A DataLoader worker forked while the feeder takes a warm agent (the background start).
+
+    The child forgets the parent's agents at the fork; a lock another thread held at that
+    instant stays held in the child for good, so forgetting must not wait for it.
+    """
+    import threading
+
+    memory_run(exp_name="warm")
+    assert tracelet.stop_logging().ok  # one idle agent in the pool: the child has one to forget
+    held, done = threading.Event(), threading.Event()
+
+    def feeder_taking_an_agent() -> None:
+        with IDLE_POOL._lock:  # the pool's own lock, as _Pool.take holds it
+            held.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=feeder_taking_an_agent)
+    thread.start()
+    held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the after-fork handlers have run by now
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                assert os.waitstatus_to_exitcode(status) == 0
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in tracelet's after-fork handler")
+    finally:
+        done.set()
+        thread.join()
+
+
 @posix_only
 def test_an_agent_killed_while_idle_is_replaced() -> None:
     first = memory_run(exp_name="first")

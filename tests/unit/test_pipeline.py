@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,31 @@ def test_each_key_arrives_in_call_order_in_batches() -> None:
     assert max(backend.batches) > 1
     assert report["memory"].sent == report["memory"].delivered == 6000
     assert_invariant(report)
+
+
+def test_every_point_reaches_the_store_with_its_own_millisecond_per_key() -> None:
+    """The delivery stamps timestamps before anything keeps a point (MLflow's row identity).
+
+    Thousands of points a second share wall-clock milliseconds; each key's stamps must still be
+    strictly increasing, whole milliseconds, near the clock, and independent between keys.
+    """
+    before = time.time()
+    exp = start_logging(backend="memory")
+    for i in range(3000):
+        exp.log_metric("a", float(i), i)
+        if i % 2:
+            exp.log_metric("b", float(i), i)
+    tracelet.stop_logging()
+    events = [e for e in run_view(exp.runs["memory"]).events if isinstance(e, Metric)]
+    for key, count in (("a", 3000), ("b", 1500)):
+        stamps = [round(e.timestamp * 1000) for e in events if e.name == key]
+        assert len(stamps) == count
+        assert all(later > earlier for earlier, later in itertools.pairwise(stamps))
+        assert all(abs(e.timestamp * 1000 - round(e.timestamp * 1000)) < 1e-3 for e in events)
+        assert stamps[0] >= int(before * 1000)
+    a_first = round(events[0].timestamp * 1000)
+    b_first = next(round(e.timestamp * 1000) for e in events if e.name == "b")
+    assert b_first - a_first < 3000  # b's clock did not continue after a's
 
 
 def test_threads_keep_their_own_order() -> None:

@@ -5,9 +5,12 @@ and tracelet's ``tracelet.*`` fields (versions, git) are MLflow tags, and the gi
 fields also fill MLflow's own ``mlflow.source.git.*`` tags; artifacts keep their relative
 path; images land as ``tracelet-images/<name>/<step>.png``.
 
-MLflow returns a metric's history ordered by (timestamp, step, value) and drops
-exact duplicates, so this backend gives each key strictly increasing millisecond
-timestamps: the stored order is then the call order, and no point is merged away.
+MLflow returns a metric's history ordered by (timestamp, step, value) and keeps one
+row per (key, timestamp, step, value). The delivery stamps each key's points with
+strictly increasing millisecond timestamps before anything can keep them
+(:class:`~tracelet.events.MetricClock`), and this backend writes them as they are:
+the stored order is the call order, no point is merged away, and a replayed batch the
+store already holds lands once.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
-from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
+from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags, timestamp_ms
 from tracelet.redaction import strip_url_userinfo
 
 #: MLflow's documented ``log_batch`` limits.
@@ -185,18 +188,15 @@ class MLflowBackend(Backend):
         return str(run.info.run_id)
 
     def attach(self, run_id: str) -> None:
-        """Reopen a run for ``tracelet sync``, continuing each key's timestamps where the run left them.
+        """Reopen a run for ``tracelet sync``.
 
-        MLflow orders a key's history by timestamp. The original writer gave each key strictly
-        increasing timestamps, which may run ahead of the clock; a replayed point must come after
-        every stored one, or it would read back out of order.
+        The replayed points carry the timestamps they were stamped with at logging time, so a
+        point the store already holds (committed just before an agent died, never acknowledged)
+        is the very same row, and MLflow keeps it once; the stamps only move on, so what is
+        replayed sorts after what was stored.
         """
         client = self._connect()
-        run = client.get_run(run_id)
-        for key in run.data.metrics:
-            history = client.get_metric_history(run_id, key)
-            if history:
-                self._last_ts[key] = max(int(m.timestamp) for m in history)
+        client.get_run(run_id)  # the run must exist: a clear error now, not at the first batch
         self.run_id = run_id
 
     def is_transient(self, error: BaseException) -> bool:
@@ -253,7 +253,7 @@ class MLflowBackend(Backend):
                 if isinstance(event, Metric):
                     if len(metrics) + len(params) + len(tags) >= MAX_ENTITIES_PER_BATCH:
                         flush()
-                    ts = int(event.timestamp * 1000)
+                    ts = timestamp_ms(event)  # stamped: only a hand-made event is ever moved on
                     last = self._last_ts.get(event.name)
                     if last is not None and ts <= last:
                         ts = last + 1

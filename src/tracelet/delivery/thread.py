@@ -17,6 +17,7 @@ from typing import Any
 
 from tracelet.delivery import Delivery, Opened, OpenRequest
 from tracelet.delivery.fanout import Fanout
+from tracelet.events import MetricClock
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
@@ -36,6 +37,8 @@ class ThreadDelivery(Delivery):
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._sent = 0
+        #: final per-key timestamps (see MetricClock): this mode has no feeder thread, so put() stamps
+        self._stamp = MetricClock().stamp
         self._put = self._put_before_open
         self._opener = threading.Thread(target=self._open, name="tracelet-open", daemon=True)
         self._opener.start()
@@ -110,7 +113,7 @@ class ThreadDelivery(Delivery):
         )
 
     def put(self, item: tuple[Any, ...]) -> None:
-        self._put(item)
+        self._put(self._stamp(item))
 
     def flush(self, timeout: float) -> bool:
         if not self._ready.wait(timeout):

@@ -51,9 +51,10 @@ from typing import Any
 
 import tracelet
 from tracelet.delivery import Delivery, Opened, OpenRequest, protocol
-from tracelet.delivery.writer import DEFAULT_MAXSIZE, _count_value
+from tracelet.delivery.spill import SpillQueue
+from tracelet.delivery.writer import DEFAULT_MAXSIZE
 from tracelet.errors import AgentStartError
-from tracelet.events import from_raw, resolve_value, to_raw
+from tracelet.events import MetricClock, from_raw, resolve_value, to_raw
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
@@ -276,9 +277,13 @@ class _Pool:
             agent.close(2.0)
 
     def forget(self) -> None:
-        """In a forked child: the parent's agents are not ours; close only our copies of their pipes."""
-        with self._lock:
-            agents, self._idle = self._idle, []
+        """In a forked child: the parent's agents are not ours; close only our copies of their pipes.
+
+        Lock-free: a parent's thread may have held the lock at the fork (the feeder taking a warm
+        agent), and in the child it would stay held for good. The child has one thread here.
+        """
+        self._lock = threading.Lock()
+        agents, self._idle = self._idle, []
         for agent in agents:
             with contextlib.suppress(OSError, ValueError):
                 os.close(agent.conn.fileno())
@@ -311,17 +316,28 @@ class AgentDelivery(Delivery):
         self._request = request
         self._run = next(_serials)
         self._names = [name for name, _ in request.backends]
-        self._maxsize = request.writer_options.get("maxsize", maxsize)
-        self._queue: deque[tuple[Any, ...]] = deque()
-        self._sent = itertools.count()
-        self._spooling = False
         self._lock = threading.Lock()
         self._wake_event = threading.Event()
+        #: one stream for every backend; it spills into ``queue/`` in the run's spool
+        self._queue = SpillQueue(
+            maxsize=request.writer_options.get("maxsize", maxsize),
+            wake_at=SHIP_EARLY,
+            wake=self._wake_event,
+            lock=self._lock,
+            spool=self._overflow_spool,
+            on_spill=self._spilling,
+            on_refused=lambda count, error: self._drop(self._names, count, error),
+            before_spill=self._rescue_stragglers,
+        )
+        #: the caller's threads: a deque append unless the queue is full (then the spool)
+        self.put = self._queue.put  # type: ignore[method-assign]
         self._state = State.CONNECTING
         self._spool_dir = Path(request.spool_dir)
         self._overflow: Spool | None = None
         #: shipped but unacknowledged batches; ``_base`` is the index of the first event in them
         self._unacked: deque[list[tuple[Any, ...]]] = deque()
+        #: final per-key timestamps, given on the feeder thread before a batch is kept or sent
+        self._clock = MetricClock()
         self._base = 0
         self._shipped = 0
         self._progress: dict[str, tuple[int, int, int, int]] = {n: (0, 0, 0, 0) for n in self._names}
@@ -422,32 +438,16 @@ class AgentDelivery(Delivery):
 
     # -- caller's thread --------------------------------------------------------------------
     def put(self, item: tuple[Any, ...]) -> None:
-        if self._spooling or len(self._queue) >= self._maxsize:
-            self._put_slow(item)
-        else:
-            self._queue.append(item)
-        next(self._sent)
-        if len(self._queue) >= SHIP_EARLY and not self._wake_event.is_set():
-            self._wake_event.set()
+        """The interface's put; ``__init__`` shadows it with the queue's own (one call less per event)."""
+        self._queue.put(item)
 
-    def _put_slow(self, item: tuple[Any, ...]) -> None:
-        with self._lock:
-            if not self._spooling and len(self._queue) < self._maxsize:
-                self._queue.append(item)
-                return
-            self._rescue_stragglers()
-            overflow = self._overflow_spool()
-            if not self._spooling and self._state is not State.LOST:
-                log.warning(
-                    "tracelet: delivery queue is full (%d events); spooling to %s",
-                    self._maxsize,
-                    overflow.directory,
-                )
-            self._spooling = True
-            try:
-                overflow.append([item])
-            except OSError as exc:  # the disk is full too: never an exception into training
-                self._drop(self._names, 1, exc)
+    def _spilling(self, overflow: Spool) -> None:
+        if self._state is not State.LOST:  # a lost agent's spooling was said when it was lost
+            log.warning(
+                "tracelet: delivery queue is full (%d events); spooling to %s",
+                self._queue.maxsize,
+                overflow.directory,
+            )
 
     def _drop(self, names: list[str], count: int, error: OSError) -> None:
         """``count`` events for ``names`` fit neither in memory nor on the full spool disk: counted."""
@@ -524,9 +524,9 @@ class AgentDelivery(Delivery):
                 return
             self._ship()
             while self._controls and not self._lost():
-                if self._queue or self._spooling:
+                if self._queue.items or self._queue.spooling:
                     self._ship()
-                    if self._queue or self._spooling:  # held back by MAX_UNACKED: wait for acks
+                    if self._queue.items or self._queue.spooling:  # held back by MAX_UNACKED: wait for acks
                         time.sleep(0.01)
                         continue
                 message = self._controls.popleft()
@@ -550,20 +550,19 @@ class AgentDelivery(Delivery):
                 if self._shipped - self._base_acked() >= MAX_UNACKED:
                     return
                 from_spool = False
-                if self._queue:
-                    n = min(len(self._queue), SHIP_MAX)
-                    popleft = self._queue.popleft
-                    items = [popleft() for _ in range(n)]
-                elif self._spooling and self._overflow is not None:
+                if self._queue.items:
+                    items = self._queue.take(SHIP_MAX)
+                elif self._queue.spooling and self._overflow is not None:
                     events = self._overflow.read(SHIP_MAX)
                     if not events:
                         self._bookkeeping(self._overflow.reset)
-                        self._spooling = False
+                        self._queue.spooling = False
                         return
                     items = [to_raw(e) for e in events]
                     from_spool = True
                 else:
                     return
+                _stamped(items, self._clock)
                 self._unacked.append(items)
                 self._shipped += len(items)
             payload = protocol.encode_batch(_resolved(items))
@@ -677,8 +676,9 @@ class AgentDelivery(Delivery):
         self._base = self._shipped
         # Spooling first: from now on put() takes the slow path, under this lock. A put that
         # checked the flag just before still appends to the deque: _rescue_stragglers moves it.
-        self._spooling = True
-        unshipped = self._take_queue()
+        self._queue.spooling = True
+        unshipped = self._queue.drain()
+        _stamped(unshipped, self._clock)  # they replay after the stamped ones, in order
         overflow = self._overflow_spool()
         if unshipped:
             try:
@@ -686,24 +686,15 @@ class AgentDelivery(Delivery):
             except OSError as exc:
                 self._drop(self._names, len(unshipped), exc)
 
-    def _take_queue(self) -> list[tuple[Any, ...]]:
-        """Empty the deque item by item: a concurrent append is either taken or stays for later."""
-        items: list[tuple[Any, ...]] = []
-        popleft = self._queue.popleft
-        while True:
-            try:
-                items.append(popleft())
-            except IndexError:
-                return items
-
     def _rescue_stragglers(self) -> None:
         """Lost or closed: what a racing fast-path put left in the deque goes to the spool, in order.
 
         Called under the lock, before each later spooled event and at stop, so a straggler
         lands after what was spooled before it and before what is logged after it.
         """
-        if self._queue and self._state in (State.LOST, State.CLOSED):
-            stragglers = self._take_queue()
+        if self._queue.items and self._state in (State.LOST, State.CLOSED):
+            stragglers = self._queue.drain()
+            _stamped(stragglers, self._clock)
             try:
                 self._overflow_spool().append(stragglers)
             except OSError as exc:
@@ -763,7 +754,7 @@ class AgentDelivery(Delivery):
             self._lose(f"the delivery agent did not open the runs within {self._open_timeout:g}s")
         self._wake_event.set()
         with self._lock:
-            if self._state is not State.LOST and (self._unacked or self._queue or self._spooling):
+            if self._state is not State.LOST and (self._unacked or self._queue.items or self._queue.spooling):
                 self._keep_what_is_unacknowledged()
             lost = self._state is State.LOST
             self._state = State.CLOSED
@@ -783,7 +774,7 @@ class AgentDelivery(Delivery):
             agent.wait_exit()
 
     def _reports(self, agent_reports: dict[str, BackendReport], status: str) -> dict[str, BackendReport]:
-        sent = _count_value(self._sent)
+        sent = self._queue.sent.value
         if self._overflow is not None:
             self._overflow.meta["finish_status"] = status
             overflow = self._overflow
@@ -832,6 +823,14 @@ class AgentDelivery(Delivery):
 
 def _drop(item: tuple[Any, ...]) -> None:
     """A detached delivery (a forked child) takes nothing."""
+
+
+def _stamped(items: list[tuple[Any, ...]], clock: MetricClock) -> None:
+    """Give each point its final timestamp (in place) before the batch is kept or sent."""
+    stamp = clock.stamp
+    for i, item in enumerate(items):
+        if item[0] == "metric":
+            items[i] = stamp(item)
 
 
 def _resolved(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -24,15 +24,13 @@ where ``dropped`` counts what fit neither in memory nor on a full spool disk.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from tracelet.backends.base import Backend, PartialWriteError
+from tracelet.delivery.spill import SpillQueue
 from tracelet.events import Event, from_raw
 from tracelet.redaction import strip_url_userinfo
 from tracelet.report import BackendReport
@@ -57,15 +55,6 @@ SAME_REASON_LIMIT = 8
 #: Injectable clock, so backoff is unit-tested without sleeping.
 _monotonic = time.monotonic
 _sleep = time.sleep
-
-
-def _count_value(counter: itertools.count[int]) -> int:
-    """Read an ``itertools.count`` without advancing it.
-
-    ``next(counter)`` is atomic under the GIL, so several caller threads can count
-    without a lock on the hot path; its repr is ``count(N)``.
-    """
-    return int(repr(counter)[6:-1])
 
 
 def backoff_delay(attempt: int) -> float:
@@ -96,14 +85,21 @@ class BackendWriter:
         #: acknowledges them at once, so a SIGKILL a moment later leaves nothing delivered unacknowledged
         self.on_progress = on_progress
         self.spool = spool
-        self.maxsize = maxsize
         self.batch_size = batch_size
         self.interval = interval
-        self._queue: deque[tuple[Any, ...]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._spooling = False
-        self._sent = itertools.count()
+        self._queue = SpillQueue(
+            maxsize=maxsize,
+            wake_at=batch_size,
+            wake=self._wake,
+            lock=self._lock,
+            spool=lambda: self.spool,
+            on_spill=self._spilling,
+            on_refused=self._drop,
+        )
+        #: enqueue one event (the caller's threads): cheap unless the queue is full, then the spool
+        self.put = self._queue.put
         self.delivered = 0
         self.failed = 0
         #: events lost to a full spool disk (see :meth:`_drop`)
@@ -129,34 +125,13 @@ class BackendWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, item: tuple[Any, ...]) -> None:
-        """Enqueue one event. Cheap unless the queue is full, when it goes to the spool."""
-        if self._spooling or len(self._queue) >= self.maxsize:
-            self._put_slow(item)
-        else:
-            self._queue.append(item)
-        next(self._sent)
-        if len(self._queue) >= self.batch_size and not self._wake.is_set():
-            self._wake.set()
-
-    def _put_slow(self, item: tuple[Any, ...]) -> None:
-        with self._lock:
-            if not self._spooling and len(self._queue) < self.maxsize:
-                self._queue.append(item)
-                return
-            if not self._spooling:
-                log.warning(
-                    "tracelet: %s queue is full (%d events); spooling to %s",
-                    self.backend.name,
-                    self.maxsize,
-                    self.spool.events_path,
-                )
-            self._spooling = True
-            try:
-                self.spool.append([item])
-            except OSError as exc:
-                self._drop(1, exc)
-        self._wake.set()
+    def _spilling(self, spool: Spool) -> None:
+        log.warning(
+            "tracelet: %s queue is full (%d events); spooling to %s",
+            self.backend.name,
+            self._queue.maxsize,
+            spool.events_path,
+        )
 
     def _disk_trouble(self, what: str, error: OSError) -> None:
         """A spool's bookkeeping failed: an ERROR, unless the full disk was already named."""
@@ -181,12 +156,12 @@ class BackendWriter:
 
     @property
     def sent(self) -> int:
-        return _count_value(self._sent)
+        return self._queue.sent.value
 
     def pending(self) -> int:
         """Events neither delivered nor failed: in memory, in flight, or in the spool."""
         with self._lock:
-            return len(self._queue) + len(self._in_flight) + self.spool.unread
+            return len(self._queue.items) + len(self._in_flight) + self.spool.unread
 
     def durable(self) -> int:
         """How many of the events sent so far are delivered, dead-lettered or on disk in the spool.
@@ -195,7 +170,7 @@ class BackendWriter:
         forget those events: nothing it acknowledged can be lost by the agent dying.
         """
         with self._lock:
-            return self.sent - len(self._queue) - len(self._in_flight)
+            return self.sent - len(self._queue.items) - len(self._in_flight)
 
     def idle(self) -> bool:
         return self.pending() == 0
@@ -229,8 +204,7 @@ class BackendWriter:
                 # The batch stuck in the backend goes to the spool too, so a crash cannot lose it;
                 # if that write completes later after all, _account skips it in the spool.
                 self._abandoned = True
-                leftovers = self._in_flight + [from_raw(raw) for raw in self._queue]
-                self._queue.clear()
+                leftovers = self._in_flight + [from_raw(raw) for raw in self._queue.drain()]
                 self._in_flight_spooled = len(self._in_flight)
                 self._in_flight = []
                 try:
@@ -284,17 +258,16 @@ class BackendWriter:
         with self._lock:
             if self._abandoned:
                 return [], False
-            if self._queue:
-                n = min(self.batch_size, len(self._queue))
-                self._in_flight = [from_raw(self._queue.popleft()) for _ in range(n)]
+            if self._queue.items:
+                self._in_flight = [from_raw(raw) for raw in self._queue.take(self.batch_size)]
                 return list(self._in_flight), False
-            if self._spooling:
+            if self._queue.spooling:
                 events = self.spool.read(self.batch_size)
                 if events:
                     self._in_flight = list(events)
                     return events, True
                 self.spool.reset()
-                self._spooling = False
+                self._queue.spooling = False
                 log.info("tracelet: %s spool drained; back to memory", self.backend.name)
             return [], False
 
