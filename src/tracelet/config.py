@@ -19,10 +19,17 @@ TRACELET_AGENT_TIMEOUT      seconds the agent may take to open the runs      ``1
 TRACELET_AGENT_DRAIN        seconds the agent delivers after trainer death   ``30``
 TRACELET_AGENT_IDLE         seconds an idle agent waits for the next run     ``60``
 TRACELET_AGENT_NICE         added to the agent's niceness (0: none)          ``10``
+TRACELET_EXTRA_BACKENDS     ``name=module:Class,...``: unpackaged backends   none
+TRACELET_LOCAL_DIR          where the ``local`` backend writes its runs      ``./tracelet-runs``
 TRACELET_TRACK_GIT          ``0``: record no git commit/branch/remote       ``1``
 TRACELET_TRACK_TENSORBOARD  ``0``: do not capture ``SummaryWriter`` calls   ``1``
 TRACELET_REDACT             extra secret words/patterns; ``off``: none       built-in
 ==========================  ==============================================  ============
+
+Every ``TRACELET_*`` variable is read here. Most are read once per run by :func:`resolve`;
+the few read where they act (:func:`spool_dir`, :func:`local_dir`, :func:`extra_backends`,
+:func:`agent_nice`, :func:`redact_rules`) are read there at the moment they act, because the
+delivery agent takes on each run's environment and reads them for that run.
 
 The default backend is ``local`` (a JSONL directory, ``./tracelet-runs``): it needs
 no optional package, so a run with nothing configured still lands somewhere visible.
@@ -37,6 +44,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = "local"
 DEFAULT_PROJECT = "default"
@@ -108,6 +117,47 @@ class Settings:
     track_git: bool = True
     #: capture ``torch.utils.tensorboard.SummaryWriter`` calls while the run is active
     track_tensorboard: bool = True
+
+
+#: the process-wide variables, read where they act (see the module's docstring)
+ENV_SPOOL_DIR = "TRACELET_SPOOL_DIR"
+ENV_LOCAL_DIR = "TRACELET_LOCAL_DIR"
+ENV_EXTRA_BACKENDS = "TRACELET_EXTRA_BACKENDS"
+ENV_AGENT_NICE = "TRACELET_AGENT_NICE"
+ENV_REDACT = "TRACELET_REDACT"
+DEFAULT_AGENT_NICE = 10
+
+
+def spool_dir() -> str | None:
+    """``TRACELET_SPOOL_DIR``, when set (the spool then lives there, not in the user cache)."""
+    return os.environ.get(ENV_SPOOL_DIR) or None
+
+
+def local_dir() -> str | None:
+    """``TRACELET_LOCAL_DIR``, when set (the ``local`` backend's runs live there)."""
+    return os.environ.get(ENV_LOCAL_DIR) or None
+
+
+def extra_backends() -> str:
+    """``TRACELET_EXTRA_BACKENDS`` as written (``name=module:Class,...``; the registry parses it)."""
+    return os.environ.get(ENV_EXTRA_BACKENDS, "")
+
+
+def agent_nice() -> int:
+    """``TRACELET_AGENT_NICE``: added to the agent's niceness (a bad value is said, then the default)."""
+    raw = os.environ.get(ENV_AGENT_NICE)
+    if raw is None or not raw.strip():
+        return DEFAULT_AGENT_NICE
+    try:
+        return int(raw)
+    except ValueError:
+        log.warning("tracelet: %s=%r is not an integer; using %d", ENV_AGENT_NICE, raw, DEFAULT_AGENT_NICE)
+        return DEFAULT_AGENT_NICE
+
+
+def redact_rules() -> str:
+    """``TRACELET_REDACT`` as written (extra words and patterns, or ``off``; redaction parses it)."""
+    return os.environ.get(ENV_REDACT, "").strip()
 
 
 def _seconds(name: str, default: float) -> float:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tracelet import config
 
 MASK = "***"
 
@@ -89,7 +90,7 @@ class Redactor:
 
     @classmethod
     def from_env(cls) -> Redactor:
-        raw = os.environ.get("TRACELET_REDACT", "").strip()
+        raw = config.redact_rules()
         if raw.lower() in _OFF and raw:
             return cls(enabled=False)
         extra = [item.strip().lower() for item in raw.split(",") if item.strip()]

@@ -28,11 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tracelet import config
 from tracelet.events import Event, from_json, from_raw, to_json
 
 log = logging.getLogger(__name__)
 
-ENV_SPOOL_DIR = "TRACELET_SPOOL_DIR"
 EVENTS = "events.jsonl"
 META = "spool.json"
 DEAD_LETTER = "deadletter.jsonl"
@@ -40,7 +40,7 @@ DEAD_LETTER = "deadletter.jsonl"
 
 def spool_root() -> Path:
     """``TRACELET_SPOOL_DIR``, else the user cache (``$XDG_CACHE_HOME/tracelet/spool``)."""
-    configured = os.environ.get(ENV_SPOOL_DIR)
+    configured = config.spool_dir()
     if configured:
         return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from tracelet import config
 from tracelet.backends.base import RUNNING, Backend, RunInfo
 from tracelet.events import Artifact, Event, Image, Status, Tags, to_json
 
-ENV_ROOT = "TRACELET_LOCAL_DIR"
 DEFAULT_ROOT = "tracelet-runs"
 
 
 def local_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The directory runs are written under: the option, ``TRACELET_LOCAL_DIR``, or ``./tracelet-runs``."""
-    return Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).resolve()
+    return Path(root or config.local_dir() or DEFAULT_ROOT).resolve()
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

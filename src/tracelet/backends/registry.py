@@ -11,14 +11,13 @@ the delivery agent, a separate process, sees the same backends as the trainer.
 from __future__ import annotations
 
 import importlib
-import os
 from importlib.metadata import entry_points
 
+from tracelet import config
 from tracelet.backends.base import Backend
 from tracelet.errors import UnknownBackendError
 
 ENTRY_POINT_GROUP = "tracelet.backends"
-ENV_EXTRA_BACKENDS = "TRACELET_EXTRA_BACKENDS"
 
 BUILTIN_BACKENDS: dict[str, str] = {
     "local": "tracelet.backends.local:LocalBackend",
@@ -43,12 +42,12 @@ def _entry_point_targets() -> dict[str, str]:
 def _extra_targets() -> dict[str, str]:
     """``TRACELET_EXTRA_BACKENDS``: ``name=module:Class`` pairs, comma separated."""
     targets: dict[str, str] = {}
-    for item in os.environ.get(ENV_EXTRA_BACKENDS, "").split(","):
+    for item in config.extra_backends().split(","):
         if not item.strip():
             continue
         name, sep, target = item.partition("=")
         if not sep or ":" not in target:
-            raise ValueError(f"{ENV_EXTRA_BACKENDS}: {item!r} is not name=module:Class")
+            raise ValueError(f"{config.ENV_EXTRA_BACKENDS}: {item!r} is not name=module:Class")
         targets[name.strip()] = target.strip()
     return targets
 

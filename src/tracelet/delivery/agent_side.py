@@ -35,6 +35,7 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tracelet import config
 from tracelet.backends.base import KILLED
 from tracelet.delivery import protocol
 from tracelet.delivery.fanout import Fanout
@@ -300,12 +301,7 @@ def _lower_priority() -> None:
     inherit it. A backlog this causes waits in the agent's bounded queue and spool,
     and drains when a core is free, at the latest at ``stop_logging()``.
     """
-    raw = os.environ.get("TRACELET_AGENT_NICE", "10")
-    try:
-        increment = int(raw)
-    except ValueError:
-        log.warning("tracelet: TRACELET_AGENT_NICE=%r is not an integer; using 10", raw)
-        increment = 10
+    increment = config.agent_nice()
     if increment <= 0:
         return
     try:
