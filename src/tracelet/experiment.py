@@ -18,7 +18,7 @@ from typing import Any
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, RunInfo
 from tracelet.collectors.system import system_metadata
 from tracelet.config import Settings
-from tracelet.delivery import Delivery, OpenRequest, open_delivery
+from tracelet.delivery import Delivery, OpenRequest, discard, open_delivery
 from tracelet.errors import DeliveryError, RunOpenError, TraceletError
 from tracelet.images import png_size, to_png
 from tracelet.redaction import Redactor
@@ -70,7 +70,7 @@ class Experiment:
         self.spool_dir = (spool_root() / key).absolute()
         self._staging = self.spool_dir / "staging"
         self._delivery: Delivery | None = None
-        self._send: Callable[[tuple[Any, ...]], None] = _drop
+        self._send: Callable[[tuple[Any, ...]], None] = discard
         #: the smallest (static) param value limit over the backends, and the backend that sets it
         self._param_limit = param_limit
         #: secrets never leave the caller's thread (``TRACELET_REDACT``, see :mod:`tracelet.redaction`)
@@ -317,7 +317,7 @@ class Experiment:
         """In a forked child (a DataLoader worker): log nothing, touch none of the parent's delivery."""
         self._inactive = True
         self._disabled = True
-        self._send = _drop
+        self._send = discard
         if self._delivery is not None:
             self._delivery.detach()
             self._delivery = None
@@ -395,10 +395,6 @@ class Experiment:
         return (
             f"Experiment(name={self.name!r}, project={self.project!r}, backends={self.settings.backends!r})"
         )
-
-
-def _drop(item: tuple[Any, ...]) -> None:
-    """Where events go when this experiment does not log (a forked child, a non-zero rank)."""
 
 
 def _clean_artifact_path(artifact_path: str | None) -> str:

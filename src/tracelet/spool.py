@@ -115,15 +115,27 @@ class Spool:
             os.truncate(self.events_path, size)
 
     def prepend(self, events: list[Event]) -> None:
-        """Put events *before* everything unread (used when a stop times out with items in memory)."""
+        """Put events *before* everything unread (used when a stop times out with items in memory).
+
+        All or nothing: the new file is written beside the old one and renamed over it, so a
+        disk that refuses the write (``ENOSPC``) leaves the spool as it was, and raises.
+        """
         f = self._open()
         f.seek(self._read_offset)
         rest = f.read()
-        f.seek(0)
-        f.truncate()
         head = "".join(json.dumps(to_json(event)) + "\n" for event in events)
-        f.write(head + rest)
-        f.flush()
+        staged = self.events_path.with_suffix(".prepend")
+        try:
+            with open(staged, "w", encoding="utf-8") as out:
+                out.write(head + rest)
+        except OSError:
+            with contextlib.suppress(OSError):
+                staged.unlink()
+            raise
+        f.close()
+        self._file = None
+        os.replace(staged, self.events_path)
+        self._open()
         self._read_offset = 0
         self.unread += len(events)
         self.commit()

@@ -74,6 +74,48 @@ def test_every_point_reaches_the_store_with_its_own_millisecond_per_key() -> Non
     assert b_first - a_first < 3000  # b's clock did not continue after a's
 
 
+def test_what_waits_for_the_runs_to_open_is_bounded_in_memory_and_lands_in_order() -> None:
+    """A store that takes its time to open while the loop logs: memory holds ``maxsize``, the rest spills."""
+    exp = experiment("gated-start", maxsize=100)
+    for i in range(1000):
+        exp.log_metric("loss", float(i), i)
+    waiting = exp.spool_dir / "queue" / "events.jsonl"
+    wait_for(lambda: waiting.exists() and len(waiting.read_text().splitlines()) >= 900, 10, "the spill")
+    release()
+    report = exp.stop(flush_timeout=30)
+    assert report.ok, report.format()
+    assert_invariant(report)
+    run = run_view(exp.runs["gated-start"])
+    assert [(m.step, m.value) for m in run.metrics] == [(i, float(i)) for i in range(1000)]
+    assert not waiting.exists()  # handed over and removed
+
+
+def test_runs_that_never_open_keep_memory_and_spill_in_order_for_sync(
+    monkeypatch: pytest.MonkeyPatch, delivery_mode: str
+) -> None:
+    """The stop gives up on an open that never comes: what waited in memory goes in front of what spilled.
+
+    In thread mode the open goes on and succeeds once the store answers: those runs are closed
+    empty (failed), and nothing is delivered twice. The agent mode killed its agent at the stop.
+    """
+    from tests.unit.fakes import all_runs
+
+    monkeypatch.setenv("TRACELET_AGENT_TIMEOUT", "1")
+    exp = experiment("gated-start", maxsize=100)
+    for i in range(1000):
+        exp.log_metric("loss", float(i), i)
+    r = exp.stop(flush_timeout=1)["gated-start"]
+    assert (r.sent, r.delivered, r.pending) == (1000, 0, 1000), r
+    release()  # the store opens runs again
+    if delivery_mode == "thread":
+        wait_for(lambda: [r.status for r in all_runs()] == ["failed"], 10, "the late run to be closed")
+    sync(exp.spool_dir)
+    late, synced = ([], all_runs()) if delivery_mode == "agent" else ([all_runs()[0]], all_runs()[1:])
+    assert [(r.metrics, r.status) for r in late] == [([], "failed")] * len(late)
+    (run,) = synced
+    assert [(m.step, m.value) for m in run.metrics] == [(i, float(i)) for i in range(1000)]
+
+
 def test_threads_keep_their_own_order() -> None:
     exp = start_logging(backend="memory")
 

@@ -50,6 +50,10 @@ class Opened:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def discard(item: tuple[Any, ...]) -> None:
+    """Where events go when this process may not deliver them (a forked child, a non-zero rank)."""
+
+
 class Delivery(ABC):
     """Where validated events go. ``put`` is the hot path; the rest is the run's lifecycle."""
 

@@ -36,9 +36,23 @@ AGENT_MODULE = "tracelet.delivery"
 Progress = dict[str, tuple[int, int, int, int]]
 
 
+@dataclass(frozen=True)
+class RunMessage:
+    """A message that belongs to one run: ``run`` is the run's serial number in this trainer."""
+
+    run: int
+
+
+@dataclass(frozen=True)
+class Question(RunMessage):
+    """A message the other side answers, under the same ``token``."""
+
+    token: int
+
+
 # -- trainer → agent ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Open:
+class Open(RunMessage):
     """Open the runs of ``request`` in the caller's environment, as it was at ``start_logging()``.
 
     The environment replaces the agent's for the whole run: the stores read far more than
@@ -46,7 +60,6 @@ class Open:
     one run may leak into the next run a warm agent serves.
     """
 
-    run: int
     request: OpenRequest
     environ: dict[str, str]
     sys_path: list[str]
@@ -58,16 +71,12 @@ class Open:
 
 
 @dataclass(frozen=True)
-class Flush:
-    run: int
-    token: int
+class Flush(Question):
     timeout: float
 
 
 @dataclass(frozen=True)
-class Stop:
-    run: int
-    token: int
+class Stop(Question):
     status: str
     #: seconds left of the caller's timeout when the stop left the trainer
     timeout: float
@@ -80,24 +89,21 @@ class Quit:
 
 # -- agent → trainer ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class OpenedRuns:
-    run: int
+class OpenedRuns(RunMessage):
     opened: Opened
 
 
 @dataclass(frozen=True)
-class OpenFailed:
+class OpenFailed(RunMessage):
     """Opening the runs raised in the agent (a backend that cannot even be built)."""
 
-    run: int
     why: str
     #: the agent's traceback of the failure
     traceback: str
 
 
 @dataclass(frozen=True)
-class Ack:
-    run: int
+class Ack(RunMessage):
     progress: Progress
 
 
@@ -109,18 +115,16 @@ class LogRecord:
 
 
 @dataclass(frozen=True)
-class Reply:
-    run: int
-    token: int
+class Reply(Question):
+    """The answer to :class:`Flush`."""
+
     ok: bool
 
 
 @dataclass(frozen=True)
-class Final:
+class Final(Question):
     """The answer to :class:`Stop`: the run is closed; ``reusable``: the agent waits for another."""
 
-    run: int
-    token: int
     reports: dict[str, BackendReport]
     progress: Progress
     reusable: bool

@@ -17,6 +17,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from tracelet.spool import Spool
@@ -66,7 +67,7 @@ class SpillQueue:
         maxsize: int,
         wake_at: int,
         wake: threading.Event,
-        lock: threading.Lock,
+        lock: AbstractContextManager[Any],
         spool: Callable[[], Spool],
         on_spill: Callable[[Spool], None],
         on_refused: Callable[[int, OSError], None],

@@ -2,26 +2,36 @@
 
 The runs open on a thread of their own, so ``start_logging()`` does not wait for the
 store's import, client or first round trip here either. What is logged meanwhile
-waits, in order, and is handed to the writers once they exist. If opening fails
-outright, everything logged is kept in the run's spool (``queue/``) for
-``tracelet sync``, and the report says why.
+waits, in order, in the same bounded spill queue as everywhere else (memory, then the
+run's ``queue/`` spool), and is handed to the writers once they exist. If opening fails
+outright, everything logged is kept in that spool for ``tracelet sync``, and the report
+says why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 import threading
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-from tracelet.delivery import Delivery, Opened, OpenRequest
+from tracelet.backends.base import FAILED
+from tracelet.delivery import Delivery, Opened, OpenRequest, discard
 from tracelet.delivery.fanout import Fanout
-from tracelet.events import MetricClock
+from tracelet.delivery.spill import SpillQueue
+from tracelet.delivery.writer import DEFAULT_MAXSIZE
+from tracelet.events import MetricClock, from_raw, to_raw
 from tracelet.report import BackendReport
 from tracelet.spool import Spool
 
 log = logging.getLogger(__name__)
+
+#: events read back per step from the spool when the runs open (bounded memory)
+HANDOVER_CHUNK = 10_000
+#: seconds to close runs that opened after the stop gave up on them (they hold nothing)
+LATE_RUN_TIMEOUT = 10.0
 
 
 class ThreadDelivery(Delivery):
@@ -32,11 +42,26 @@ class ThreadDelivery(Delivery):
         self._open_timeout = open_timeout
         self._fanout: Fanout | None = None
         self._failure: str | None = None
+        #: the run's ``queue/`` spool: what spilled while the runs opened, or all of it if they cannot
+        self._kept: Spool | None = None
+        #: set once the runs cannot open: every event goes to ``_kept`` from then on
         self._fallback: Spool | None = None
-        self._waiting: deque[tuple[Any, ...]] = deque()
-        self._lock = threading.Lock()
+        # Re-entrant: the waiting queue spills under it, from inside _put_before_open.
+        self._lock = threading.RLock()
+        self._waiting = SpillQueue(
+            maxsize=request.writer_options.get("maxsize", DEFAULT_MAXSIZE),
+            wake_at=sys.maxsize,  # nobody reads it before the runs are open
+            wake=threading.Event(),
+            lock=self._lock,
+            spool=self._queue_spool,
+            on_spill=self._spilling,
+            on_refused=self._refused,
+        )
         self._ready = threading.Event()
         self._sent = 0
+        #: events that fit neither in memory nor on the spool's full disk before the runs opened
+        self._dropped = 0
+        self._disk_error: str | None = None
         #: final per-key timestamps (see MetricClock): this mode has no feeder thread, so put() stamps
         self._stamp = MetricClock().stamp
         self._put = self._put_before_open
@@ -60,11 +85,29 @@ class ThreadDelivery(Delivery):
             self._ready.set()
             return
         with self._lock:
-            fanout.put_many(list(self._waiting))
-            self._waiting.clear()
-            self._fanout = fanout
-            self._put = fanout.put
+            late = self._fallback is not None  # the stop gave up on this open: the spool has it all
+            if not late:
+                self._hand_over(fanout)
+        if late:
+            log.warning(
+                "tracelet: the runs opened after the stop gave up on them; they are closed empty "
+                "(failed): everything logged is in %s, and tracelet sync opens runs for it",
+                self._request.spool_dir,
+            )
+            fanout.stop(FAILED, LATE_RUN_TIMEOUT)
         self._ready.set()
+
+    def _hand_over(self, fanout: Fanout) -> None:
+        """What waited goes to the writers, in order; from now on every put goes there. Under the lock."""
+        fanout.put_many(self._waiting.drain())
+        kept, self._kept = self._kept, None
+        if kept is not None:  # spilled while the runs opened: newer than what was in memory
+            while events := kept.read(HANDOVER_CHUNK):
+                fanout.put_many([to_raw(event) for event in events])
+            kept.reset()
+            kept.close(remove_if_empty=True)
+        self._fanout = fanout
+        self._put = fanout.put
 
     def _keep_in_spool(self, why: str) -> None:
         """The runs will not open: what waits, and what is logged from now on, goes to ``queue/``.
@@ -72,16 +115,22 @@ class ThreadDelivery(Delivery):
         Called under the lock.
         """
         self._failure = why
-        self._fallback = self._spool()
-        if self._waiting:
-            self._fallback.append(list(self._waiting))
-            self._waiting.clear()
+        self._fallback = self._queue_spool()
+        waiting = self._waiting.drain()
+        if waiting:  # older than anything that spilled: in front of it
+            try:
+                self._fallback.prepend([from_raw(item) for item in waiting])
+            except OSError as exc:
+                self._refused(len(waiting), exc)
 
-    def _spool(self) -> Spool:
+    def _queue_spool(self) -> Spool:
+        """The run's ``queue/`` spool, with no run ids: ``tracelet sync`` opens the runs."""
+        if self._kept is not None:
+            return self._kept
         targets = [
             {"backend": name, "run_id": None, "options": options} for name, options in self._request.backends
         ]
-        return Spool(
+        self._kept = Spool(
             Path(self._request.spool_dir) / "queue",
             {
                 "targets": targets,
@@ -90,17 +139,40 @@ class ThreadDelivery(Delivery):
                 "run_name": self._request.info.run_name,
             },
         )
+        return self._kept
+
+    def _spilling(self, spool: Spool) -> None:
+        log.warning(
+            "tracelet: the runs are still opening and %d events wait; spooling to %s",
+            self._waiting.maxsize,
+            spool.directory,
+        )
+
+    def _refused(self, count: int, error: OSError) -> None:
+        """The spool's disk refused ``count`` events before the runs opened: counted, said once."""
+        self._dropped += count
+        if self._disk_error is None:
+            self._disk_error = (
+                f"the spool's disk refused a write ({error.strerror or error!r}) "
+                f"at {self._request.spool_dir}; "
+                "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
+            )
+            log.error("tracelet: %s", self._disk_error)
 
     def _put_before_open(self, item: tuple[Any, ...]) -> None:
         with self._lock:
-            self._sent += 1
-            if self._fanout is None:
-                if self._fallback is not None:
+            fanout = self._fanout
+            if fanout is None:
+                self._sent += 1
+                if self._fallback is None:
+                    self._waiting.put(item)
+                    return
+                try:
                     self._fallback.append([item])
-                else:
-                    self._waiting.append(item)
+                except OSError as exc:  # the disk is full too: never an exception into training
+                    self._refused(1, exc)
                 return
-        self._fanout.put(item)
+        fanout.put(item)
 
     def opened(self, timeout: float) -> Opened | None:
         if not self._ready.wait(timeout):
@@ -130,8 +202,24 @@ class ThreadDelivery(Delivery):
                     f"the runs did not open within {self._open_timeout:g}s (TRACELET_AGENT_TIMEOUT)"
                 )
         if fanout is not None:
-            return fanout.stop(status, timeout)
+            return self._with_what_was_dropped_before_open(fanout.stop(status, timeout))
         return self._unopened_reports(status)
+
+    def _with_what_was_dropped_before_open(
+        self, reports: dict[str, BackendReport]
+    ) -> dict[str, BackendReport]:
+        """Events the full disk refused before the runs opened never reached a writer: counted here."""
+        if not self._dropped:
+            return reports
+        return {
+            name: dataclasses.replace(
+                r,
+                sent=r.sent + self._dropped,
+                dropped=r.dropped + self._dropped,
+                errors=(*r.errors, self._disk_error or ""),
+            )
+            for name, r in reports.items()
+        }
 
     def _unopened_reports(self, status: str) -> dict[str, BackendReport]:
         assert self._fallback is not None
@@ -145,10 +233,13 @@ class ThreadDelivery(Delivery):
                 sent=self._sent,
                 delivered=0,
                 failed=0,
-                pending=self._sent,
-                spool_path=self._request.spool_dir if self._sent else None,
-                errors=(f"the runs could not be opened: {self._failure}",),
+                pending=self._sent - self._dropped,
+                spool_path=self._request.spool_dir if self._sent > self._dropped else None,
+                errors=tuple(
+                    e for e in (f"the runs could not be opened: {self._failure}", self._disk_error) if e
+                ),
                 retries=0,
+                dropped=self._dropped,
             )
             for name, _ in self._request.backends
         }
@@ -159,8 +250,4 @@ class ThreadDelivery(Delivery):
 
     def detach(self) -> None:
         self._fanout = None
-        self._put = _drop
-
-
-def _drop(item: tuple[Any, ...]) -> None:
-    """A detached delivery (a forked child) takes nothing."""
+        self._put = discard

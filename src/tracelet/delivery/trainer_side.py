@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import tracelet
-from tracelet.delivery import Delivery, Opened, OpenRequest, protocol
+from tracelet.delivery import Delivery, Opened, OpenRequest, discard, protocol
 from tracelet.delivery.spill import SpillQueue
 from tracelet.delivery.writer import DEFAULT_MAXSIZE
 from tracelet.errors import AgentStartError
@@ -598,7 +598,7 @@ class AgentDelivery(Delivery):
             _, message = protocol.decode(data)
             if isinstance(message, protocol.LogRecord):
                 _emit(message.fields)
-            elif getattr(message, "run", None) != self._run:
+            elif not isinstance(message, protocol.RunMessage) or message.run != self._run:
                 continue  # a late message of an earlier run this agent served
             elif isinstance(message, protocol.Ack):
                 self._acknowledge(message.progress)
@@ -814,15 +814,11 @@ class AgentDelivery(Delivery):
     def detach(self) -> None:
         """In a forked child: close the child's copy of the pipe; the parent's agent is not ours."""
         self._state = State.DETACHED
-        self.put = _drop  # type: ignore[method-assign]
+        self.put = discard  # type: ignore[method-assign]
         agent = self._agent
         if agent is not None:
             with contextlib.suppress(OSError, ValueError):
                 os.close(agent.conn.fileno())
-
-
-def _drop(item: tuple[Any, ...]) -> None:
-    """A detached delivery (a forked child) takes nothing."""
 
 
 def _stamped(items: list[tuple[Any, ...]], clock: MetricClock) -> None:
