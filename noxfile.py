@@ -29,6 +29,9 @@ E2E_PYTHON = "3.11"
 #: pytest-xdist workers per E2E session ("auto": one per CPU); ``nox -s <cell> -- -n 0`` runs serially
 E2E_WORKERS = "auto"
 UNIT_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: pytest-xdist workers per unit session (the suite is independent per test: its own spool, its own
+#: fakes' directories, its own agents); ``nox -s unit-3.11 -- -n 0`` runs serially
+UNIT_WORKERS = "auto"
 #: backend axis: name -> pip extras (none at all for ``none``; ``all`` is the three side by side)
 BACKENDS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
@@ -241,6 +244,8 @@ def unit(session: nox.Session) -> None:
     session.run(
         "pytest",
         "tests/unit",
+        "-n",
+        UNIT_WORKERS,
         "-p",
         "no:cacheprovider",
         *session.posargs,

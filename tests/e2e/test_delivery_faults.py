@@ -447,6 +447,9 @@ def test_mlflow_server_outage_is_bridged_by_retries(
             backend="mlflow",
             backend_options={"mlflow": {"tracking_uri": server.url}},
         )
+        # Mid-run: the run is open first. start_logging returns before it is, and a cold agent can
+        # spend longer than CRASH_AFTER_S importing MLflow (a store down at open is another test's).
+        assert exp.runs["mlflow"], "the run did not open while the server was up"
         started = time.monotonic()
 
         def outage() -> None:
