@@ -52,6 +52,36 @@ def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
     assert fields == {"tracelet.git.commit": commit, "tracelet.git.dirty": "false"}
 
 
+def test_a_branch_a_dirty_file_and_the_remote_lose_nothing_but_credentials(tmp_path: Path) -> None:
+    """Branch, dirty flag and remote from two concurrent calls; origin first, else the first by name."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@x", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "feature/sweep-1")
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    git("remote", "add", "zeta", "https://user:token@example.com/z.git")
+    git("remote", "add", "alpha", "git@host:org/a.git")
+    (tmp_path / "f").write_text("changed")
+    fields = git_metadata(str(tmp_path / "."))
+    assert fields == {
+        "tracelet.git.commit": git("rev-parse", "HEAD"),
+        "tracelet.git.branch": "feature/sweep-1",
+        "tracelet.git.dirty": "true",
+        "tracelet.git.remote": "git@host:org/a.git",
+    }
+    git("remote", "add", "origin", "https://ghp_secret@github.com/o/r.git?t=1")
+    assert git_metadata(str(tmp_path))["tracelet.git.remote"] == "https://github.com/o/r.git"
+
+
 def test_track_git_off_records_versions_only(monkeypatch: pytest.MonkeyPatch) -> None:
     fields = run_metadata(track_git=False)
     assert not any(key.startswith("tracelet.git.") for key in fields)

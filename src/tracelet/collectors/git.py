@@ -36,23 +36,34 @@ def strip_url_credentials(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _git(*args: str, cwd: str) -> str | None:
+def _start_git(*args: str, cwd: str) -> subprocess.Popen[str] | None:
     try:
-        done = subprocess.run(
+        return subprocess.Popen(
             ["git", *args],
             cwd=cwd,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
-            timeout=GIT_TIMEOUT,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
-            check=False,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         log.debug("tracelet: git %s failed: %s", args[0], type(exc).__name__)
         return None
-    if done.returncode != 0:
+
+
+def _output(proc: subprocess.Popen[str] | None) -> str | None:
+    """The call's standard output, or None when it failed or took more than GIT_TIMEOUT."""
+    if proc is None:
         return None
-    return done.stdout.strip()
+    try:
+        out, _ = proc.communicate(timeout=GIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        log.debug("tracelet: a git call took longer than %ss", GIT_TIMEOUT)
+        return None
+    return out if proc.returncode == 0 else None
 
 
 def git_metadata(cwd: str | None = None) -> dict[str, str]:
@@ -61,22 +72,44 @@ def git_metadata(cwd: str | None = None) -> dict[str, str]:
     ``branch`` is absent on a detached HEAD; ``dirty`` is ``true`` when tracked files
     differ from the commit (untracked files do not count, as in GitPython's
     ``is_dirty()``); ``remote`` is ``origin``'s URL, else the first remote's.
+
+    Two ``git`` calls, run at once: ``status --porcelain=v2 --branch`` answers commit,
+    branch and dirty flag together, and ``config`` lists the remotes' URLs. A sweep opens
+    run after run in one warm agent, and each pays this: five calls one after the other
+    cost 15-25 ms a run here, two concurrent ones about a third of that.
     """
     where = cwd or os.getcwd()
-    commit = _git("rev-parse", "--verify", "HEAD", cwd=where)
-    if not commit:
+    status_call = _start_git("status", "--porcelain=v2", "--branch", "--untracked-files=no", cwd=where)
+    remotes_call = _start_git("config", "--get-regexp", r"^remote\..*\.url$", cwd=where)
+    status, remotes = _output(status_call), _output(remotes_call)
+    if status is None:
+        return {}
+    headers = dict(
+        line[2:].split(" ", 1) for line in status.splitlines() if line.startswith("# ") and " " in line[2:]
+    )
+    commit = headers.get("branch.oid", "")
+    if not commit or commit == "(initial)":
         return {}
     fields = {"tracelet.git.commit": commit}
-    branch = _git("symbolic-ref", "--quiet", "--short", "HEAD", cwd=where)
-    if branch:
+    branch = headers.get("branch.head", "")
+    if branch and branch != "(detached)":
         fields["tracelet.git.branch"] = branch
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=where)
-    if status is not None:
-        fields["tracelet.git.dirty"] = "true" if status else "false"
-    remotes = (_git("remote", cwd=where) or "").split()
-    if remotes:
-        name = "origin" if "origin" in remotes else remotes[0]
-        url = _git("remote", "get-url", name, cwd=where)
-        if url:
-            fields["tracelet.git.remote"] = strip_url_credentials(url)
+    fields["tracelet.git.dirty"] = (
+        "true" if any(not line.startswith("#") for line in status.splitlines()) else "false"
+    )
+    urls = _remote_urls(remotes or "")
+    if urls:
+        url = urls.get("origin") or urls[min(urls)]  # else the first as `git remote` lists them
+        fields["tracelet.git.remote"] = strip_url_credentials(url)
     return fields
+
+
+def _remote_urls(config: str) -> dict[str, str]:
+    """``remote.<name>.url <url>`` lines → {name: url}, in the order git lists them."""
+    urls: dict[str, str] = {}
+    for line in config.splitlines():
+        key, _, url = line.partition(" ")
+        name = key[len("remote.") : -len(".url")]
+        if name and url:
+            urls.setdefault(name, url.strip())
+    return urls
