@@ -31,9 +31,12 @@ def encode_png(pixels: Any) -> bytes:
     )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's header."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
+    """(width, height) from a PNG's IHDR chunk: the one PNG reader, for tracelet and its readers."""
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         raise ValueError("not a PNG")
     width, height = struct.unpack(">II", data[16:24])
     return int(width), int(height)

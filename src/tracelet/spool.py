@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet import config
+from tracelet.atomic import write_json_atomic
 from tracelet.events import Event, from_json, from_raw, to_json
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,6 @@ def spool_root() -> Path:
         return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "tracelet" / "spool"
-
-
-def _write_meta(path: Path, meta: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class Spool:
@@ -76,7 +71,7 @@ class Spool:
         """Keep events the store refused, with its reason, for a look and a ``tracelet sync``."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if not (self.directory / META).exists():
-            _write_meta(self.directory / META, self.meta)
+            write_json_atomic(self.directory / META, self.meta)
         with open(self.dead_letter_path, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps({**to_json(e), "reason": reason}) + "\n" for e in events))
         self.dead_lettered += len(events)
@@ -84,7 +79,7 @@ class Spool:
     def _open(self) -> Any:
         if self._file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _write_meta(self.directory / META, self.meta)
+            write_json_atomic(self.directory / META, self.meta)
             self._file = open(self.events_path, "a+", encoding="utf-8")  # noqa: SIM115
         return self._file
 
@@ -165,7 +160,7 @@ class Spool:
         """Record the read offset, so a later ``tracelet sync`` starts after what was delivered."""
         self.meta["offset"] = self._read_offset if delivered_lines is None else delivered_lines
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_meta(self.directory / META, self.meta)
+        write_json_atomic(self.directory / META, self.meta)
 
     def reset(self) -> None:
         """Everything was delivered: empty the file so the spool can be reused or removed."""
@@ -243,7 +238,7 @@ class _Runs:
         target["run_id"] = run_id
         if "targets" not in meta:
             meta["run_id"] = run_id
-        _write_meta(directory / META, meta)
+        write_json_atomic(directory / META, meta)
         return backend
 
 
@@ -288,11 +283,11 @@ def sync(
                         count += len(batch)
                         if "targets" not in meta:
                             meta["offset"] = f.tell()
-                            _write_meta(directory / META, meta)
+                            write_json_atomic(directory / META, meta)
             if meta.get("finish_status"):
                 finish[(target["backend"], target["run_id"])] = (backend, meta["finish_status"])
         meta["synced"] = True
-        _write_meta(directory / META, meta)
+        write_json_atomic(directory / META, meta)
         replayed[str(directory)] = count
     for backend, status in finish.values():  # close each run once, after all its spools
         backend.finish(status)
@@ -317,7 +312,7 @@ def _replay_dead_letters(backend: Any, directory: Path, meta: dict[str, Any]) ->
                     "tracelet sync: %s refused %r again: %r (first: %s)", backend.name, event, exc, reason
                 )
     meta["dead_letters_synced"] = True
-    _write_meta(directory / META, meta)
+    write_json_atomic(directory / META, meta)
     return count
 
 

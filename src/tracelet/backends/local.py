@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tracelet import config
+from tracelet.atomic import write_json_atomic
 from tracelet.backends.base import RUNNING, Backend, RunInfo
 from tracelet.events import Artifact, Event, Image, Status, Tags, to_json
 
@@ -25,13 +26,6 @@ DEFAULT_ROOT = "tracelet-runs"
 def local_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The directory runs are written under: the option, ``TRACELET_LOCAL_DIR``, or ``./tracelet-runs``."""
     return Path(root or config.local_dir() or DEFAULT_ROOT).resolve()
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` in one step, so a crash never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class LocalBackend(Backend):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from tracelet.backends.clearml import PARAMS_SECTION, PROPERTIES_SECTION
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, join_clearml, label_to_tag
+from tracelet.images import png_size
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 #: ClearML task status -> tracelet status. Offline sessions carry no status unless
@@ -45,8 +45,6 @@ STATUS_FROM_CLEARML: dict[str, str] = {
     "queued": "running",
     "in_progress": "running",
 }
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class _Session:
@@ -123,14 +121,6 @@ def _relative_data_path(uri: str, offline_folder: str, key: str | None = None) -
     raise ValueError(f"stored file {uri!r} is not inside the offline session {offline_folder!r}")
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        raise ValueError("stored image is not a PNG")
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
-
-
 def _events(session: _Session) -> Iterator[dict[str, Any]]:
     if not session.exists("metrics.jsonl"):
         return
@@ -199,7 +189,7 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
                 metrics.setdefault(name, []).append((int(event["iter"]), float(event["value"])))
             elif kind == "training_debug_image":
                 relative = _relative_data_path(event["url"], offline_folder, event.get("key"))
-                width, height = _png_size(session.read(relative))
+                width, height = png_size(session.read(relative))
                 name = join_clearml(event["metric"], event["variant"])
                 images.append(ImageRecord(name=name, step=int(event["iter"]), width=width, height=height))
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import tempfile
 from typing import Any
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX
+from tracelet.images import png_size
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 IMAGE_DIR = "tracelet-images"
@@ -44,7 +44,7 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
                 data = f.read()
             if info.path.startswith(IMAGE_DIR + "/"):
                 name, _, filename = info.path[len(IMAGE_DIR) + 1 :].rpartition("/")
-                width, height = struct.unpack(">II", data[16:24])
+                width, height = png_size(data)
                 images.append(ImageRecord(name, int(filename.removesuffix(".png")), width, height))
             else:
                 artifacts.append(ArtifactRecord(info.path, len(data), hashlib.sha256(data).hexdigest()))

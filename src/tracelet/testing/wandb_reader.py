@@ -1,7 +1,7 @@
 """Read a W&B run back from its local ``run-<id>.wandb`` file, with no server and no wandb service.
 
 The file is what ``wandb sync`` uploads, so it is the ground truth of what W&B got.
-Its LevelDB-style framing is parsed by :func:`tracelet.backends.wandb.iter_log_records`
+Its LevelDB-style framing is parsed by :func:`tracelet.backends.wandb_log.iter_log_records`
 (the backend needs it too, to know when ``finish`` has reached the disk); only the
 payloads are decoded with wandb's own protobuf ``Record``. A record cut short at the
 end of the file (a run still being written) is ignored, so a live run reads as "running".
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, label_to_tag, status_from_exit_code
-from tracelet.backends.wandb import STEP_KEY, iter_log_records
+from tracelet.backends.wandb import STEP_KEY
+from tracelet.backends.wandb_log import iter_log_records
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 log = logging.getLogger(__name__)
