@@ -70,3 +70,31 @@ def test_example_runs(example: str, isolated_env: Path, tmp_path: Path) -> None:
         assert "FAILED" not in done.stdout
     else:
         assert done.stdout.count("read back") == 3, done.stdout
+
+
+@pytest.mark.requires("torch")
+@pytest.mark.framework_only("torch")
+def test_the_demo_prints_plain_lines_without_rich(isolated_env: Path, tmp_path: Path) -> None:
+    """The seed's prerequisites do not name ``rich``: the demo must not need it.
+
+    A ``rich`` package that fails to import, first on the path, stands in for an absent one.
+    """
+    shadow = tmp_path / "no-rich" / "rich"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("rich is not installed here")\n')
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "e2e_demo.py"), "--backends", "local"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "local: training and logging" in done.stdout
+    assert "all landed" in done.stdout
