@@ -42,6 +42,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--e2e-backends", default=None, help="comma list of backend environments to keep")
     group.addoption("--e2e-workflows", default=None, help="comma list of workflows to keep")
     group.addoption("--e2e-skip-slow", action="store_true", help="deselect tests marked slow")
+    group.addoption(
+        "--e2e-only-workflows",
+        action="store_true",
+        help="keep only the tests that run a workflow (the runner passes it with --workflows)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,6 +130,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             (keep_backends is not None and env is not None and env not in keep_backends)
             or (keep_workflows is not None and workflow is not None and workflow not in keep_workflows)
             or (config.getoption("--e2e-skip-slow") and item.get_closest_marker("slow"))
+            or (config.getoption("--e2e-only-workflows") and workflow is None)
         ):
             deselected.append(item)
         else:

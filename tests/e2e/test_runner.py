@@ -23,6 +23,7 @@ Only the standard library is used, so this runs in any environment that can run 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -352,8 +353,13 @@ def build_command(
     backends: Sequence[str] | None = None,
     workflows: Sequence[str] | None = None,
     extra: Sequence[str] = (),
+    workers: str | None = None,
 ) -> list[str]:
-    """The pytest command line; selection options are omitted to let the conftest default."""
+    """The pytest command line; selection options are omitted to let the conftest default.
+
+    Asking for workflows runs those workflows' tests only (not the lifecycle, fault and secret
+    tests beside them); ``workers`` is pytest-xdist's ``-n``, left out when it is None.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -371,8 +377,20 @@ def build_command(
     if backends:
         cmd.append(f"--e2e-backends={','.join(backends)}")
     if workflows:
-        cmd.append(f"--e2e-workflows={','.join(workflows)}")
+        cmd += [f"--e2e-workflows={','.join(workflows)}", "--e2e-only-workflows"]
+    if workers is not None and not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in extra):
+        cmd += ["-n", workers]
     return cmd + list(extra)
+
+
+def xdist_workers() -> str | None:
+    """``auto`` (one worker per CPU) when pytest-xdist is installed; None, and a note, when it is not."""
+    if importlib.util.find_spec("xdist") is not None:
+        return "auto"
+    print(
+        "note: pytest-xdist is not installed, so the tests run one after another (pip install pytest-xdist)"
+    )
+    return None
 
 
 def run_pytest(cmd: Sequence[str], out: TextIO = sys.stdout, verbose: bool = False) -> int:
@@ -452,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now()
     with tempfile.TemporaryDirectory(prefix="tracelet-e2e-") as tmp:
         junit_path = Path(tmp) / "junit.xml"
-        cmd = build_command(junit_path, backends, workflows, extra)
+        cmd = build_command(junit_path, backends, workflows, extra, workers=xdist_workers())
         print("$ " + " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         code = run_pytest(cmd, verbose=args.verbose)

@@ -187,6 +187,11 @@ def test_progress_lines_and_command() -> None:
     assert cmd[1:4] == ["-m", "pytest", "tests/e2e"]
     assert "--e2e-backends=mlflow,wandb" in cmd
     assert "--e2e-workflows=simple_pytorch" in cmd
+    assert "--e2e-only-workflows" in cmd  # workflows asked for: their tests only
+    assert "-n" not in cmd  # no workers unless asked
+    with_workers = runner.build_command(Path("j.xml"), None, None, [], workers="auto")
+    assert with_workers[with_workers.index("-n") + 1] == "auto"
+    assert "-n" not in runner.build_command(Path("j.xml"), None, None, ["-n0"], workers="auto")[:-1]
     assert "--junitxml=j.xml" in cmd
     assert cmd[cmd.index("-p") + 1] == "no:cacheprovider"
     assert cmd[-1] == "-x"
