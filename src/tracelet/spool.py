@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,23 @@ def spool_root() -> Path:
         return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "tracelet" / "spool"
+
+
+class DiskAlarm:
+    """Says once per run, at ERROR, that the spool's disk refused a write; later refusals go to DEBUG.
+
+    A run has several queues that may spill (what waits for the runs to open, each backend's
+    writer): a user needs to hear of the full disk once, with its path, not once per queue.
+    """
+
+    def __init__(self) -> None:
+        self._said = False
+        self._lock = threading.Lock()
+
+    def refused(self, logger: logging.Logger, message: str) -> None:
+        with self._lock:
+            first, self._said = not self._said, True
+        logger.log(logging.ERROR if first else logging.DEBUG, "%s", message)
 
 
 class Spool:

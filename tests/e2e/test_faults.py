@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests.children import INTERACTIVE_SIGINT
 from tests.e2e.agent_backends import extra_backends_env
 from tests.e2e.framework import Expected, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX, environments
@@ -119,7 +120,7 @@ def test_every_way_a_trainer_ends(
     with e2e_framework.backend_environment(environment, project="endings") as config:
         runs_file, tally_file = tmp_path / "runs.json", tmp_path / "tally.txt"
         script = tmp_path / "trainer.py"
-        script.write_text(TRAINER)
+        script.write_text(INTERACTIVE_SIGINT + TRAINER)
         (tmp_path / "trainer.json").write_text(
             json.dumps(
                 {

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
+from tests.children import INTERACTIVE_SIGINT
 from tests.unit.fakes import ENV_SECRET, release, run_view, wait_for
 from tracelet.api import open_run
 from tracelet.delivery.trainer_side import IDLE_POOL
@@ -324,7 +325,7 @@ def test_the_agents_death_keeps_unacknowledged_events_in_the_spool(caplog: pytes
 
 def script(tmp_path: Path, code: str) -> Path:
     path = tmp_path / "trainer.py"
-    path.write_text(textwrap.dedent(code))
+    path.write_text(INTERACTIVE_SIGINT + textwrap.dedent(code))
     return path
 
 

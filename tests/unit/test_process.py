@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.children import INTERACTIVE_SIGINT
 from tests.e2e.audit import OPTIONAL_PACKAGES
 from tracelet.testing import read_run
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("delivery_mode")
 
 def run_script(code: str, tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(code))
+    script.write_text(INTERACTIVE_SIGINT + textwrap.dedent(code))
     full_env = {**os.environ, "TRACELET_LOCAL_DIR": str(tmp_path / "runs"), **env}
     full_env.pop("TRACELET_HANDLE_SIGNALS", None)
     full_env.update(env)

@@ -26,7 +26,7 @@ from tracelet.delivery import Opened, OpenRequest
 from tracelet.delivery.writer import BackendWriter
 from tracelet.redaction import Redactor, strip_url_userinfo
 from tracelet.report import BackendReport
-from tracelet.spool import Spool
+from tracelet.spool import DiskAlarm, Spool
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,12 @@ log = logging.getLogger(__name__)
 class Fanout:
     """One writer per backend; every event goes to each of them."""
 
-    def __init__(self, request: OpenRequest, on_progress: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        request: OpenRequest,
+        on_progress: Callable[[], None] | None = None,
+        disk_alarm: DiskAlarm | None = None,
+    ) -> None:
         self.writers: list[BackendWriter] = []
         #: the names the user asked for (an entry point's name may differ from its class's ``name``)
         self.names: list[str] = []
@@ -76,7 +81,12 @@ class Fanout:
             spool = Spool(spool_dir / name, meta)
             self.writers.append(
                 BackendWriter(
-                    backend, spool, start_error=error, on_progress=on_progress, **request.writer_options
+                    backend,
+                    spool,
+                    start_error=error,
+                    on_progress=on_progress,
+                    disk_alarm=disk_alarm,
+                    **request.writer_options,
                 )
             )
             self.names.append(name)

@@ -24,7 +24,7 @@ from tracelet.delivery.spill import SpillQueue
 from tracelet.delivery.writer import DEFAULT_MAXSIZE
 from tracelet.events import MetricClock, from_raw, to_raw
 from tracelet.report import BackendReport
-from tracelet.spool import Spool
+from tracelet.spool import DiskAlarm, Spool
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class ThreadDelivery(Delivery):
         #: events that fit neither in memory nor on the spool's full disk before the runs opened
         self._dropped = 0
         self._disk_error: str | None = None
+        #: one ERROR per run for a full spool disk: this queue and every writer share it
+        self._disk_alarm = DiskAlarm()
         #: final per-key timestamps (see MetricClock): this mode has no feeder thread, so put() stamps
         self._stamp = MetricClock().stamp
         self._put = self._put_before_open
@@ -70,7 +72,7 @@ class ThreadDelivery(Delivery):
 
     def _open(self) -> None:
         try:
-            fanout = Fanout(self._request)
+            fanout = Fanout(self._request, disk_alarm=self._disk_alarm)
         except BaseException as exc:
             why = f"{type(exc).__name__}: {exc}"
             log.error(
@@ -157,7 +159,7 @@ class ThreadDelivery(Delivery):
                 f"at {self._request.spool_dir}; "
                 "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
             )
-            log.error("tracelet: %s", self._disk_error)
+            self._disk_alarm.refused(log, f"tracelet: {self._disk_error}")
 
     def _put_before_open(self, item: tuple[Any, ...]) -> None:
         with self._lock:

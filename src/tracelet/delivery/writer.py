@@ -34,7 +34,7 @@ from tracelet.delivery.spill import SpillQueue
 from tracelet.events import Event, from_raw
 from tracelet.redaction import strip_url_userinfo
 from tracelet.report import BackendReport
-from tracelet.spool import Spool
+from tracelet.spool import DiskAlarm, Spool
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,11 @@ class BackendWriter:
         interval: float = DEFAULT_INTERVAL,
         start_error: BaseException | None = None,
         on_progress: Callable[[], None] | None = None,
+        disk_alarm: DiskAlarm | None = None,
     ) -> None:
         self.backend = backend
+        #: one ERROR per run for a full spool disk, shared with the run's other queues
+        self._disk_alarm = disk_alarm or DiskAlarm()
         #: called on the writer thread right after events are delivered or dead-lettered: the agent
         #: acknowledges them at once, so a SIGKILL a moment later leaves nothing delivered unacknowledged
         self.on_progress = on_progress
@@ -148,7 +151,7 @@ class BackendWriter:
                 "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
             )
             self._record_error(message)
-            log.error("tracelet: %s: %s", self.backend.name, message)
+            self._disk_alarm.refused(log, f"tracelet: {self.backend.name}: {message}")
 
     def wake(self) -> None:
         """Ask the writer to deliver now (used by flush and by signal handlers)."""
