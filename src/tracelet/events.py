@@ -131,6 +131,10 @@ class MetricClock:
         self._last[name] = ms
         return ("metric", name, raw[2], raw[3], ms / 1000)
 
+    def stamp_all(self, items: list[tuple[Any, ...]]) -> None:
+        """Stamp a batch in place, in its order (before the batch is kept or sent)."""
+        items[:] = map(self.stamp, items)
+
 
 def timestamp_ms(event: Metric) -> int:
     """A stamped point's timestamp in whole milliseconds (exact: ``round`` undoes the ``/ 1000``)."""

@@ -57,13 +57,24 @@ class DiskAlarm:
     """
 
     def __init__(self) -> None:
-        self._said = False
+        #: the first refusal's message (the report's error), once there was one
+        self.message: str | None = None
         self._lock = threading.Lock()
 
-    def refused(self, logger: logging.Logger, message: str) -> None:
+    def refused(self, logger: logging.Logger, directory: Path | str, error: OSError, who: str = "") -> str:
+        """Say it (ERROR the first time, DEBUG after) and return the message for the report."""
+        message = (
+            f"the spool's disk refused a write ({error.strerror or error!r}) at {directory}; "
+            "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
+        )
         with self._lock:
-            first, self._said = not self._said, True
-        logger.log(logging.ERROR if first else logging.DEBUG, "%s", message)
+            first = self.message is None
+            if first:
+                self.message = message
+        logger.log(
+            logging.ERROR if first else logging.DEBUG, "tracelet: %s%s", f"{who}: " if who else "", message
+        )
+        return message
 
 
 class Spool:

@@ -55,16 +55,9 @@ def test_example_runs(example: str, isolated_env: Path, tmp_path: Path) -> None:
         "WANDB_CACHE_DIR": str(home / ".cache"),
         "COLUMNS": "200",  # rich's table width when the output is not a terminal
     }
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / example), *([str(tmp_path / "out")] if NEEDS[example][2] else [])],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    done = _run_example(
+        example, *([str(tmp_path / "out")] if NEEDS[example][2] else []), cwd=tmp_path, env=env
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if example == "e2e_demo.py":
         assert "all landed" in done.stdout
         assert "FAILED" not in done.stdout
@@ -86,9 +79,18 @@ def test_the_demo_prints_plain_lines_without_rich(isolated_env: Path, tmp_path: 
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")])),
     }
+    done = _run_example("e2e_demo.py", "--backends", "local", cwd=tmp_path, env=env)
+    assert "local: training and logging" in done.stdout
+    assert "all landed" in done.stdout
+
+
+def _run_example(
+    example: str, *args: str, cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``python examples/<example> *args`` as a user runs it; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "e2e_demo.py"), "--backends", "local"],
-        cwd=tmp_path,
+        [sys.executable, str(EXAMPLES / example), *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -96,5 +98,4 @@ def test_the_demo_prints_plain_lines_without_rich(isolated_env: Path, tmp_path: 
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "local: training and logging" in done.stdout
-    assert "all landed" in done.stdout
+    return done

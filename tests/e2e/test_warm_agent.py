@@ -38,6 +38,16 @@ def _uri(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _sync(spool_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tracelet sync <spool_dir> *args`` in a fresh process, as a user runs it after a failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "tracelet", "sync", str(spool_dir), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def _runs_in(uri: str, project: str) -> dict[str, str]:
     """Run name -> run id of every run of ``project`` in the store at ``uri``."""
     from mlflow.tracking import MlflowClient
@@ -102,20 +112,7 @@ def test_a_wrong_tracking_uri_is_reported_and_sync_set_lands_everything_once(
     assert time.monotonic() - t0 < 120
 
     def sync() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracelet",
-                "sync",
-                str(exp.spool_dir),
-                "--set",
-                f"mlflow.tracking_uri={right}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        return _sync(exp.spool_dir, "--set", f"mlflow.tracking_uri={right}")
 
     first = sync()
     assert first.returncode == 0, first.stderr
@@ -225,12 +222,7 @@ def test_the_agent_sigkilled_mid_run_loses_nothing_and_sync_lands_every_point_on
     assert (r.sent, r.dropped) == (total, 0)
     assert r.pending > 0, report.format()
     assert r.delivered + r.pending == total, report.format()
-    done = subprocess.run(
-        [sys.executable, "-m", "tracelet", "sync", str(exp.spool_dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _sync(exp.spool_dir)
     assert done.returncode == 0, done.stderr
     record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=uri)
     assert record.metrics["loss"] == [(step, float(step)) for step in range(total)]
@@ -273,12 +265,7 @@ def test_an_agent_killed_between_the_stores_commit_and_its_ack_replays_that_batc
     assert len(stored) > r.delivered, "the killed batch was committed, yet never acknowledged"
 
     monkeypatch.delenv(ENV_KILL_AFTER_BATCH)
-    done = subprocess.run(
-        [sys.executable, "-m", "tracelet", "sync", str(exp.spool_dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _sync(exp.spool_dir)
     assert done.returncode == 0, done.stderr
     record = read_run("mlflow", run_id, tracking_uri=uri)
     assert record.metrics["loss"] == [(step, float(step)) for step in range(total)]

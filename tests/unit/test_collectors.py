@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,16 +32,23 @@ def test_no_repository_records_no_git(tmp_path: Path) -> None:
     assert git_metadata(str(tmp_path)) == {}
 
 
-def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
+def _git_in(repo: Path) -> Callable[..., str]:
+    """``git(*args)`` in ``repo``, as a user with a name and an e-mail; its output."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@x", *args],
-            cwd=tmp_path,
+            cwd=repo,
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
 
+    return git
+
+
+def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
+    git = _git_in(tmp_path)
     git("init", "-q")
     (tmp_path / "f").write_text("x")
     git("add", "f")
@@ -54,16 +62,7 @@ def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
 
 def test_a_branch_a_dirty_file_and_the_remote_lose_nothing_but_credentials(tmp_path: Path) -> None:
     """Branch, dirty flag and remote from two concurrent calls; origin first, else the first by name."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@x", *args],
-            cwd=tmp_path,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-
+    git = _git_in(tmp_path)
     git("init", "-q", "-b", "feature/sweep-1")
     (tmp_path / "f").write_text("x")
     git("add", "f")

@@ -253,7 +253,8 @@ class MLflowBackend(Backend):
                 if isinstance(event, Metric):
                     if len(metrics) + len(params) + len(tags) >= MAX_ENTITIES_PER_BATCH:
                         flush()
-                    ts = timestamp_ms(event)  # stamped: only a hand-made event is ever moved on
+                    # stamped upstream; an unstamped point (spilled after an agent was lost) may move on
+                    ts = timestamp_ms(event)
                     last = self._last_ts.get(event.name)
                     if last is not None and ts <= last:
                         ts = last + 1

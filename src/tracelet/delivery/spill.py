@@ -116,6 +116,10 @@ class SpillQueue:
         self._wake.set()
 
     # -- the reader (under the owner's lock) ---------------------------------------------------
+    def holds_any(self) -> bool:
+        """Events wait here: in memory, or on disk until the reader has drained the spool."""
+        return bool(self.items) or self.spooling
+
     def take(self, limit: int) -> list[tuple[Any, ...]]:
         """Up to ``limit`` events from memory, oldest first."""
         popleft = self.items.popleft

@@ -41,11 +41,10 @@ class ThreadDelivery(Delivery):
         self._request = request
         self._open_timeout = open_timeout
         self._fanout: Fanout | None = None
+        #: why the runs will not open; once set, every event goes to the ``queue/`` spool
         self._failure: str | None = None
         #: the run's ``queue/`` spool: what spilled while the runs opened, or all of it if they cannot
         self._kept: Spool | None = None
-        #: set once the runs cannot open: every event goes to ``_kept`` from then on
-        self._fallback: Spool | None = None
         # Re-entrant: the waiting queue spills under it, from inside _put_before_open.
         self._lock = threading.RLock()
         self._waiting = SpillQueue(
@@ -87,7 +86,7 @@ class ThreadDelivery(Delivery):
             self._ready.set()
             return
         with self._lock:
-            late = self._fallback is not None  # the stop gave up on this open: the spool has it all
+            late = self._failure is not None  # the stop gave up on this open: the spool has it all
             if not late:
                 self._hand_over(fanout)
         if late:
@@ -117,11 +116,10 @@ class ThreadDelivery(Delivery):
         Called under the lock.
         """
         self._failure = why
-        self._fallback = self._queue_spool()
         waiting = self._waiting.drain()
         if waiting:  # older than anything that spilled: in front of it
             try:
-                self._fallback.prepend([from_raw(item) for item in waiting])
+                self._queue_spool().prepend([from_raw(item) for item in waiting])
             except OSError as exc:
                 self._refused(len(waiting), exc)
 
@@ -153,24 +151,19 @@ class ThreadDelivery(Delivery):
     def _refused(self, count: int, error: OSError) -> None:
         """The spool's disk refused ``count`` events before the runs opened: counted, said once."""
         self._dropped += count
-        if self._disk_error is None:
-            self._disk_error = (
-                f"the spool's disk refused a write ({error.strerror or error!r}) "
-                f"at {self._request.spool_dir}; "
-                "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
-            )
-            self._disk_alarm.refused(log, f"tracelet: {self._disk_error}")
+        message = self._disk_alarm.refused(log, self._request.spool_dir, error)
+        self._disk_error = self._disk_error or message
 
     def _put_before_open(self, item: tuple[Any, ...]) -> None:
         with self._lock:
             fanout = self._fanout
             if fanout is None:
                 self._sent += 1
-                if self._fallback is None:
+                if self._failure is None:
                     self._waiting.put(item)
                     return
                 try:
-                    self._fallback.append([item])
+                    self._queue_spool().append([item])
                 except OSError as exc:  # the disk is full too: never an exception into training
                     self._refused(1, exc)
                 return
@@ -199,7 +192,7 @@ class ThreadDelivery(Delivery):
         self._ready.wait(self._open_timeout)
         with self._lock:
             fanout = self._fanout
-            if fanout is None and self._fallback is None:  # still opening: keep what waits
+            if fanout is None and self._failure is None:  # still opening: keep what waits
                 self._keep_in_spool(
                     f"the runs did not open within {self._open_timeout:g}s (TRACELET_AGENT_TIMEOUT)"
                 )
@@ -224,10 +217,10 @@ class ThreadDelivery(Delivery):
         }
 
     def _unopened_reports(self, status: str) -> dict[str, BackendReport]:
-        assert self._fallback is not None
-        self._fallback.meta["finish_status"] = status
-        self._fallback.commit()
-        self._fallback.close(remove_if_empty=True)
+        kept = self._queue_spool()
+        kept.meta["finish_status"] = status
+        kept.commit()
+        kept.close(remove_if_empty=True)
         return {
             name: BackendReport(
                 backend=name,

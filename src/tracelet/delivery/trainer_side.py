@@ -56,7 +56,7 @@ from tracelet.delivery.writer import DEFAULT_MAXSIZE
 from tracelet.errors import AgentStartError
 from tracelet.events import MetricClock, from_raw, resolve_value, to_raw
 from tracelet.report import BackendReport
-from tracelet.spool import Spool
+from tracelet.spool import DiskAlarm, Spool
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,8 @@ class AgentDelivery(Delivery):
         self._held: dict[str, int] = {}
         #: per backend: events that fit neither in memory nor on the spool's full disk
         self._dropped: dict[str, int] = dict.fromkeys(self._names, 0)
-        self._disk_error: str | None = None
+        #: one ERROR for a full spool disk in this process (the agent says its own)
+        self._disk_alarm = DiskAlarm()
         self._open_timeout = open_timeout
         self._idle = idle
         self._opened: Opened | None = None
@@ -457,14 +458,7 @@ class AgentDelivery(Delivery):
 
     def _disk_refused(self, error: OSError) -> None:
         """The spool's disk refused a write: one ERROR naming it (later refusals are counted, not logged)."""
-        if not self._disk_error:
-            self._disk_error = (
-                f"the spool's disk refused a write ({error.strerror or error!r}) at {self._spool_dir}; "
-                "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
-            )
-            log.error("tracelet: %s", self._disk_error)
-        else:
-            log.debug("tracelet: the spool's disk refused a write again: %r", error)
+        self._disk_alarm.refused(log, self._spool_dir, error)
 
     def _bookkeeping(self, step: Callable[[], None]) -> None:
         """A spool's offset or reset: on a full disk the old offset stays (a sync may replay, never lose)."""
@@ -524,9 +518,9 @@ class AgentDelivery(Delivery):
                 return
             self._ship()
             while self._controls and not self._lost():
-                if self._queue.items or self._queue.spooling:
+                if self._queue.holds_any():
                     self._ship()
-                    if self._queue.items or self._queue.spooling:  # held back by MAX_UNACKED: wait for acks
+                    if self._queue.holds_any():  # held back by MAX_UNACKED: wait for acks
                         time.sleep(0.01)
                         continue
                 message = self._controls.popleft()
@@ -562,7 +556,7 @@ class AgentDelivery(Delivery):
                     from_spool = True
                 else:
                     return
-                _stamped(items, self._clock)
+                self._clock.stamp_all(items)
                 self._unacked.append(items)
                 self._shipped += len(items)
             payload = protocol.encode_batch(_resolved(items))
@@ -678,7 +672,7 @@ class AgentDelivery(Delivery):
         # checked the flag just before still appends to the deque: _rescue_stragglers moves it.
         self._queue.spooling = True
         unshipped = self._queue.drain()
-        _stamped(unshipped, self._clock)  # they replay after the stamped ones, in order
+        self._clock.stamp_all(unshipped)  # they replay after the stamped ones, in order
         overflow = self._overflow_spool()
         if unshipped:
             try:
@@ -694,7 +688,7 @@ class AgentDelivery(Delivery):
         """
         if self._queue.items and self._state in (State.LOST, State.CLOSED):
             stragglers = self._queue.drain()
-            _stamped(stragglers, self._clock)
+            self._clock.stamp_all(stragglers)
             try:
                 self._overflow_spool().append(stragglers)
             except OSError as exc:
@@ -754,7 +748,7 @@ class AgentDelivery(Delivery):
             self._lose(f"the delivery agent did not open the runs within {self._open_timeout:g}s")
         self._wake_event.set()
         with self._lock:
-            if self._state is not State.LOST and (self._unacked or self._queue.items or self._queue.spooling):
+            if self._state is not State.LOST and (self._unacked or self._queue.holds_any()):
                 self._keep_what_is_unacknowledged()
             lost = self._state is State.LOST
             self._state = State.CLOSED
@@ -792,8 +786,8 @@ class AgentDelivery(Delivery):
             errors = base.errors if base is not None else ()
             if self._lost_reason:
                 errors = (*errors, self._lost_reason)
-            if self._dropped[name] and self._disk_error:
-                errors = (*errors, self._disk_error)
+            if self._dropped[name] and self._disk_alarm.message:
+                errors = (*errors, self._disk_alarm.message)
             out[name] = BackendReport(
                 backend=name,
                 run_id=runs.get(name),
@@ -819,14 +813,6 @@ class AgentDelivery(Delivery):
         if agent is not None:
             with contextlib.suppress(OSError, ValueError):
                 os.close(agent.conn.fileno())
-
-
-def _stamped(items: list[tuple[Any, ...]], clock: MetricClock) -> None:
-    """Give each point its final timestamp (in place) before the batch is kept or sent."""
-    stamp = clock.stamp
-    for i, item in enumerate(items):
-        if item[0] == "metric":
-            items[i] = stamp(item)
 
 
 def _resolved(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -146,12 +146,7 @@ class BackendWriter:
         self.dropped += count
         if not self._disk_error_logged:
             self._disk_error_logged = True
-            message = (
-                f"the spool's disk refused a write ({error.strerror or error!r}) at {self.spool.directory}; "
-                "events that fit neither in memory nor on disk are dropped and counted (report: dropped)"
-            )
-            self._record_error(message)
-            self._disk_alarm.refused(log, f"tracelet: {self.backend.name}: {message}")
+            self._record_error(self._disk_alarm.refused(log, self.spool.directory, error, self.backend.name))
 
     def wake(self) -> None:
         """Ask the writer to deliver now (used by flush and by signal handlers)."""
