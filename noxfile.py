@@ -269,6 +269,20 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=E2E_PYTHON)
+def docs(session: nox.Session) -> None:
+    """The docs site (not in the default run): ``docs/`` and the API reference, into reports/site/.
+
+    ``--strict``: a broken relative link, a missing page or an unresolved API reference fails it.
+    ``nox -s docs -- serve`` serves the site while you edit it.
+    """
+    session.install("-r", "requirements/docs.txt")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(python=E2E_PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmark suite (not in the default run): every store against its native client.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracelet.collectors import git_metadata, run_metadata, strip_url_credentials
+from tracelet.collectors import git_metadata, strip_url_credentials
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,33 @@ def test_a_branch_a_dirty_file_and_the_remote_lose_nothing_but_credentials(tmp_p
     assert git_metadata(str(tmp_path))["tracelet.git.remote"] == "https://github.com/o/r.git"
 
 
-def test_track_git_off_records_versions_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    fields = run_metadata(track_git=False)
-    assert not any(key.startswith("tracelet.git.") for key in fields)
-    assert {"tracelet.version", "tracelet.python", "tracelet.platform"} <= set(fields)
+@pytest.mark.parametrize("track", ["1", "0"])
+def test_a_run_records_git_unless_track_git_is_off(
+    track: str, delivery_mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real run in a repository: the versions always, ``tracelet.git.*`` unless turned off."""
+    import tracelet
+    from tracelet.testing import read_run
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = _git_in(repo)
+    git("init", "-q")
+    (repo / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("TRACELET_TRACK_GIT", track)
+    exp = tracelet.start_logging(exp_name="git", project="p", backend="local")
+    assert tracelet.stop_logging(flush_timeout=30).ok
+    tags = read_run("local", exp.runs["local"]).system_tags  # type: ignore[arg-type]
+    assert {"tracelet.version", "tracelet.python", "tracelet.platform"} <= set(tags)
+    recorded = {key: value for key, value in tags.items() if key.startswith("tracelet.git.")}
+    if track == "1":
+        assert recorded == {"tracelet.git.commit": git("rev-parse", "HEAD"), **_branch_and_clean(git)}
+    else:
+        assert recorded == {}
+
+
+def _branch_and_clean(git: Callable[..., str]) -> dict[str, str]:
+    return {"tracelet.git.branch": git("branch", "--show-current"), "tracelet.git.dirty": "false"}

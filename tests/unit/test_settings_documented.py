@@ -1,7 +1,7 @@
 """Every ``TRACELET_*`` variable the library reads is read in ``config.py`` and documented.
 
-A variable read elsewhere is one a newcomer cannot find; one missing from the README's table or
-from ``config.py``'s docstring is one nobody knows to set.
+A variable read elsewhere is one a newcomer cannot find; one missing from the configuration page's
+table (``docs/configuration.md``) or from ``config.py``'s docstring is one nobody knows to set.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ def test_no_module_but_config_reads_a_tracelet_variable() -> None:
     assert _read_outside_config() == set()
 
 
-def test_every_variable_the_library_names_is_in_config_and_the_readme() -> None:
+def test_every_variable_the_library_names_is_in_config_and_the_docs() -> None:
     named = set()
     for path in SRC.rglob("*.py"):
         named.update(NAME.findall(path.read_text(encoding="utf-8")))
     named -= NOT_THE_LIBRARYS
     config = (SRC / "config.py").read_text(encoding="utf-8")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = set(re.findall(r"^\| `(TRACELET_[A-Z_]+)`", readme, flags=re.MULTILINE))
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `(TRACELET_[A-Z_]+)`", page, flags=re.MULTILINE))
     assert named - set(NAME.findall(config)) == set(), "named in the library, not in config.py"
-    assert named - table == set(), "named in the library, missing from the README's table"
+    assert named - table == set(), "named in the library, missing from docs/configuration.md's table"

@@ -12,7 +12,7 @@ The patch is installed on the class when ``torch.utils.tensorboard`` is already
 imported, and otherwise when it is first imported (an import hook), so starting a run
 never imports torch or tensorboard.
 
-How TensorBoard names become tracelet keys (the README has the table):
+How TensorBoard names become tracelet keys (``docs/integrations.md`` has the table):
 
 * a tag keeps its spelling where tracelet's character set allows it; any other
   character becomes ``_``, empty or ``.``/``..`` segments are dropped, a name that does

@@ -4,9 +4,10 @@ These readers use each backend's own client or files (MLflow's ``MlflowClient``,
 W&B offline ``.wandb`` log, the ClearML offline session, the ``local`` JSONL) and are
 public: use them to test your own training code.
 
->>> record = read_run("mlflow", exp.runs["mlflow"], tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
->>> record.metrics["loss"][:2]  # doctest: +SKIP
-[(0, 0.93), (1, 0.71)]
+Examples:
+    >>> record = read_run("mlflow", exp.runs["mlflow"], tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
+    >>> record.metrics["loss"][:2]  # doctest: +SKIP
+    [(0, 0.93), (1, 0.71)]
 """
 
 from __future__ import annotations
