@@ -70,6 +70,8 @@ PROVIDES: dict[str, tuple[str, ...]] = {
 ROOT = Path(__file__).parent
 REPORTS = ROOT / "reports"
 TEST_REQUIREMENTS = "requirements/test.txt"
+#: what mypy needs beside the tests' requirements to check the noxfile, bench and tools
+TYPECHECK_REQUIREMENTS = ("nox==2026.10.20", "types-psutil==7.2.2.20261122", "types-PyYAML==6.0.12.20261122")
 CELLS = [(b, f) for b in BACKENDS for f in FRAMEWORKS if f in ONLY_WITH.get(b, FRAMEWORKS)]
 E2E_SESSIONS = [f"e2e-{b}-{f}" for b, f in CELLS]
 nox.options.sessions = ["lint", "typecheck", "unit", *E2E_SESSIONS, "summary"]
@@ -263,8 +265,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=E2E_PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the library."""
-    session.install("mypy==2.4.1", ".", "-r", TEST_REQUIREMENTS)
+    """mypy --strict over the library and everything around it: tests, tools, bench and this file.
+
+    The E2E framework, the summary and the benchmarks pass typed results between modules; checking them
+    is what keeps those contracts honest. nox and the stubs of psutil and PyYAML are installed for it.
+    """
+    session.install("mypy==2.4.1", ".", "-r", TEST_REQUIREMENTS, *TYPECHECK_REQUIREMENTS)
     session.run("mypy")
 
 

@@ -97,7 +97,7 @@ def kill_once(store: str, root: Path, rng: random.Random) -> dict[str, Any]:
     env = store_env(root, None)
     if store == "mlflow":
         uri = sqlite_uri(root / "m.db")
-        spec = {"backend": "mlflow", "options": {"mlflow": {"tracking_uri": uri}}}
+        spec: dict[str, Any] = {"backend": "mlflow", "options": {"mlflow": {"tracking_uri": uri}}}
     else:
         spec = {"backend": "local", "options": {"local": {"root": str(root / "local")}}}
     spec.update(runs=str(root / "runs.json"), tally=str(root / "tally.txt"))

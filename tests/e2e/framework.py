@@ -694,9 +694,9 @@ class LightningWorkflow(TrainingWorkflow):
     A second, recording Logger receives exactly what Lightning hands to tracelet.
     """
 
-    requires: tuple[str, ...] = ("torch", "lightning")
+    requires: ClassVar[tuple[str, ...]] = ("torch", "lightning")
     #: the package the Trainer comes from: ``lightning`` (``lightning.pytorch``) or ``pytorch_lightning``
-    package = "lightning"
+    package: ClassVar[str] = "lightning"
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(self.package, {"epochs": 3, "lr": 0.05, **(config or {})})
@@ -1024,7 +1024,7 @@ class HyperparameterSweepWorkflow(TrainingWorkflow):
         import torch
         from torch import nn
 
-        sweep = []
+        sweep: list[dict[str, Any]] = []
         for trial, lr in enumerate(self.LEARNING_RATES):
             torch.manual_seed(0)  # the same data and initial weights: only the learning rate differs
             x = torch.randn(256, 4)
@@ -1153,7 +1153,7 @@ class CheckpointingWorkflow(TrainingWorkflow):
         }
 
     def validate_results(self, results: dict[str, Any]) -> bool:
-        return results["report"].ok
+        return bool(results["report"].ok)
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, backend_config: dict[str, Any], out: str) -> None:

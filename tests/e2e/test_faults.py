@@ -284,7 +284,9 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
         assert first.returncode == 0, first.stderr[-3000:]
         second = subprocess.run(sync, capture_output=True, text=True, timeout=120, env=env)
         assert second.returncode == 0, second.stderr[-3000:]
-        record = read_run("mlflow", exp.runs["mlflow"], tracking_uri=server.url)
+        run_id = exp.runs["mlflow"]
+        assert run_id is not None, "the run opened before the outage"
+        record = read_run("mlflow", run_id, tracking_uri=server.url)
     finally:
         server.stop()
     record_property("backend", "mlflow_server")

@@ -64,7 +64,7 @@ def _event_scalars(logdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]
     return runs
 
 
-def _points(record: RunRecord, key: str) -> list[tuple[int, float]]:
+def _points(record: RunRecord, key: str) -> list[tuple[int, object]]:
     return [(s, pytest.approx(v, rel=1e-6)) for s, v in record.metrics[key]]
 
 

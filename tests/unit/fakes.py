@@ -72,7 +72,7 @@ class MemoryBackend(Backend):
         self.run_id = f"mem-{uuid.uuid4().hex[:8]}"
         self._dir = _root() / self.run_id
         self._dir.mkdir(parents=True)
-        self._meta = {
+        self._meta: dict[str, Any] = {
             "backend": self.name,
             "project": info.project,
             "run_name": info.run_name,

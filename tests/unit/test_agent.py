@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -357,21 +358,29 @@ while True:
 """
 
 
-def _run_until_ready(tmp_path: Path, before: str = "") -> tuple[subprocess.Popen[str], dict[str, object]]:
+@dataclass(frozen=True)
+class Trainer:
+    """What the trainer script prints first: its run's id and its pid."""
+
+    run: str
+    pid: int
+
+
+def _run_until_ready(tmp_path: Path, before: str = "") -> tuple[subprocess.Popen[str], Trainer]:
     proc = start_trainer(script(tmp_path, TRAINER.replace("{before}", before)), tmp_path)
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("{"), (first, proc.stderr.read() if proc.stderr else "")
-    info = json.loads(first)
+    info = Trainer(**json.loads(first))
     assert proc.stdout.readline().strip() == "READY"
     return proc, info
 
 
-def closed_run(info: dict[str, object], tmp_path: Path, timeout: float = 30.0) -> RunRecord:
+def closed_run(info: Trainer, tmp_path: Path, timeout: float = 30.0) -> RunRecord:
     """The trainer's local run once it is no longer ``running`` (or as it is after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        record = read_run("local", str(info["run"]), root=tmp_path / "runs")
+        record = read_run("local", info.run, root=tmp_path / "runs")
         if record.status != "running" or time.monotonic() > deadline:
             return record
         time.sleep(0.1)
@@ -384,7 +393,7 @@ def _agents_of(pid: int) -> list[int]:
 @posix_only
 def test_a_sigkilled_trainer_has_its_run_delivered_and_closed_killed(tmp_path: Path) -> None:
     proc, info = _run_until_ready(tmp_path)
-    agents = _agents_of(int(info["pid"]))  # type: ignore[arg-type]
+    agents = _agents_of(info.pid)
     time.sleep(0.6)  # what was logged more than the feeder's interval ago has reached the agent
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -405,7 +414,7 @@ def test_a_forked_child_holding_the_pipe_does_not_keep_the_agent_waiting(tmp_pat
     )
     proc = start_trainer(script(tmp_path, TRAINER.replace("{before}", before)), tmp_path)
     assert proc.stdout is not None
-    info = json.loads(proc.stdout.readline())
+    info = Trainer(**json.loads(proc.stdout.readline()))
     child = int(proc.stdout.readline().split()[1])
     assert proc.stdout.readline().strip() == "READY"
     try:
@@ -426,10 +435,10 @@ def test_a_signal_to_the_whole_group_is_survived_by_the_agent(tmp_path: Path, si
     proc, info = _run_until_ready(tmp_path)
     os.killpg(proc.pid, signum)
     proc.wait(60)
-    record = read_run("local", str(info["run"]), root=tmp_path / "runs")
+    record = read_run("local", info.run, root=tmp_path / "runs")
     assert record.status == "killed"
     steps = [s for s, _ in record.metrics["step"]]
     assert len(steps) >= 3000
     assert steps == list(range(len(steps)))
     if sys.platform.startswith("linux"):
-        wait_for(lambda: agent_pids(int(info["pid"])) == [], 15)  # type: ignore[arg-type]
+        wait_for(lambda: agent_pids(info.pid) == [], 15)

@@ -231,7 +231,7 @@ CASES: list[Case] = [
         "steps",
         "log_metric('v', 1.0, 1.5)",
         "`TypeError`: steps are integers",
-        lambda e, _: e.log_metric("v", 1.0, 1.5),
+        lambda e, _: e.log_metric("v", 1.0, 1.5),  # type: ignore[arg-type]  # the bad call under test
         TypeError,
         "iteration must be an int",
     ),
@@ -240,7 +240,7 @@ CASES: list[Case] = [
         "steps",
         "log_metric('v', 1.0, '3')",
         "`TypeError`",
-        lambda e, _: e.log_metric("v", 1.0, "3"),
+        lambda e, _: e.log_metric("v", 1.0, "3"),  # type: ignore[arg-type]  # the bad call under test
         TypeError,
         "iteration must be an int",
     ),
@@ -258,7 +258,7 @@ CASES: list[Case] = [
         "steps",
         "log_metric('v', 1.0) twice",
         "lands at steps 0 then 1 (one past the key's last)",
-        lambda e, _: (e.log_metric("v", 1.0), e.log_metric("v", 2.0)),
+        lambda e, _: (e.log_metric("v", 1.0), e.log_metric("v", 2.0)),  # type: ignore[func-returns-value]
         landed=lambda ev: [(m.step, m.value) for m in ev if isinstance(m, Metric)] == [(0, 1.0), (1, 2.0)],
     ),
     Case(
@@ -350,7 +350,7 @@ CASES: list[Case] = [
         "params",
         "log_params({'lr': 0.1}) then {'lr': 0.2}",
         "`ValueError`: params are immutable (as in MLflow); the first value stays",
-        lambda e, _: (e.log_params({"lr": 0.1}), e.log_params({"lr": 0.2})),
+        lambda e, _: (e.log_params({"lr": 0.1}), e.log_params({"lr": 0.2})),  # type: ignore[func-returns-value]
         ValueError,
         "param 'lr' was already logged",
     ),
@@ -368,7 +368,7 @@ CASES: list[Case] = [
         "params",
         "log_params({1: 2})",
         "`TypeError`: names are strings",
-        lambda e, _: e.log_params({1: 2}),
+        lambda e, _: e.log_params({1: 2}),  # type: ignore[dict-item]  # the bad call under test
         TypeError,
         "param names must be str",
     ),
@@ -432,7 +432,7 @@ CASES: list[Case] = [
         "lifecycle",
         "exp.log_metric(...) after stop_logging()",
         "`TraceletError`: start a new run",
-        lambda e, _: (tracelet.stop_logging(), e.log_metric("v", 1.0, 0)),
+        lambda e, _: (tracelet.stop_logging(), e.log_metric("v", 1.0, 0)),  # type: ignore[func-returns-value]
         tracelet.TraceletError,
         "is stopped",
     ),

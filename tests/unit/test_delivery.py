@@ -134,7 +134,12 @@ def test_backoff_doubles_up_to_its_cap(tmp_path: Path, monkeypatch: pytest.Monke
     writer = BackendWriter(backend, Spool(tmp_path / "spool", {}), interval=0.01)
     writer.put(("metric", "x", 1.0, 0, 1.0))
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (writer._deliver([Metric("x", 1.0, 0, 1.0)], False), done.set()))
+
+    def deliver() -> None:
+        writer._deliver([Metric("x", 1.0, 0, 1.0)], False)
+        done.set()
+
+    thread = threading.Thread(target=deliver)
     thread.start()
     thread.join(10)
     assert done.is_set()

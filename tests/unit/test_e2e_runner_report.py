@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -76,13 +77,14 @@ tests/e2e/test_backends.py:120: AssertionError</failure>
 
 
 @pytest.fixture
-def report(tmp_path: Path) -> dict:
+def report(tmp_path: Path) -> dict[str, Any]:
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT, encoding="utf-8")
     records = runner.parse_junit(path)
-    return runner.build_report(
+    built: dict[str, Any] = runner.build_report(
         records, exit_code=1, wall_time_s=20.0, backends=["mlflow", "wandb"], workflows=[]
     )
+    return built
 
 
 def test_parse_junit_reads_outcomes_and_properties(tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_parse_junit_reads_outcomes_and_properties(tmp_path: Path) -> None:
     assert records["tests.e2e.test_backends::test_port"].outcome == "error"
 
 
-def test_totals_and_pass_rate_count_executed_tests_only(report: dict) -> None:
+def test_totals_and_pass_rate_count_executed_tests_only(report: dict[str, Any]) -> None:
     assert report["totals"] == {
         "tests": 7,
         "passed": 2,
@@ -118,7 +120,7 @@ def test_totals_and_pass_rate_count_executed_tests_only(report: dict) -> None:
     assert report["per_test"][0]["test_id"] == "tests.e2e.test_advanced_workflows::test_comprehensive"
 
 
-def test_time_and_counts_per_backend(report: dict) -> None:
+def test_time_and_counts_per_backend(report: dict[str, Any]) -> None:
     per_backend = report["per_backend"]
     assert per_backend["wandb"]["failed"] == 2
     assert per_backend["wandb"]["time_s"] == 5.0
@@ -136,7 +138,7 @@ def test_time_and_counts_per_backend(report: dict) -> None:
     assert round(sum(g["time_s"] for g in per_backend.values()), 3) == report["time"]["tests_s"]
 
 
-def test_per_workflow_success(report: dict) -> None:
+def test_per_workflow_success(report: dict[str, Any]) -> None:
     per_workflow = report["per_workflow"]
     assert per_workflow["simple_pytorch"]["passed"] == 2
     assert per_workflow["simple_pytorch"]["failed"] == 1
@@ -146,7 +148,7 @@ def test_per_workflow_success(report: dict) -> None:
     assert per_workflow["unknown"]["success_rate"] is None  # only skipped: no rate
 
 
-def test_error_patterns_group_similar_failures(report: dict) -> None:
+def test_error_patterns_group_similar_failures(report: dict[str, Any]) -> None:
     patterns = report["error_patterns"]
     assert patterns[0]["exception"] == "FileNotFoundError"
     assert patterns[0]["count"] == 2  # different run ids and temp dirs, same problem
@@ -157,7 +159,7 @@ def test_error_patterns_group_similar_failures(report: dict) -> None:
     assert by_type["RuntimeError"]["tests"] == ["tests.e2e.test_backends::test_port"]
 
 
-def test_markdown_and_saved_files(report: dict, tmp_path: Path) -> None:
+def test_markdown_and_saved_files(report: dict[str, Any], tmp_path: Path) -> None:
     json_path, md_path = runner.save_report(report, tmp_path / "out", "20250101_120000")
     assert json_path.name == "e2e_report_20250101_120000.json"
     assert md_path.name == "e2e_summary_20250101_120000.md"
