@@ -5,9 +5,9 @@ run against the same kind of store, configured the same way, in an equally fresh
 process. Keeping that here (one ``TARGETS`` dict, one environment recipe, one native
 adapter per store) means the two scripts cannot drift apart on what "fair" means.
 
-Nothing here is imported from ``tests/``: the isolation recipe mirrors
-``tests/e2e/framework.py`` (its ``*Environment`` classes and ``MLflowServer``) but is
-copied, so the benchmarks run from a plain install without the test suite.
+Nothing here is imported from ``tests/``, so the benchmarks run from a plain install: the
+isolation recipe mirrors ``tests/e2e/environments.py``, and the ``mlflow server`` is the one
+both use, :class:`tracelet.testing.servers.MLflowServer`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tracelet.testing.servers import MLflowServer
+
+__all__ = ["MLflowServer"]  # re-exported: the scripts import it from here
 
 #: The targets from the issue, in one place. Both scripts judge PASS/MISS against these.
 TARGETS: dict[str, float] = {
@@ -468,94 +470,6 @@ def backend_counts(report: Any, backend: str) -> dict[str, Any]:
         "ok": bool(r.ok),
         "errors": list(r.errors)[:3],
     }
-
-
-# -- a real mlflow server ------------------------------------------------------------------------
-
-
-class MLflowServer:
-    """A real ``mlflow server`` on a free 127.0.0.1 port, in its own session; always stopped.
-
-    Same recipe as the E2E suite's server (``tests/e2e/framework.py``), with the two
-    workers the issue asks for. ``start_new_session`` puts the server and its workers in
-    one process group, so :meth:`stop` can end all of them and a Ctrl-C in the terminal
-    does not kill it half-way through a measurement. Use it as a context manager.
-    """
-
-    def __init__(self, root: Path, workers: int = 2) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = root / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            sqlite_uri(root / "server.db"),
-            "--artifacts-destination",
-            (root / "server-artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-        ]
-        env = {
-            **os.environ,
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            # No background job runner (huey workers): a benchmark needs tracking only.
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }
-        env.pop("MLFLOW_TRACKING_URI", None)
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
-        )
-        self.started_s = 0.0
-        try:
-            self.started_s = self._wait_healthy(timeout=120)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_healthy(self, timeout: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-            time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not answer /health within {timeout}s")
-
-    def stop(self) -> None:
-        """TERM the whole process group, then KILL whatever is left: no process survives."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if not self._log.closed:
-            self._log.close()
-
-    def __enter__(self) -> MLflowServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # -- a git repository around a child -------------------------------------------------------------

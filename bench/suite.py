@@ -646,7 +646,7 @@ def maybe_server(stores: list[str], root: Path) -> Iterator[MLflowServer | None]
     if "mlflow_server" not in stores:
         yield None
         return
-    with MLflowServer(root / "mlflow-server") as server:
+    with MLflowServer(root / "mlflow-server", workers=2) as server:
         yield server
 
 

@@ -22,10 +22,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the E2E framework lives in tests/e2e
+
+if TYPE_CHECKING:  # imported for real in main(), after the path is set
+    from tests.e2e.workflow import WorkflowResult
 
 COLUMNS = ("backend", "result", "metric points", "keys", "params", "artifacts", "images", "seconds")
 
@@ -99,12 +102,12 @@ def _display() -> PlainDisplay:
     return RichDisplay()
 
 
-def _row(environment: str, outcome: dict[str, Any]) -> tuple[str, ...]:
-    seconds = f"{outcome['seconds']:.1f}"
-    record = outcome.get("record")
-    if record is None or not outcome["success"]:
-        error = str(outcome.get("error") or "the run did not land whole")
+def _row(environment: str, outcome: WorkflowResult, seconds_taken: float) -> tuple[str, ...]:
+    seconds = f"{seconds_taken:.1f}"
+    if not outcome.records or not outcome.success:
+        error = outcome.error or "the run did not land whole"
         return (environment, f"FAILED: {error[:80]}", "", "", "", "", "", seconds)
+    record = outcome.record
     points = sum(len(p) for p in record.metrics.values())
     sizes = (record.metrics, record.params, record.artifacts, record.images)
     return (environment, "all landed", str(points), *(str(len(s)) for s in sizes), seconds)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     environments = args.backends.split(",") if args.backends else e2e_framework.installed_environments()
     display.say(f"tracelet E2E demo: workflow {workflow} on {', '.join(environments)}")
 
-    outcomes: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, tuple[WorkflowResult, float]] = {}
     with display.progress(len(environments)):
         for environment in environments:
             display.step(environment, "setting up the store")
@@ -139,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.monotonic()
                 result = e2e_framework.run_workflow(workflow, config)
                 display.step(environment, "read back from the store")
-                outcomes[environment] = {**result, "seconds": time.monotonic() - started}
-            display.step(environment, "landed" if result["success"] else "FAILED")
+                outcomes[environment] = (result, time.monotonic() - started)
+            display.step(environment, "landed" if result.success else "FAILED")
 
-    display.table(f"{workflow}: what each store holds", [_row(e, o) for e, o in outcomes.items()])
+    display.table(f"{workflow}: what each store holds", [_row(e, *o) for e, o in outcomes.items()])
     e2e_framework.shutdown()
-    return 0 if all(o["success"] for o in outcomes.values()) else 1
+    return 0 if all(result.success for result, _ in outcomes.values()) else 1
 
 
 if __name__ == "__main__":

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.environments import MLflowEnvironment
 from tests.e2e.framework import CheckpointingWorkflow, assert_run_matches, e2e_framework, save_record
 from tests.e2e.params import POSIX, environments, workflow
 from tests.e2e.test_basic_workflows import run_and_verify
+from tests.e2e.workflows_advanced import (
+    CheckpointResult,
+    DistributedResult,
+    ScaleResult,
+    SweepResult,
+    SweepTrial,
+)
 
 pytestmark = pytest.mark.e2e_advanced
 
@@ -21,7 +29,8 @@ BASIC_WORKFLOWS = ("simple_pytorch", "lightning", "pytorch_lightning")
 @pytest.mark.parametrize("environment", environments())
 def test_computer_vision_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
-    assert {(n, s) for n, s, _, _ in results["expected"].images} == {("samples/input", e) for e in range(3)}
+    assert results.expected is not None
+    assert {(n, s) for n, s, _, _ in results.expected.images} == {("samples/input", e) for e in range(3)}
 
 
 @pytest.mark.framework_only("torch")  # plain torch: the same run in every framework column
@@ -41,10 +50,7 @@ def test_comprehensive_run_on_every_installed_backend(isolated_env: Path) -> Non
     flows = [n for n in e2e_framework.installed_workflows() if n in BASIC_WORKFLOWS]
     results = e2e_framework.run_comprehensive_test(workflows=flows, backends=envs)
     failures = {
-        (wf, env): r.get("error")
-        for wf, per_env in results.items()
-        for env, r in per_env.items()
-        if not r["success"]
+        (wf, env): r.error for wf, per_env in results.items() for env, r in per_env.items() if not r.success
     }
     assert not failures, failures
     assert sum(len(v) for v in results.values()) == len(envs) * len(flows)
@@ -60,8 +66,9 @@ def test_comprehensive_run_on_every_installed_backend(isolated_env: Path) -> Non
 @pytest.mark.parametrize("environment", environments())
 def test_nlp_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
-    assert results["expected"].artifacts.keys() == {"tokenizer/vocab.json"}
-    assert {name for name, *_ in results["expected"].images} == {"val/confusion"}
+    assert results.expected is not None
+    assert results.expected.artifacts.keys() == {"tokenizer/vocab.json"}
+    assert {name for name, *_ in results.expected.images} == {"val/confusion"}
 
 
 @pytest.mark.e2e_performance
@@ -72,7 +79,8 @@ def test_nlp_workflow(workflow: str, environment: str, isolated_env: Path) -> No
 def test_metrics_at_scale_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     """100,000 points over 50 keys land, each key complete and in order (read back point by point)."""
     results = run_and_verify(workflow, environment)  # every point, in order, read back and compared
-    assert results["points"] == 100_000
+    assert isinstance(results, ScaleResult)
+    assert results.points == 100_000
 
 
 @pytest.mark.parametrize("workflow", [workflow("hyperparameter_sweep")])
@@ -82,21 +90,28 @@ def test_hyperparameter_sweep_workflow(workflow: str, environment: str, isolated
     project = f"sweep-{uuid.uuid4().hex[:8]}"
     with e2e_framework.backend_environment(environment, project=project) as config:
         results = e2e_framework.workflows[workflow]().run(config)
-        backend = config["backend"]
-        stored = config["environment_object"].list_runs(project)  # found through the store itself
-        assert sorted(r.run_name for r in stored) == sorted(t["expected"].run_name for t in results["trials"])
-        for trial in results["trials"]:
-            record = config["read"](trial["runs"][backend])
-            assert_run_matches(trial["expected"], record)
-            save_record(f"{workflow}-lr{trial['lr']}", environment, record)
-        if backend == "mlflow":  # MLflow orders runs by a metric itself
-            client = config["environment_object"].client()
+        assert isinstance(results, SweepResult)
+        backend = config.backend_name
+        stored = config.store.list_runs(project)  # found through the store itself
+        trials = [trial for trial in results.trials if isinstance(trial, SweepTrial)]
+        assert len(trials) == len(results.trials) == 3
+        assert sorted(r.run_name for r in stored) == sorted(
+            trial.expected.run_name for trial in trials if trial.expected
+        )
+        for trial in trials:
+            assert trial.runs is not None
+            assert trial.expected is not None
+            record = config.read(trial.runs[backend])
+            assert_run_matches(trial.expected, record)
+            save_record(f"{workflow}-lr{trial.lr}", environment, record)
+        if isinstance(config.store, MLflowEnvironment):  # MLflow orders runs by a metric itself
+            client = config.store.client()
             experiment = client.get_experiment_by_name(project)
             best = client.search_runs([experiment.experiment_id], order_by=["metrics.`val/loss` ASC"])[0]
             best_lr = best.data.params["lr"]
         else:  # W&B and ClearML offline, and local: every run of the project, read from the store
             best_lr = min(stored, key=lambda r: r.metrics["val/loss"][-1][1]).params["lr"]
-        assert best_lr == str(results["best_lr"])
+        assert best_lr == str(results.best_lr)
 
 
 @pytest.mark.parametrize("workflow", [workflow("checkpointing")])
@@ -105,17 +120,21 @@ def test_checkpointing_workflow(workflow: str, environment: str, isolated_env: P
     """A checkpoint downloaded from the store resumes training exactly where it left off."""
     with e2e_framework.backend_environment(environment, project="checkpoints") as config:
         results = e2e_framework.workflows[workflow]().run(config)
-        assert results["report"].ok, results["report"].format()
-        first = config["read"](results["first"]["run_id"])
-        resumed = config["read"](results["run_id"])
-        assert_run_matches(results["first"]["expected"], first)
-        assert_run_matches(results["expected"], resumed)
+        assert isinstance(results, CheckpointResult)
+        assert results.report is not None
+        assert results.report.ok, results.report.format()
+        assert results.first.expected is not None
+        assert results.expected is not None
+        first = config.read(results.first.run_id)
+        resumed = config.read(results.run_id)
+        assert_run_matches(results.first.expected, first)
+        assert_run_matches(results.expected, resumed)
         save_record(workflow, environment, resumed)
     path = CheckpointingWorkflow.CHECKPOINT
-    logged = results["first"]["expected"].artifacts[path]
+    logged = results.first.expected.artifacts[path]
     # the bytes downloaded from the store are the file that was logged
-    assert results["checkpoint"]["sha256"] == logged == first.artifact(path).sha256
-    step = results["checkpoint"]["step"]
+    assert results.checkpoint_sha256 == logged == first.artifact(path).sha256
+    step = results.checkpoint_step
     resumed_steps = [s for s, _ in resumed.metrics["train/loss"]]
     assert resumed_steps == list(range(step, step + len(resumed_steps))), "the resumed steps do not continue"
     # deterministic training: the resumed run repeats the first run's losses at the same steps
@@ -132,12 +151,14 @@ def test_distributed_workflow(workflow: str, environment: str, isolated_env: Pat
     project = f"ddp-{uuid.uuid4().hex[:8]}"
     with e2e_framework.backend_environment(environment, project=project) as config:
         results = e2e_framework.workflows[workflow]().run(config)
-        rank0, rank1 = results["ranks"]
-        assert rank0["ok"]
-        assert not any(rank1["runs"].values()), f"rank 1 started a run: {rank1['runs']}"
-        stored = config["environment_object"].list_runs(project)
-        assert [r.run_id for r in stored] == [results["run_id"]], "more than one run in the project"
+        assert isinstance(results, DistributedResult)
+        assert results.expected is not None
+        rank0, rank1 = results.ranks
+        assert rank0.ok
+        assert not any(rank1.runs.values()), f"rank 1 started a run: {rank1.runs}"
+        stored = config.store.list_runs(project)
+        assert [r.run_id for r in stored] == [results.run_id], "more than one run in the project"
         record = stored[0]
-        assert_run_matches(results["expected"], record)  # params once, every point exactly
+        assert_run_matches(results.expected, record)  # params once, every point exactly
         assert [s for s, _ in record.metrics["train/loss"]] == list(range(12)), "duplicate or missing steps"
         save_record(workflow, environment, record)

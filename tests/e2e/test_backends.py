@@ -15,18 +15,26 @@ import pytest
 
 import tracelet
 from tests.e2e.audit import OPTIONAL_PACKAGES
-from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework, files_holding
+from tests.e2e.environments import MLflowEnvironment
+from tests.e2e.framework import (
+    BackendConfig,
+    Expected,
+    MLflowServer,
+    assert_run_matches,
+    e2e_framework,
+    files_holding,
+)
 from tests.e2e.params import BACKEND_ENVIRONMENTS, environments
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb", "clearml": "clearml"}
 
 
-def _start(config: dict[str, Any], name: str) -> tracelet.Experiment:
+def _start(config: BackendConfig, name: str) -> tracelet.Experiment:
     return tracelet.start_logging(
         exp_name=name,
-        project=config["project"],
-        backend=config["backend"],
-        backend_options=config["backend_options"],
+        project=config.project,
+        backend=config.backend_name,
+        backend_options=config.backend_options,
     )
 
 
@@ -36,33 +44,33 @@ def _start(config: dict[str, Any], name: str) -> tracelet.Experiment:
 def test_experiment_lifecycle(environment: str, isolated_env: Path) -> None:
     """Create a run, finish it, check statuses and run ids; delete it where the store has an API for it."""
     with e2e_framework.backend_environment(environment, project="lifecycle") as config:
-        env = config["environment_object"]
+        env = config.store
         exp = _start(config, "first")
-        run_id = exp.runs[config["backend"]]
+        run_id = exp.runs[config.backend_name]
         assert isinstance(run_id, str)
         assert run_id
         exp.flush()
         assert _read_eventually(config, run_id).status == "running"
         exp.log_metric("x", 1.0)
         assert tracelet.stop_logging().ok
-        assert config["read"](run_id).status == "finished"
+        assert config.read(run_id).status == "finished"
 
         with pytest.raises(RuntimeError, match="boom"), _start(config, "second") as failed:
             raise RuntimeError("boom")
-        failed_id = failed.runs[config["backend"]]
+        failed_id = failed.runs[config.backend_name]
         assert failed_id != run_id
-        assert config["read"](failed_id).status == "failed"
+        assert config.read(failed_id).status == "failed"
 
         killed = _start(config, "third")
         killed.stop(status="killed")
-        assert config["read"](killed.runs[config["backend"]]).status == "killed"
+        assert config.read(killed.runs[config.backend_name]).status == "killed"
 
         if env.delete(run_id):  # MLflow and local; W&B and ClearML offline have no delete API
-            if environment.startswith("mlflow"):
+            if isinstance(env, MLflowEnvironment):
                 assert env.client().get_run(run_id).info.lifecycle_stage == "deleted"
             else:
                 with pytest.raises(FileNotFoundError):
-                    config["read"](run_id)
+                    config.read(run_id)
         else:
             assert environment in ("wandb", "clearml")
 
@@ -86,7 +94,7 @@ def test_tensor_values_are_taken_at_call_time(environment: str, isolated_env: Pa
         with pytest.raises(TypeError, match="one-element tensor"):
             exp.log_metric("t", torch.ones(2), 2)
         tracelet.stop_logging()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
         assert record.metrics["t"] == [(0, 1.5), (1, 2.5)]
         assert record.metrics["grad"] == [(0, 4.0)]
 
@@ -126,7 +134,7 @@ def test_accepted_edge_names_land_as_spelled(environment: str, isolated_env: Pat
             exp.log_metric("edge/value", value, step)
         report = tracelet.stop_logging()
         assert report.ok, report.format()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
     values = record.metrics.pop("edge/value")
     assert_run_matches(expected, record)
     assert [s for s, _ in values] == list(range(len(ACCEPTED_EDGE_VALUES)))
@@ -188,13 +196,11 @@ def test_fan_out_to_a_backend_and_local(environment: str, isolated_env: Path, tm
         local = e2e_framework.environments["local"]()
         local.setup()
         try:
-            backends = [config["backend"], "local"]
-            expected, exp, report = _log_one_run_to(
-                backends, config["backend_options"], "two-stores", tmp_path
-            )
+            backends = [config.backend_name, "local"]
+            expected, exp, report = _log_one_run_to(backends, config.backend_options, "two-stores", tmp_path)
             assert report.ok, report.format()
-            assert set(report.backends) == {config["backend"], "local"}
-            assert_run_matches(expected, config["read"](exp.runs[config["backend"]]))
+            assert set(report.backends) == {config.backend_name, "local"}
+            assert_run_matches(expected, config.read(exp.runs[config.backend_name]))
             assert_run_matches(expected, local.read(exp.runs["local"]))  # type: ignore[arg-type]
         finally:
             local.teardown()
@@ -214,7 +220,7 @@ def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.
             exp_name="with-broken",
             project="failing",
             backend=["broken", "mlflow"],
-            backend_options={"mlflow": config["backend_options"]["mlflow"]},
+            backend_options={"mlflow": config.backend_options["mlflow"]},
         )
         for i in range(500):
             expected.metric(exp, "loss", float(i), i)
@@ -227,23 +233,23 @@ def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.
         assert "disk on fire" in report["broken"].errors[0]
         assert report["broken"].dead_letter_path is not None  # refused, yet kept for a look and a replay
         assert len(Path(report["broken"].dead_letter_path).read_text().splitlines()) == 500
-        assert_run_matches(expected, config["read"](exp.runs["mlflow"]))
+        assert_run_matches(expected, config.read(exp.runs["mlflow"]))
 
         monkeypatch.setenv("TRACELET_STRICT", "1")
         exp = tracelet.start_logging(
-            backend=["broken", "mlflow"], backend_options={"mlflow": config["backend_options"]["mlflow"]}
+            backend=["broken", "mlflow"], backend_options={"mlflow": config.backend_options["mlflow"]}
         )
         exp.log_metric("loss", 1.0)
         with pytest.raises(tracelet.DeliveryError, match="broken"):
             tracelet.stop_logging()
 
 
-def _read_eventually(config: dict[str, Any], run_id: str, timeout: float = 90.0) -> Any:
+def _read_eventually(config: BackendConfig, run_id: str, timeout: float = 90.0) -> Any:
     """Read a run that is still open; W&B writes its offline log lazily, so give it time."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return config["read"](run_id)
+            return config.read(run_id)
         except (ValueError, FileNotFoundError):
             if time.monotonic() > deadline:
                 raise
@@ -270,7 +276,7 @@ def test_mlflow_batches_with_log_batch(isolated_env: Path, monkeypatch: pytest.M
             exp_name="batching",
             project="batching",
             backend="mlflow-counting",
-            backend_options={"mlflow-counting": config["backend_options"]["mlflow"]},
+            backend_options={"mlflow-counting": config.backend_options["mlflow"]},
         )
         for i in range(5000):
             exp.log_metric("loss", float(i), i)
@@ -283,7 +289,7 @@ def test_mlflow_batches_with_log_batch(isolated_env: Path, monkeypatch: pytest.M
         assert len(sizes) <= 10
         if os.environ.get("TRACELET_DELIVERY", "agent") == "agent":
             assert {c["pid"] for c in calls} != {os.getpid()}  # delivered by the agent, not the trainer
-        record = config["read"](exp.runs["mlflow-counting"])
+        record = config.read(exp.runs["mlflow-counting"])
         assert record.metrics["loss"] == [(i, float(i)) for i in range(5000)]
 
 
@@ -380,14 +386,14 @@ print("RUNS", json.dumps(exp.runs), flush=True)
 @pytest.mark.parametrize("environment", environments())
 def test_forgotten_stop_is_flushed_before_the_backend_exits(environment: str, isolated_env: Path) -> None:
     with e2e_framework.backend_environment(environment, project="exit") as config:
-        argument = json.dumps({"backend": config["backend"], "backend_options": config["backend_options"]})
+        argument = json.dumps({"backend": config.backend_name, "backend_options": config.backend_options})
         done = subprocess.run(
             [sys.executable, "-c", EXIT_SCRIPT, argument], capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
         line = next(x for x in done.stdout.splitlines() if x.startswith("RUNS "))  # stores print too
-        run_id = json.loads(line.removeprefix("RUNS "))[config["backend"]]
-        record = config["read"](run_id)
+        run_id = json.loads(line.removeprefix("RUNS "))[config.backend_name]
+        record = config.read(run_id)
         assert record.metrics["loss"] == [(i, 1.0 / (i + 1)) for i in range(2000)]
         assert record.status == "finished"
 
@@ -442,14 +448,14 @@ def test_git_and_environment_are_recorded_without_credentials(
     monkeypatch.setenv("TRACELET_LOG_LEVEL", "DEBUG")  # the agent logs at DEBUG too, to stderr
     caplog.set_level(logging.DEBUG, logger="tracelet")
     with e2e_framework.backend_environment(environment, project="provenance") as config:
-        env = config["environment_object"]
+        env = config.store
         exp = _start(config, "git-run")
         exp.log_metric("loss", 0.5, 0)
         assert exp.flush(30)
         in_flight = files_holding([GIT_SECRET], [tmp_path / "spool"])
         report = tracelet.stop_logging()
         assert report.ok, report.format()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
         leaked = {**in_flight, **files_holding([GIT_SECRET], [*env.stored_roots(), tmp_path / "spool"])}
     fields = record.system_tags
     assert fields["tracelet.git.commit"] == repo["commit"]
@@ -462,7 +468,7 @@ def test_git_and_environment_are_recorded_without_credentials(
     assert fields.get("tracelet.cuda") == torch.version.cuda  # None for a CPU build: no field
     assert record.params == {}, "tracelet's own fields are kept apart from the user's params"
     assert record.tags == {}
-    if environment.startswith("mlflow"):
+    if isinstance(env, MLflowEnvironment):
         tags = env.client().get_run(record.run_id).data.tags
         assert tags["mlflow.source.git.commit"] == repo["commit"]
         assert tags["mlflow.source.git.repoURL"] == "https://git.example.invalid/org/repo.git"

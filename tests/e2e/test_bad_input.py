@@ -33,8 +33,8 @@ def test_bad_input_needing_numpy_or_torch(
         exp = tracelet.start_logging(
             exp_name=f"bad-input-{case.id}",
             project="bad-input",
-            backend=config["backend"],
-            backend_options=config["backend_options"],
+            backend=config.backend_name,
+            backend_options=config.backend_options,
         )
         exp.log_metric("before", 0.0, 0)
         if case.raises is not None:
@@ -44,6 +44,6 @@ def test_bad_input_needing_numpy_or_torch(
             case.run(exp, tmp_path)
         report = tracelet.stop_logging()
         assert report.ok, report.format()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
     landed = {k: v for k, v in record.metrics.items() if k != "before"}
     assert landed == READ_BACK.get(case.id, {})

@@ -7,17 +7,16 @@ and every session keeps their records for the summary's cross-backend table.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.framework import e2e_framework, save_record, verify_landed
+from tests.e2e.framework import WorkflowResult, e2e_framework, save_record, verify_landed
 from tests.e2e.params import WITH_ALL_BACKENDS, environments, workflow
 
 pytestmark = pytest.mark.e2e_basic
 
 
-def run_and_verify(workflow_name: str, environment: str) -> dict[str, Any]:
+def run_and_verify(workflow_name: str, environment: str) -> WorkflowResult:
     """Run the workflow, read its run back from every store it went to, and keep the records.
 
     Where the run went to several stores at once (the ``all`` environment), each store must hold
@@ -26,10 +25,13 @@ def run_and_verify(workflow_name: str, environment: str) -> dict[str, Any]:
     with e2e_framework.backend_environment(environment) as config:
         wf = e2e_framework.workflows[workflow_name]()
         results = wf.run(config)
-        report = results["report"]
+        assert isinstance(results, WorkflowResult)
+        assert results.runs is not None
+        report = results.report
+        assert report is not None
         assert report.ok, report.format()
-        records = config["read_runs"](results["runs"])
-        verify_landed(wf, records, results["expected"])
+        records = config.read_runs(results.runs)
+        verify_landed(wf.get_expected_metrics(), records, results.expected)
         for backend, record in records.items():
             backend_report = report[backend]
             assert backend_report.sent == backend_report.delivered > 0
@@ -44,16 +46,18 @@ def run_and_verify(workflow_name: str, environment: str) -> dict[str, Any]:
 @pytest.mark.parametrize("environment", environments(WITH_ALL_BACKENDS))
 def test_pytorch_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
-    assert results["epochs_completed"] == 10
+    assert results.epochs_completed == 10
+    assert results.expected is not None
     # the checkpoint logged at epoch 5 is the epoch-5 bytes, not the file overwritten later
-    assert "checkpoints/model.pt" in results["expected"].artifacts
+    assert "checkpoints/model.pt" in results.expected.artifacts
 
 
 @pytest.mark.parametrize("workflow", [workflow("lightning"), workflow("pytorch_lightning")])
 @pytest.mark.parametrize("environment", environments(WITH_ALL_BACKENDS))
 def test_lightning_workflow(workflow: str, environment: str, isolated_env: Path) -> None:
     results = run_and_verify(workflow, environment)
-    expected = results["expected"]
+    expected = results.expected
+    assert expected is not None
     assert expected.params["lr"] == "0.05"
     assert expected.params["hidden"] == "8"
     assert len(expected.metrics["val/loss"]) == 3  # one validation point per epoch

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests.e2e.environments import MLflowEnvironment
 from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX
 from tracelet.testing import read_run
@@ -228,7 +228,8 @@ def test_sigkilled_trainer_loses_nothing_older_than_500ms(
     exactly, in MLflow and local; both runs end ``killed``; no process of the trainer's is left."""
     project = "sigkill"
     with e2e_framework.backend_environment("mlflow", project=project) as config:
-        mlflow_env = config["environment_object"]
+        mlflow_env = config.store
+        assert isinstance(mlflow_env, MLflowEnvironment)
         local_root = tmp_path / "local-runs"
         script = tmp_path / "trainer.py"
         script.write_text(TRAINER)
@@ -239,7 +240,7 @@ def test_sigkilled_trainer_loses_nothing_older_than_500ms(
                     "run_name": "killed-mid-run",
                     "project": project,
                     "backend_options": {
-                        "mlflow": config["backend_options"]["mlflow"],
+                        "mlflow": config.backend_options["mlflow"],
                         "local": {"root": str(local_root)},
                     },
                     "config": CONFIG,
@@ -364,35 +365,6 @@ def test_sigkilled_trainer_loses_nothing_older_than_500ms(
 # -- 2. an MLflow server outage ------------------------------------------------------------------
 
 
-class RestartableMLflowServer(MLflowServer):
-    """The framework's ``mlflow server``, which can crash and come back on the same port and store."""
-
-    def crash(self) -> None:
-        """SIGKILL the whole process group (no graceful shutdown) and wait until none of it runs."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        _wait_for(lambda: not self.group_alive(), 10, "the killed server's workers to go")
-        self.log.close()
-
-    def restart(self) -> None:
-        """The same command (port, backend store, artifact directory), in a new process group."""
-        self.log = open(self.root / "server.log", "ab")  # noqa: SIM115
-        env = {
-            **os.environ,
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }
-        self.process = subprocess.Popen(
-            self.process.args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        self._wait_healthy(timeout=120)
-
-    def answers(self) -> bool:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-            return bool(r.status == 200)
-        return False
-
-
 OUTAGE_KEYS = ("train/loss", "train/acc", "val/loss", "lr")
 #: Over the four keys: about 20k points in all, as the outage and restart take ~15-25 s here.
 POINTS_PER_S = 1000
@@ -436,7 +408,7 @@ def test_mlflow_server_outage_is_bridged_by_retries(
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     root = tmp_path / "server"
     root.mkdir()
-    server = RestartableMLflowServer(root)
+    server = MLflowServer(root)
     timeline: dict[str, float] = {}
     failure: list[BaseException] = []
     try:
@@ -551,7 +523,7 @@ def test_a_full_spool_disk_while_the_server_is_down(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
     root = tmp_path / "server"
     root.mkdir()
-    server = RestartableMLflowServer(root)
+    server = MLflowServer(root)
     try:
         monkeypatch.setenv("TRACELET_SPOOL_DIR", str(small))
         exp = tracelet.start_logging(

@@ -25,13 +25,12 @@ import pytest
 import tracelet
 from tests.children import INTERACTIVE_SIGINT
 from tests.e2e.agent_backends import extra_backends_env
-from tests.e2e.framework import Expected, assert_run_matches, e2e_framework
+from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX, environments
 from tests.e2e.test_delivery_faults import (
     GRACE_S,
     MARKER_VAR,
     ProcessWatch,
-    RestartableMLflowServer,
     _check_landed,
     _history_problems,
     _read_tally,
@@ -126,8 +125,8 @@ def test_every_way_a_trainer_ends(
                 {
                     "run_name": f"ended-by-{ending}",
                     "project": "endings",
-                    "backend": config["backend"],
-                    "backend_options": config["backend_options"],
+                    "backend": config.backend_name,
+                    "backend_options": config.backend_options,
                     "ending": ending,
                     "end_at": END_AT if sig is None else 100_000,
                     "runs_file": str(runs_file),
@@ -162,7 +161,7 @@ def test_every_way_a_trainer_ends(
                     trainer.wait(timeout=10)
         output = (tmp_path / "trainer.out").read_text(errors="replace")[-3000:]
         runs = json.loads(runs_file.read_text())
-        record = _final_status(config["read"], runs[config["backend"]], timeout=90)
+        record = _final_status(config.read, runs[config.backend_name], timeout=90)
         _wait_for(lambda: not watch.survivors(), 30, "the trainer's processes to exit")
 
     expected_code = {"sigterm": 128 + 15, "sigint": 130, "exception": 1, "forgotten_stop": 0, "sigkill": -9}
@@ -204,23 +203,23 @@ def test_raising_and_hanging_backends_beside_a_real_one(
     monkeypatch.setenv("TRACELET_LOCAL_DIR", str(isolated_env / "side-runs"))  # the broken one's own dir
     with e2e_framework.backend_environment(environment, project="beside") as config:
         expected = Expected(project="beside", run_name="beside-failing")
-        backends = [config["backend"], "broken", "hanging"]
+        backends = [config.backend_name, "broken", "hanging"]
         exp = tracelet.start_logging(
             exp_name=expected.run_name,
             project=expected.project,
             backend=backends,
-            backend_options=config["backend_options"],
+            backend_options=config.backend_options,
         )
         expected.params_(exp, {"lr": 0.1, "model": {"depth": 2}})
         for step in range(2000):
             expected.metric(exp, "loss", 1.0 / (step + 1), step)
         # flush_timeout is the time to deliver, counted once the runs are open: a cold agent (this
         # test alone) spends seconds importing MLflow first, bounded by TRACELET_AGENT_TIMEOUT.
-        assert exp.runs[config["backend"]] is not None
+        assert exp.runs[config.backend_name] is not None
         started = time.monotonic()
         report = tracelet.stop_logging(flush_timeout=3)
         took = time.monotonic() - started
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
 
     record_property("fault", "a raising and a hanging backend beside it")
     record_property("lost", _lost(expected.metrics["loss"], record.metrics.get("loss", [])))
@@ -252,7 +251,7 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     root = tmp_path / "server"
     root.mkdir()
-    server = RestartableMLflowServer(root)
+    server = MLflowServer(root)
     try:
         expected = Expected(project="outage-at-stop", run_name="outage-at-stop")
         exp = tracelet.start_logging(
@@ -345,8 +344,8 @@ def test_threads_and_forked_dataloader_workers(
         exp = tracelet.start_logging(
             exp_name="threads-and-workers",
             project="threads",
-            backend=config["backend"],
-            backend_options=config["backend_options"],
+            backend=config.backend_name,
+            backend_options=config.backend_options,
         )
         errors: list[BaseException] = []
 
@@ -382,7 +381,7 @@ def test_threads_and_forked_dataloader_workers(
         assert not errors, errors
         report = tracelet.stop_logging(flush_timeout=600)
         assert report.ok, report.format()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
 
     def expected(k: int) -> list[tuple[int, float]]:
         return [(_step(k, i), float(i)) for i in range(POINTS_PER_THREAD)]
@@ -395,4 +394,4 @@ def test_threads_and_forked_dataloader_workers(
     assert set(record.metrics) == {f"thread/{k}" for k in range(THREADS)}, "a worker's call landed"
     for k in range(THREADS):
         assert record.metrics[f"thread/{k}"] == expected(k), f"thread/{k} is incomplete or out of order"
-    assert report[config["backend"]].delivered == THREADS * POINTS_PER_THREAD
+    assert report[config.backend_name].delivered == THREADS * POINTS_PER_THREAD

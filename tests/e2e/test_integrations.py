@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.e2e.framework import e2e_framework
+from tests.e2e.framework import BackendConfig, e2e_framework
 from tests.e2e.params import ALL_ENVIRONMENTS, environments
 from tracelet.testing import RunRecord
 
@@ -42,12 +42,12 @@ def lightning_packages() -> list[Any]:
     ]
 
 
-def _start(config: dict[str, Any], name: str) -> tracelet.Experiment:
+def _start(config: BackendConfig, name: str) -> tracelet.Experiment:
     return tracelet.start_logging(
         exp_name=name,
-        project=config["project"],
-        backend=config["backend"],
-        backend_options=config["backend_options"],
+        project=config.project,
+        backend=config.backend_name,
+        backend_options=config.backend_options,
     )
 
 
@@ -64,8 +64,8 @@ def _event_scalars(logdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]
     return runs
 
 
-def _points(record: RunRecord, key: str) -> list[tuple[int, object]]:
-    return [(s, pytest.approx(v, rel=1e-6)) for s, v in record.metrics[key]]
+def _points(record: RunRecord, key: str) -> list[tuple[int, Any]]:
+    return _approx(record.metrics[key])
 
 
 # -- TensorBoard ---------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_tensorboard_writer_is_captured_until_stop(
         train.close()
         val.close()
         assert report.ok, report.format()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
 
     expected = {
         "loss": [(s, 1.0 / (s + 1)) for s in range(5)],
@@ -114,7 +114,7 @@ def test_tensorboard_writer_is_captured_until_stop(
     }
     assert set(record.metrics) == set(expected)
     for key, points in expected.items():
-        assert record.metrics[key] == [(s, pytest.approx(v, rel=1e-6)) for s, v in points], key
+        assert record.metrics[key] == _approx(points), key
     assert record.params == {"lr": "0.01", "optimizer": "sgd"}
     assert {(i.name, i.step, i.width, i.height) for i in record.images} == {
         ("samples", 4, 20, 12),
@@ -148,7 +148,7 @@ def test_tensorboard_capture_can_be_turned_off(isolated_env: Path, tmp_path: Pat
         exp.log_metric("own", 2.0, 0)
         assert tracelet.stop_logging().ok
         writer.close()
-        record = config["read"](exp.runs["local"])
+        record = config.read(exp.runs["local"])
     assert record.metrics == {"own": [(0, 2.0)]}
     assert _event_scalars(tmp_path / "tb")[""]["loss"] == [(0, 1.0)]
 
@@ -216,14 +216,14 @@ def _trainer(pl: Any, loggers: list[Any], root: Path, **overrides: Any) -> Any:
     return pl.Trainer(**settings)
 
 
-def _logger(config: dict[str, Any], name: str, **extra: Any) -> Any:
+def _logger(config: BackendConfig, name: str, **extra: Any) -> Any:
     from tracelet.integrations.lightning import TraceletLogger
 
     return TraceletLogger(
         exp_name=name,
-        project=config["project"],
-        backend=config["backend"],
-        backend_options=config["backend_options"],
+        project=config.project,
+        backend=config.backend_name,
+        backend_options=config.backend_options,
         **extra,
     )
 
@@ -264,8 +264,8 @@ def test_lightning_logger_equals_csvlogger(
         model = _module_class(pl)(schedule={"warmup": 2, "kind": "cosine"})
         trainer = _trainer(pl, [first, second, tb, csv_logger], tmp_path)
         trainer.fit(model, _data(), _data())
-        if config["backend"] in STATUS_WHILE_OPEN:  # fit's outcome is in the store before test() starts
-            after_fit = config["read"](first.experiment.runs[config["backend"]])
+        if config.backend_name in STATUS_WHILE_OPEN:  # fit's outcome is in the store before test() starts
+            after_fit = config.read(first.experiment.runs[config.backend_name])
             assert after_fit.status == "finished"
             assert "test_loss" not in after_fit.metrics
         trainer.test(model, _data())
@@ -274,7 +274,7 @@ def test_lightning_logger_equals_csvlogger(
         assert tracelet.get_active_experiment() is runs[0]
         reports = [tracelet.stop_logging(), runs[1].stop()]
         assert all(r.ok for r in reports), [r.format() for r in reports]
-        records = [config["read"](run.runs[config["backend"]]) for run in runs]
+        records = [config.read(run.runs[config.backend_name]) for run in runs]
 
     csv_points = _csv_points(Path(csv_logger.log_dir) / "metrics.csv")
     assert {"train_loss_step", "train_loss_epoch", "val_loss", "test_loss", "epoch"} <= set(csv_points)
@@ -313,7 +313,7 @@ def test_lightning_lr_find_then_fit_is_one_run(
         run = logger.experiment
         report = tracelet.stop_logging()
         assert report.ok, report.format()
-        record = config["read"](run.runs[config["backend"]])
+        record = config.read(run.runs[config.backend_name])
     assert record.status == "finished"
     assert [s for s, _ in record.metrics["train_loss_step"]] == list(range(6))
     assert record.metrics["val_loss"][0][0] == 5
@@ -365,7 +365,7 @@ def test_lightning_logger_survives_ddp_spawn(
         )
         assert done.returncode == 0, done.stderr[-4000:]
         parent_runs = json.loads(done.stdout.split("PARENT", 1)[1].splitlines()[0])
-        parent = config["read"](parent_runs[config["backend"]])
+        parent = config.read(parent_runs[config.backend_name])
         found = _runs_named(config, environment, "spawned")
     assert parent.params == {"before_spawn": "1"}
     assert parent.status == "finished"
@@ -379,7 +379,7 @@ def test_lightning_logger_survives_ddp_spawn(
     assert len(steps) == 3  # 96 samples, 2 ranks, batches of 16
 
 
-def _runs_named(config: dict[str, Any], environment: str, name: str) -> list[RunRecord]:
+def _runs_named(config: BackendConfig, environment: str, name: str) -> list[RunRecord]:
     """Every run of the project with this name, found through the store itself."""
-    env = config["environment_object"]
-    return [r for r in env.list_runs(config["project"]) if r.run_name == name]
+    env = config.store
+    return [r for r in env.list_runs(config.project) if r.run_name == name]

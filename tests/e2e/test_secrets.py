@@ -50,8 +50,8 @@ def test_secrets_land_nowhere(
     caplog.set_level(logging.DEBUG, logger="tracelet")
     secrets = list(SECRETS.values())
     with e2e_framework.backend_environment(environment, project="secrets") as config:
-        env = config["environment_object"]
-        options = dict(config["backend_options"])
+        env = config.store
+        options = dict(config.backend_options)
         if environment == "mlflow_server":  # credentials in the tracking URI: MLflow sends them as basic auth
             uri = options["mlflow"]["tracking_uri"].replace(
                 "http://", f"http://ci-user:{SECRETS['uri_password']}@"
@@ -60,7 +60,7 @@ def test_secrets_land_nowhere(
         exp = tracelet.start_logging(
             exp_name="secrets",
             project="secrets",
-            backend=config["backend"],
+            backend=config.backend_name,
             backend_options=options,
             config=CONFIG,
             tags={"endpoint": f"https://bot:{SECRETS['url_token']}@git.example.invalid/org/repo"},
@@ -70,7 +70,7 @@ def test_secrets_land_nowhere(
         in_flight = files_holding(secrets, [tmp_path / "spool"])  # the spool while the run is open
         report = tracelet.stop_logging()
         assert report.ok, report.format()
-        record = config["read"](exp.runs[config["backend"]])
+        record = config.read(exp.runs[config.backend_name])
         at_rest = files_holding(secrets, [*env.stored_roots(), tmp_path / "spool"])
 
     assert record.params == {

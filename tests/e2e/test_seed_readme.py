@@ -54,8 +54,8 @@ def test_custom_workflow_snippets_run_as_written(
     assert sorted(results) == sorted(e2e_framework.installed_environments())
     expected_loss = [1.0 / (epoch + 1) for epoch in range(10)]
     for environment, outcome in [*results.items(), ("mlflow", namespace["result"])]:
-        assert outcome["success"], (environment, outcome.get("traceback"))
-        record = outcome["record"]  # read back from the store, not from the workflow
+        assert outcome.success, (environment, outcome.traceback)
+        record = outcome.record  # read back from the store, not from the workflow
         assert record.run_name == "my_experiment", environment
         steps, values = zip(*record.metrics["loss"], strict=True)
         assert steps == tuple(range(10)), environment
