@@ -317,11 +317,5 @@ def summary(session: nox.Session) -> None:
         "tools/e2e_summary.py",
         "--reports",
         str(REPORTS),
-        "--backends",
-        ",".join(BACKENDS),
-        "--frameworks",
-        ",".join(FRAMEWORKS),
-        "--cells",
-        ",".join(E2E_SESSIONS),
         *session.posargs,
     )

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # bench/ holds scripts that import each
 import report  # noqa: E402
 import suite  # noqa: E402
 import trend  # noqa: E402
+from tools.summary_tables.base import MatrixAxes, SummaryInput  # noqa: E402
 from tools.summary_tables.bench import BenchTable  # noqa: E402
 
 PLAN = suite.Plan(
@@ -149,14 +150,16 @@ def test_the_report_puts_ratios_first_and_marks_what_regressed(tmp_path: Path) -
 
 def test_the_summary_shows_the_bench_table_only_when_a_bench_run_left_results(tmp_path: Path) -> None:
     table = BenchTable()
-    assert table.build([], tmp_path) is None  # no reports/bench: no section
+    assert (
+        table.build(SummaryInput([], MatrixAxes((), (), ()), tmp_path)) is None
+    )  # no reports/bench: no section
     (tmp_path / "bench").mkdir()
     data = {
         **results(),
         "trend": {"key": "linux-2cores-py3.11", "has_baseline": True, "regressed": ["x: REGRESSED"]},
     }
     (tmp_path / "bench" / "results.json").write_text(json.dumps(data), encoding="utf-8")
-    built = table.build([], tmp_path)
+    built = table.build(SummaryInput([], MatrixAxes((), (), ()), tmp_path))
     assert built is not None
     lines = table.markdown(built)
     assert "| throughput, tracelet ÷ native bulk | 0.5 × |" in lines

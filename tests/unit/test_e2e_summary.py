@@ -13,11 +13,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import pytest
 from coverage import CoverageData
 from junitparser import JUnitXml
+from tools.summary_tables.base import MatrixAxes, SummaryInput
+from tools.summary_tables.failures import failures
 from tools.summary_tables.faults import FaultsTable
 from tools.summary_tables.workflows import WorkflowsTable
 
@@ -128,9 +131,33 @@ def full_matrix(root: Path, skip: Sequence[str] = ()) -> None:
             write_session(root, session)
 
 
+def axes(
+    backends: Sequence[str] = BACKENDS,
+    frameworks: Sequence[str] = FRAMEWORKS,
+    cells: Sequence[str] | None = None,
+) -> MatrixAxes:
+    """The matrix of these tests (every pair a cell, unless ``cells`` says which)."""
+    every = [f"e2e-{b}-{f}" for b in backends for f in frameworks]
+    return MatrixAxes(tuple(backends), tuple(frameworks), tuple(every if cells is None else cells))
+
+
+def render(results: Sequence[Any], matrix: MatrixAxes | None = None, coverage: Any = None) -> str:
+    """summary.md for ``results``: every section built once, as main() does."""
+    return str(
+        summary.render_markdown(
+            summary.build_summary(SummaryInput(results, matrix or axes(), None, coverage))
+        )
+    )
+
+
 def run_main(reports: Path, *extra: str) -> int:
-    args = ["--reports", str(reports), "--backends", ",".join(BACKENDS), "--frameworks", ",".join(FRAMEWORKS)]
-    return int(summary.main([*args, *extra]))
+    """main() against a noxfile that declares this test's matrix (as data, as the real one does)."""
+    noxfile = reports.parent / f"{reports.name}-noxfile.py"
+    noxfile.write_text(
+        f"BACKENDS = {dict.fromkeys(BACKENDS, ())!r}\nFRAMEWORKS = {dict.fromkeys(FRAMEWORKS, ())!r}\n",
+        encoding="utf-8",
+    )
+    return int(summary.main(["--reports", str(reports), "--noxfile", str(noxfile), *extra]))
 
 
 def matrix_rows(markdown: str) -> dict[str, list[str]]:
@@ -181,13 +208,13 @@ def test_workflow_table_counts_cases_by_workflow_and_backend(tmp_path: Path) -> 
             ("test_c", "error", "time_series", "mlflow_server", "RuntimeError: y"),
         ],
     )
-    table = WorkflowsTable().build(summary.collect(tmp_path))
+    table = WorkflowsTable().build(SummaryInput(summary.collect(tmp_path), axes()))
     assert table["simple_pytorch"]["mlflow"] == {"passed": 1, "failed": 0, "skipped": 0}
     assert table["simple_pytorch"]["wandb"] == {"passed": 1, "failed": 1, "skipped": 0}
     assert table["vision"]["wandb"] == {"passed": 0, "failed": 0, "skipped": 1}
     assert table["time_series"]["mlflow_server"] == {"passed": 0, "failed": 1, "skipped": 0}
 
-    markdown = summary.render_markdown(summary.collect(tmp_path), BACKENDS, FRAMEWORKS)
+    markdown = render(summary.collect(tmp_path))
     assert "| workflow | mlflow | mlflow_server | wandb |" in markdown
     assert "| simple_pytorch | 1/0/0 | — | 1/1/0 |" in markdown
 
@@ -224,7 +251,7 @@ def test_crashed_session_without_junit(tmp_path: Path) -> None:
     assert len(results) == 1
     assert results[0].junit_path is None
     assert not results[0].ok
-    markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
+    markdown = render(results)
     assert matrix_rows(markdown)["clearml"][2] == "❌ failed, no junit.xml · 41s"
     assert "`e2e-clearml-vision` (linux/py3.11) `(session)` — no junit.xml" in markdown
 
@@ -265,7 +292,7 @@ def test_nested_ci_layout_with_two_variants(tmp_path: Path) -> None:
 
     results = summary.collect(tmp_path)
     assert [r.session for r in results] == ["e2e-wandb-torch", "e2e-wandb-torch"]
-    markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
+    markdown = render(results)
     cell = matrix_rows(markdown)["wandb"][0]
     assert cell == "darwin/py3.11: ❌ 0/1/0 · 52s<br>linux/py3.12: ✅ 2/0/1 · 30s"
 
@@ -324,7 +351,7 @@ def test_coverage_is_combined_with_pyproject_paths(tmp_path: Path) -> None:
     )
     assert (tmp_path / "htmlcov" / "index.html").is_file()
     assert (folder / ".coverage.runner.1.2").is_file()  # keep=True: inputs survive
-    assert "**Total:" in summary.render_markdown(results, BACKENDS, FRAMEWORKS, cov)
+    assert "**Total:" in render(results, coverage=cov)
 
 
 def test_step_summary_is_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,9 +385,7 @@ def test_failure_ids_use_the_xunit1_file_attribute(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     (result,) = summary.collect(tmp_path)
-    assert [f["test_id"] for f in summary.failures([result])] == [
-        "tests/e2e/test_backends.py::TestK::test_m[local]"
-    ]
+    assert [f.test_id for f in failures([result])] == ["tests/e2e/test_backends.py::TestK::test_m[local]"]
 
 
 def test_faults_table_shows_each_fault_each_backend_and_what_was_lost(tmp_path: Path) -> None:
@@ -385,10 +410,10 @@ def test_faults_table_shows_each_fault_each_backend_and_what_was_lost(tmp_path: 
     )
     (tmp_path / "e2e-mlflow-torch" / "junit.xml").write_text(junit, encoding="utf-8")
     results = summary.collect(tmp_path)
-    table = FaultsTable().build(results)
+    table = FaultsTable().build(SummaryInput(results, axes()))
     assert table["trainer ended by sigterm"]["mlflow"] == {"runs": 1, "failed": 0, "lost": 0}
     assert table["trainer ended by sigterm"]["local"] == {"runs": 1, "failed": 1, "lost": 3}
-    markdown = summary.render_markdown(results, BACKENDS, FRAMEWORKS)
+    markdown = render(results)
     assert "| fault | mlflow | local |" in markdown
     assert "| trainer ended by sigterm | ✅ 0 lost | ❌ 3 lost |" in markdown
     assert "| trainer ended by sigkill | ✅ 0 lost | — |" in markdown
@@ -403,10 +428,46 @@ def test_a_pair_the_matrix_leaves_out_is_absent_not_missing(tmp_path: Path) -> N
     write_session(tmp_path, "e2e-all-torch")
     cells = ["e2e-all-torch", "e2e-mlflow-torch"]
     results = summary.collect(tmp_path)
-    data = summary.render_json(results, ["mlflow", "all"], ["torch", "lightning"], None, cells)
+    built = summary.build_summary(
+        SummaryInput(results, axes(["mlflow", "all"], ["torch", "lightning"], cells))
+    )
+    data = summary.render_json(built)
     assert [c["session"] for c in data["cells"]] == cells[::-1]
     assert data["problems"] == ["e2e-mlflow-torch: never ran"]
-    markdown = summary.render_markdown(results, ["mlflow", "all"], ["torch", "lightning"], None, cells)
+    markdown = summary.render_markdown(built)
     assert "| **all** | ✅" in markdown
     assert markdown.split("| **all** |")[1].splitlines()[0].endswith("| · |")
     assert "1/2 cells passed, 0 failed, 1 not run" in markdown
+
+
+def test_every_section_is_built_once_for_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.md and summary.json come from one build of each section (the equivalence table compares
+    every store's records: building it twice doubled the summary's slowest part)."""
+    from tools.summary_tables import TABLES
+
+    full_matrix(tmp_path)
+    builds = dict.fromkeys((table.key for table in TABLES), 0)
+    for table in TABLES:
+
+        def counted(summary_input: SummaryInput, build: Any = table.build, key: str = table.key) -> Any:
+            builds[key] += 1
+            return build(summary_input)
+
+        monkeypatch.setattr(table, "build", counted)
+    assert run_main(tmp_path) == 0
+    assert builds == dict.fromkeys(builds, 1)
+    assert len(builds) == 8  # matrix, workflows, equivalence, faults, bench, audit, coverage, failures
+    data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert {"cells", "workflows", "equivalence", "faults", "coverage", "failures"} <= set(data)
+
+
+def test_the_matrix_axes_are_the_noxfiles() -> None:
+    """Read from noxfile.py's data, never copied: the cells are the sessions nox runs."""
+    from tools.summary_tables.base import noxfile_axes
+
+    matrix = noxfile_axes()
+    assert "mlflow" in matrix.backends
+    assert "torch" in matrix.frameworks
+    assert "e2e-mlflow-torch" in matrix.cells
+    assert "e2e-all-lightning" not in matrix.cells  # `all` runs with torch only (ONLY_WITH)
+    assert len(matrix.cells) == 17

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 from tools.e2e_results import collect
-from tools.summary_tables.equivalence import EquivalenceTable
+from tools.summary_tables.base import MatrixAxes, SummaryInput
+from tools.summary_tables.equivalence import Compared, EquivalenceTable
 
 from tracelet.testing import ArtifactRecord, RunRecord
 from tracelet.testing.equivalence import record_to_json
+
+AXES = MatrixAxes(("mlflow", "wandb", "clearml"), ("torch", "vision"), ())
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,12 +60,12 @@ def test_equal_stores_pass_and_an_inherent_difference_is_forgiven(tmp_path: Path
         {"local": run("local", [1.0, math.inf]), "clearml": run("clearml", [1.0, 0.0])},
     )
     table = EquivalenceTable()
-    data = table.build(collect(tmp_path))
-    assert [(r["framework"], r["workflow"]) for r in data] == [("torch", "simple_pytorch")]
-    assert data[0]["environments"] == {
-        "local": {"records": 2, "differing": 0},
-        "mlflow": {"records": 1, "differing": 0},
-        "clearml": {"records": 1, "differing": 0},
+    data = table.build(SummaryInput(collect(tmp_path), AXES))
+    assert [(r.framework, r.workflow) for r in data] == [("torch", "simple_pytorch")]
+    assert data[0].environments == {
+        "local": Compared(records=2, differing=0),
+        "mlflow": Compared(records=1, differing=0),
+        "clearml": Compared(records=1, differing=0),
     }
     assert table.problems(data) == []
     assert "| simple_pytorch (torch) | ✅ 1 | ✅ 1 | ✅ 2 |" in table.markdown(data)
@@ -74,10 +77,10 @@ def test_any_other_difference_is_a_problem_that_names_the_store(tmp_path: Path) 
     # another framework column is another torch build: compared only within its own column
     session(tmp_path, "e2e-mlflow-vision", "vision", {"local": run("local", [2.0, 0.7])})
     table = EquivalenceTable()
-    data = table.build(collect(tmp_path))
-    torch_row = next(r for r in data if r["framework"] == "torch")
-    assert torch_row["environments"]["wandb"] == {"records": 1, "differing": 1}
-    assert torch_row["differences"] == [
+    data = table.build(SummaryInput(collect(tmp_path), AXES))
+    torch_row = next(r for r in data if r.framework == "torch")
+    assert torch_row.environments["wandb"] == Compared(records=1, differing=1)
+    assert torch_row.differences == [
         "e2e-wandb-torch (?/py?)/wandb: artifacts 'checkpoints/model.pt': 'abc' in local, 'abd' in wandb"
     ]
     assert table.problems(data) == ["simple_pytorch (torch): 1 differences between stores"]

@@ -1,51 +1,117 @@
-"""What every table of the E2E summary is: one small interface, and the helpers they share.
+"""What every section of the E2E summary is: one small interface, and the helpers they share.
 
-A table reads the collected session results (and, if it needs files beside them, the reports folder)
-and gives three things: its data for ``summary.json``,
-its lines for ``summary.md``, and its problems (what makes the summary fail). The summary renders the
-tables in the order :data:`tools.summary_tables.TABLES` lists them; adding a table is adding a module.
+A section (the matrix, the workflows, the cross-backend equivalence, the faults, the benchmarks, the skip
+audit, the coverage, the failures) is a table: it builds its data once from the :class:`SummaryInput`,
+and from that data gives its lines for ``summary.md``, its entries for ``summary.json`` and its problems.
+The summary builds every table once and renders both files from what was built; the order is
+:data:`tools.summary_tables.TABLES`. Adding a section is adding a module.
 """
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tools.e2e_results import UNLABELLED, SessionResult
 
 ICON_OK = "✅"
 ICON_FAIL = "❌"
-#: column orders, so a table reads the same from run to run; unknown values follow alphabetically
-KNOWN_WORKFLOWS: tuple[str, ...] = (
-    "simple_pytorch",
-    "lightning",
-    "pytorch_lightning",
-    "vision",
-    "time_series",
-)
-KNOWN_CASE_BACKENDS: tuple[str, ...] = ("mlflow", "mlflow_server", "wandb", "clearml", "local", "all")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class SummaryTable(Protocol):
-    """One table of the summary."""
+@dataclass(frozen=True)
+class MatrixAxes:
+    """The matrix as ``noxfile.py`` declares it: rows, columns, and the sessions that are cells."""
 
-    #: its key in ``summary.json``
+    backends: tuple[str, ...]
+    frameworks: tuple[str, ...]
+    cells: tuple[str, ...]
+
+
+def noxfile_axes(noxfile: Path = PROJECT_ROOT / "noxfile.py") -> MatrixAxes:
+    """The matrix data at the top of ``noxfile.py`` (``BACKENDS``, ``FRAMEWORKS``, ``ONLY_WITH``).
+
+    Read as literals from the file's syntax tree, so the summary needs neither nox nor a copy of the axes.
+    """
+    values: dict[str, Any] = {}
+    for node in ast.parse(noxfile.read_text(encoding="utf-8")).body:
+        target: ast.expr
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in ("BACKENDS", "FRAMEWORKS", "ONLY_WITH"):
+            values[target.id] = ast.literal_eval(value)
+    backends, frameworks = tuple(values["BACKENDS"]), tuple(values["FRAMEWORKS"])
+    only_with: dict[str, Sequence[str]] = values.get("ONLY_WITH", {})
+    cells = tuple(f"e2e-{b}-{f}" for b in backends for f in frameworks if f in only_with.get(b, frameworks))
+    return MatrixAxes(backends, frameworks, cells)
+
+
+def known_workflows() -> tuple[str, ...]:
+    """The E2E framework's workflows, in its registry's order (the order of the summary's rows)."""
+    from tests.e2e.framework import e2e_framework
+
+    return tuple(e2e_framework.workflows)
+
+
+def known_environments() -> tuple[str, ...]:
+    """The E2E framework's store environments, in its registry's order (the summary's columns)."""
+    from tests.e2e.environments import ENVIRONMENTS
+
+    return tuple(ENVIRONMENTS)
+
+
+@dataclass(frozen=True)
+class CoverageSummary:
+    """Outcome of combining coverage; ``total`` is None when there was nothing to combine."""
+
+    total: float | None
+    data_files: int
+    xml_path: Path | None = None
+    html_dir: Path | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SummaryInput:
+    """Everything a section is built from: the sessions' results, the axes, the reports folder."""
+
+    results: Sequence[SessionResult]
+    axes: MatrixAxes
+    reports: Path | None = None
+    #: combined coverage (combining writes files, so it is done once, before the sections are built)
+    coverage: CoverageSummary | None = None
+
+
+T = TypeVar("T")
+
+
+class SummaryTable(Protocol[T]):
+    """One section of the summary, with its data of type ``T``."""
+
+    #: its name (a key of ``Summary.sections``)
     key: str
     #: its heading in ``summary.md``
     title: str
+    #: its problems fail the summary only under ``--strict`` (a red cell, an audit); else always
+    strict_only: bool
 
-    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> Any:
-        """The table's data (JSON-ready), from every session's results and the reports folder.
+    def build(self, summary_input: SummaryInput) -> T | None:
+        """The section's data; ``None`` leaves the section out (the bench table without a bench run)."""
 
-        ``None`` means the table has nothing to show this time (the bench table without a bench
-        run): the summary leaves its section out.
-        """
-
-    def markdown(self, data: Any) -> list[str]:
+    def markdown(self, data: T) -> list[str]:
         """The lines under the heading."""
 
-    def problems(self, data: Any) -> list[str]:
+    def to_json(self, data: T) -> dict[str, Any]:
+        """The section's entries in ``summary.json`` (JSON-ready), merged at its top level."""
+
+    def problems(self, data: T) -> list[str]:
         """What in the data is a failure of the matrix (none for a table that only counts)."""
 
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tools.e2e_results import SessionResult
 from tools.summary_tables.base import (
     ICON_FAIL,
     ICON_OK,
-    KNOWN_CASE_BACKENDS,
-    KNOWN_WORKFLOWS,
+    SummaryInput,
     header,
+    known_environments,
+    known_workflows,
     md_escape,
     ordered,
 )
@@ -57,54 +57,64 @@ def _entries(results: Sequence[SessionResult]) -> dict[tuple[str, str], list[_En
     return rows
 
 
+@dataclass
+class Compared:
+    """How many records an environment returned for one workflow, and how many differ from the reference."""
+
+    records: int = 0
+    differing: int = 0
+
+
+@dataclass(frozen=True)
+class EquivalenceRow:
+    """One workflow in one framework column, compared across every store and session."""
+
+    framework: str
+    workflow: str
+    #: the record every other one is compared with
+    reference: str
+    environments: dict[str, Compared] = field(default_factory=dict)
+    differences: list[str] = field(default_factory=list)
+
+
 class EquivalenceTable:
     key = "equivalence"
     title = "Cross-backend equivalence"
+    strict_only = False
 
-    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> list[dict[str, Any]]:
+    def build(self, summary_input: SummaryInput) -> list[EquivalenceRow]:
         """One row per (framework column, workflow): records and differing records per environment."""
         rows = []
-        for (framework, workflow), entries in sorted(_entries(results).items()):
+        for (framework, workflow), entries in sorted(_entries(summary_input.results).items()):
             reference = next((e for e in entries if e.environment == REFERENCE_ENVIRONMENT), entries[0])
-            environments: dict[str, dict[str, int]] = {}
-            differences: list[str] = []
+            row = EquivalenceRow(framework, workflow, reference.source)
             for entry in entries:
-                cell = environments.setdefault(entry.environment, {"records": 0, "differing": 0})
-                cell["records"] += 1
+                cell = row.environments.setdefault(entry.environment, Compared())
+                cell.records += 1
                 found = [] if entry is reference else compare(reference.record, entry.record)
                 if found:
-                    cell["differing"] += 1
-                    differences += [f"{entry.source}: {difference}" for difference in found]
-            rows.append(
-                {
-                    "framework": framework,
-                    "workflow": workflow,
-                    "reference": reference.source,
-                    "environments": environments,
-                    "differences": differences,
-                }
-            )
+                    cell.differing += 1
+                    row.differences.extend(f"{entry.source}: {difference}" for difference in found)
+            rows.append(row)
         return rows
 
-    def markdown(self, data: list[dict[str, Any]]) -> list[str]:
+    def markdown(self, data: list[EquivalenceRow]) -> list[str]:
         if not data:
             return ["No session wrote run records."]
-        columns = ordered({e for row in data for e in row["environments"]}, KNOWN_CASE_BACKENDS)
+        columns = ordered({e for row in data for e in row.environments}, known_environments())
         lines = header("workflow (framework)", columns)
-        order = {w: i for i, w in enumerate(KNOWN_WORKFLOWS)}
-        for row in sorted(
-            data, key=lambda r: (order.get(r["workflow"], len(order)), r["workflow"], r["framework"])
-        ):
+        order = {w: i for i, w in enumerate(known_workflows())}
+        for row in sorted(data, key=lambda r: (order.get(r.workflow, len(order)), r.workflow, r.framework)):
             cells = []
             for column in columns:
-                c = row["environments"].get(column)
+                c = row.environments.get(column)
                 if c is None:
                     cells.append("—")
-                elif c["differing"]:
-                    cells.append(f"{ICON_FAIL} {c['differing']}/{c['records']} differ")
+                elif c.differing:
+                    cells.append(f"{ICON_FAIL} {c.differing}/{c.records} differ")
                 else:
-                    cells.append(f"{ICON_OK} {c['records']}")
-            lines.append(f"| {md_escape(row['workflow'])} ({row['framework']}) | " + " | ".join(cells) + " |")
+                    cells.append(f"{ICON_OK} {c.records}")
+            lines.append(f"| {md_escape(row.workflow)} ({row.framework}) | " + " | ".join(cells) + " |")
         lines += [
             "",
             "Each run read back from its store, compared with the reference (the `local` store's record of"
@@ -116,19 +126,19 @@ class EquivalenceTable:
             *[f"- {rule.backend}: {rule.description}" for rule in INHERENT_DIFFERENCES],
         ]
         for row in data:
-            if row["differences"]:
-                lines += [
-                    "",
-                    f"Differences in {row['workflow']} ({row['framework']}), against {row['reference']}:",
-                ]
-                lines += [f"- {md_escape(d)}" for d in row["differences"][:SHOWN]]
-                if len(row["differences"]) > SHOWN:
-                    lines.append(f"- … {len(row['differences']) - SHOWN} more in summary.json")
+            if row.differences:
+                lines += ["", f"Differences in {row.workflow} ({row.framework}), against {row.reference}:"]
+                lines += [f"- {md_escape(d)}" for d in row.differences[:SHOWN]]
+                if len(row.differences) > SHOWN:
+                    lines.append(f"- … {len(row.differences) - SHOWN} more in summary.json")
         return lines
 
-    def problems(self, data: list[dict[str, Any]]) -> list[str]:
+    def to_json(self, data: list[EquivalenceRow]) -> dict[str, Any]:
+        return {self.key: [asdict(row) for row in data]}
+
+    def problems(self, data: list[EquivalenceRow]) -> list[str]:
         return [
-            f"{row['workflow']} ({row['framework']}): {len(row['differences'])} differences between stores"
+            f"{row.workflow} ({row.framework}): {len(row.differences)} differences between stores"
             for row in data
-            if row["differences"]
+            if row.differences
         ]

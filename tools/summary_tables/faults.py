@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from tools.e2e_results import UNLABELLED, SessionResult
-from tools.summary_tables.base import ICON_FAIL, ICON_OK, KNOWN_CASE_BACKENDS, header, md_escape, ordered
+from tools.e2e_results import UNLABELLED
+from tools.summary_tables.base import (
+    ICON_FAIL,
+    ICON_OK,
+    SummaryInput,
+    header,
+    known_environments,
+    md_escape,
+    ordered,
+)
 
 Faults = dict[str, dict[str, dict[str, int]]]
 
@@ -14,11 +21,12 @@ Faults = dict[str, dict[str, dict[str, int]]]
 class FaultsTable:
     key = "faults"
     title = "Faults"
+    strict_only = False
 
-    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> Faults:
+    def build(self, summary_input: SummaryInput) -> Faults:
         """fault -> backend -> {"runs", "failed", "lost"}, from the ``fault``/``lost`` properties."""
         table: Faults = {}
-        for result in results:
+        for result in summary_input.results:
             for case in result.cases:
                 if case.fault is None or case.outcome == "skipped":
                     continue
@@ -33,7 +41,7 @@ class FaultsTable:
     def markdown(self, data: Faults) -> list[str]:
         if not data:
             return ["No fault test ran."]
-        backends = ordered({b for per in data.values() for b in per}, KNOWN_CASE_BACKENDS)
+        backends = ordered({b for per in data.values() for b in per}, known_environments())
         lines = header("fault", backends)
         for fault in sorted(data):
             cells = []
@@ -50,6 +58,9 @@ class FaultsTable:
             "",
             "Points lost over all runs of each fault test (0 expected); ❌ also marks a failed run.",
         ]
+
+    def to_json(self, data: Faults) -> dict[str, Any]:
+        return {self.key: data}
 
     def problems(self, data: Faults) -> list[str]:
         return [

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from tools.e2e_results import UNLABELLED, SessionResult, split_values
-from tools.summary_tables.base import KNOWN_CASE_BACKENDS, KNOWN_WORKFLOWS, header, md_escape, ordered
+from tools.e2e_results import UNLABELLED, split_values
+from tools.summary_tables.base import (
+    SummaryInput,
+    header,
+    known_environments,
+    known_workflows,
+    md_escape,
+    ordered,
+)
 
 Counts = dict[str, dict[str, dict[str, int]]]
 
@@ -14,14 +20,15 @@ Counts = dict[str, dict[str, dict[str, int]]]
 class WorkflowsTable:
     key = "workflows"
     title = "Workflows"
+    strict_only = False
 
-    def build(self, results: Sequence[SessionResult], reports: Path | None = None) -> Counts:
+    def build(self, summary_input: SummaryInput) -> Counts:
         """{workflow: {case backend: {"passed", "failed", "skipped"}}} over all sessions/variants.
 
         A test recorded for several workflows/backends (comma lists) counts once in each pair.
         """
         table: Counts = {}
-        for result in results:
+        for result in summary_input.results:
             for case in result.cases:
                 key = "failed" if case.is_failure else case.outcome
                 for wf in split_values(case.workflow) or [UNLABELLED]:
@@ -35,15 +42,18 @@ class WorkflowsTable:
     def markdown(self, data: Counts) -> list[str]:
         if not data:
             return ["No test results."]
-        backends = ordered({b for per in data.values() for b in per}, KNOWN_CASE_BACKENDS)
+        backends = ordered({b for per in data.values() for b in per}, known_environments())
         lines = header("workflow", backends)
-        for wf in ordered(set(data), KNOWN_WORKFLOWS):
+        for wf in ordered(set(data), known_workflows()):
             cells = []
             for be in backends:
                 c = data[wf].get(be)
                 cells.append(f"{c['passed']}/{c['failed']}/{c['skipped']}" if c else "—")
             lines.append(f"| {md_escape(wf)} | " + " | ".join(cells) + " |")
         return [*lines, "", "Counts are passed/failed/skipped over all sessions and variants."]
+
+    def to_json(self, data: Counts) -> dict[str, Any]:
+        return {self.key: data}
 
     def problems(self, data: Counts) -> list[str]:
         return []  # failed tests are the matrix's and the failure list's to report
