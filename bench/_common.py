@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tracelet.backends.clearml import FRAMEWORKS_OFF, REPORT_SUBPROCESS_ATTR
+from tracelet.backends.wandb import DEFAULT_SETTINGS as WANDB_DEFAULT_SETTINGS
 from tracelet.testing.servers import MLflowServer
 
 __all__ = ["MLflowServer"]  # re-exported: the scripts import it from here
@@ -84,33 +86,11 @@ BACKEND_OF: dict[str, str] = {
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: The W&B settings tracelet's wandb backend uses. The native W&B run gets the same ones,
-#: so the comparison is between the two ways of logging, not two configurations.
-WANDB_SETTINGS: dict[str, Any] = {"x_disable_stats": True, "console": "off", "save_code": False}
-
-#: ``Task.init(auto_connect_frameworks=...)`` with everything off, as tracelet's clearml
-#: backend passes it. A plain ``False`` would still scan the git repository and pip
-#: environment: only an explicit ``detect_repository: False`` skips that.
-CLEARML_FRAMEWORKS_OFF: dict[str, bool] = {
-    name: False
-    for name in (
-        "hydra",
-        "scikit",
-        "joblib",
-        "matplotlib",
-        "tensorflow",
-        "tensorboard",
-        "tfdefines",
-        "pytorch",
-        "megengine",
-        "xgboost",
-        "catboost",
-        "fastai",
-        "lightgbm",
-        "gradio",
-        "detect_repository",
-    )
-}
+#: The settings tracelet's wandb and clearml backends use, imported from them (never copied): the
+#: native run gets the same ones, so the comparison is between two ways of logging, not two
+#: configurations. ``detect_repository: False`` is what keeps ClearML from scanning the repository.
+WANDB_SETTINGS: dict[str, Any] = dict(WANDB_DEFAULT_SETTINGS)
+CLEARML_FRAMEWORKS_OFF: dict[str, bool] = dict(FRAMEWORKS_OFF)
 
 
 def installed(store: str) -> bool:
@@ -354,7 +334,7 @@ class ClearMLNative(NativeRun):
         from clearml import Task
 
         t1 = time.perf_counter()
-        Task._report_subprocess_enabled = False
+        setattr(Task, REPORT_SUBPROCESS_ATTR, False)  # as tracelet's backend does
         Task.set_offline(offline_mode=True)
         self._task = Task.init(
             project_name=project,

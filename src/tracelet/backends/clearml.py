@@ -64,7 +64,7 @@ PRIVATE_TASK_ATTRIBUTES = (REPORT_SUBPROCESS_ATTR, OFFLINE_EDIT_ATTR, SIGNAL_HOO
 #: from the mapping default to *on*, and only an explicit ``detect_repository: False``
 #: skips the repository/requirements scan, which is also where ClearML starts its
 #: update-check thread (a request to ``updates.clear.ml``).
-_FRAMEWORKS_OFF: dict[str, bool] = {
+FRAMEWORKS_OFF: dict[str, bool] = {
     "hydra": False,
     "scikit": False,
     "joblib": False,
@@ -235,7 +235,7 @@ class ClearMLBackend(Backend):
                 continue_last_task=False,
                 output_uri=self.options.get("output_uri"),
                 auto_connect_arg_parser=False,
-                auto_connect_frameworks=_FrameworksOff(_FRAMEWORKS_OFF),
+                auto_connect_frameworks=_FrameworksOff(FRAMEWORKS_OFF),
                 auto_resource_monitoring=False,
                 auto_connect_streams=False,
                 deferred_init=False,
