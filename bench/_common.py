@@ -1,9 +1,9 @@
-"""What ``bench/overhead.py`` and ``bench/throughput.py`` share: targets, store isolation, natives.
+"""What the suite's children share: store isolation, the native clients, the facts of the machine.
 
-The two benchmarks compare tracelet with each store's own client, so both sides must
-run against the same kind of store, configured the same way, in an equally fresh
-process. Keeping that here (one ``TARGETS`` dict, one environment recipe, one native
-adapter per store) means the two scripts cannot drift apart on what "fair" means.
+Every measure compares tracelet with each store's own client, so both sides must run against the
+same kind of store, configured the same way, in an equally fresh process. Keeping that here (one
+environment recipe, one native adapter per store) means no two measures drift apart on what "fair"
+means. The targets live in ``bench/targets.py``.
 
 Nothing here is imported from ``tests/``, so the benchmarks run from a plain install: the
 isolation recipe mirrors ``tests/e2e/environments.py``, and the ``mlflow server`` is the one
@@ -20,12 +20,9 @@ import os
 import platform
 import random
 import shutil
-import signal
-import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,35 +32,6 @@ from tracelet.testing.servers import MLflowServer
 
 __all__ = ["MLflowServer"]  # re-exported: the scripts import it from here
 
-#: The targets from the issue, in one place. Both scripts judge PASS/MISS against these.
-TARGETS: dict[str, float] = {
-    # overhead.py: median step time with logging vs without, in percent
-    "overhead_fast_max_pct": 5.0,  # ~0.5 ms/step loop
-    "overhead_slow_max_pct": 1.0,  # ~12 ms/step loop
-    # overhead.py: stop_logging() after the fast loop may take at most the native close + this
-    "stop_max_extra_s": 0.5,
-    # throughput.py: native_time / tracelet_time, on every store
-    "throughput_min_ratio": 0.95,
-    # hot_path.py: the caller's cost of log_metric, idle and while delivery drains a 100k backlog (µs)
-    "float_us": 2.0,
-    "tensor_us": 5.0,
-    "busy_float_us": 1.0,
-    "busy_tensor_us": 3.0,
-    # hot_path.py: how many times cheaper than the native per-call API, at least
-    "min_ratio": 50.0,
-    # kill_window.py: how long before a SIGKILL the first lost point may have been logged (ms)
-    "kill_window_ms": 50.0,
-    # suite.py's sweep (many short runs in one process, inside a git repository):
-    # start_logging() as the caller sees it, over every run of the sweep (ms)
-    "sweep_start_p50_ms": 20.0,
-    "sweep_start_p99_ms": 50.0,
-    # a run after the first may take at most the native run's time + this (ms)
-    "sweep_extra_per_run_ms": 25.0,
-    # the whole sweep: native_time / tracelet_time, on every store but local
-    "sweep_min_ratio": 0.9,
-    # local (no third-party client to compare with): the whole sweep, per run (ms)
-    "sweep_local_per_run_ms": 25.0,
-}
 
 #: Store -> the package it needs (``None``: nothing beyond tracelet).
 PACKAGES: dict[str, str | None] = {
@@ -481,41 +449,6 @@ def git_init(root: Path) -> bool:
 # -- children ------------------------------------------------------------------------------------
 
 
-def run_child(
-    script: Path, spec: dict[str, Any], root: Path, env: dict[str, str], timeout: float
-) -> dict[str, Any]:
-    """Run ``script --child <spec>`` in a fresh process and return the JSON it wrote.
-
-    One process per measurement: a store's threads and helper processes (wandb-core,
-    ClearML's reporters, tracelet's agent) end with it and cannot slow the next
-    variant. The child runs in its own session so a timeout or Ctrl-C here can kill its
-    whole group; its output goes to a log whose tail is kept if it fails.
-    """
-    result_path = root / "result.json"
-    log_path = root / "child.log"
-    spec = {**spec, "root": str(root), "result": str(result_path)}
-    command = [sys.executable, str(script), "--child", json.dumps(spec)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-        )
-        try:
-            code = process.wait(timeout=timeout)
-        except BaseException as exc:  # timeout or Ctrl-C: never leave the child running
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            if not isinstance(exc, subprocess.TimeoutExpired):
-                raise
-            code = None
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-    if code != 0 or not result_path.exists():
-        why = f"timed out after {timeout:.0f}s" if code is None else f"exit code {code}"
-        return {"error": why, "log_tail": tail}
-    result: dict[str, Any] = json.loads(result_path.read_text())
-    return result
-
-
 def write_child_result(spec: Mapping[str, Any], result: Mapping[str, Any]) -> None:
     Path(spec["result"]).write_text(json.dumps(result, indent=1))
 
@@ -561,39 +494,6 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def load_1min(facts: Mapping[str, Any]) -> str:
-    """The 1-minute load average from :func:`machine_facts`, or ``n/a`` where the OS has none."""
-    load = facts.get("load_average")
-    return f"{load[0]:.2f}" if load else "n/a"
-
-
-def warn_if_busy() -> None:
-    """Say so when the machine is already loaded: the numbers would be noise, not tracelet."""
-    if not hasattr(os, "getloadavg"):
-        return
-    load = os.getloadavg()[0]
-    cores = os.cpu_count() or 1
-    if load > 0.5 * cores:
-        print(f"warning: 1-minute load average is {load:.2f} on {cores} cores; expect noisy numbers")
-
-
-def spread(values: Iterable[float | None]) -> dict[str, float | int | None]:
-    """Median, min and max over repetitions (``None`` entries, from failed runs, are left out)."""
-    xs = [float(v) for v in values if v is not None]
-    if not xs:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
-def fmt_spread(s: Mapping[str, Any], fmt: str = "{:.2f}", unit: str = "") -> str:
-    """``median [min..max]unit``, or ``-`` when nothing was measured."""
-    if not s or s.get("median") is None:
-        return "-"
-    if s["n"] == 1:
-        return f"{fmt.format(s['median'])}{unit}"
-    return f"{fmt.format(s['median'])}{unit} [{fmt.format(s['min'])}..{fmt.format(s['max'])}]"
-
-
 def rep_orders(items: Sequence[str], reps: int, seed: int) -> list[list[str]]:
     """One run order per repetition: a seeded shuffle, rotated each rep.
 
@@ -604,24 +504,3 @@ def rep_orders(items: Sequence[str], reps: int, seed: int) -> list[list[str]]:
     random.Random(seed).shuffle(base)
     step = max(1, len(base) // max(1, reps))
     return [base[(r * step) % len(base) :] + base[: (r * step) % len(base)] for r in range(reps)]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned text table (no dependency, readable in CI logs)."""
-    widths = [
-        max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(lines)
-
-
-def verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("PASS" if ok else "MISS")
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    print(f"wrote {path}")

@@ -12,10 +12,14 @@ Measurements (``spec["measure"]``):
   The parent samples the process tree's RSS while it runs (the memory measure).
 * ``percall``: the store's per-call API, one value per call, each call timed: half floats,
   half 0-d tensors (``.item()`` first, as a user must). Native only.
-* ``latency``: tracelet's ``log_metric`` while delivery is busy (a backlog logged first), each
-  call timed, floats then 0-d tensors; ``start_logging`` and ``stop_logging`` timed.
+* ``latency``: tracelet's ``log_metric`` idle (right after start), then while delivery is busy (a
+  backlog logged first), each call timed, floats then 0-d tensors; ``start_logging`` and
+  ``stop_logging`` timed.
 * ``artifacts``: upload a 1 MB file, a 100 MB file and a folder of 1,000 small files, each
   until it has landed; then download each back from the store.
+* ``kill``: a trainer logging a point a millisecond is SIGKILLed at a random moment; how long before
+  the kill the first lost point was logged (what a SIGKILL costs), and the run's final status.
+  tracelet only: a native client has no agent to deliver what the dead trainer handed over.
 * ``sweep``: ``runs`` short runs one after the other in this one process, as a hyperparameter
   sweep does, inside a git repository: each opens a run, logs 3 params and ``points`` losses,
   and closes it with everything landed. Timed from before the client is imported (``import
@@ -183,7 +187,7 @@ def measure_percall(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
-    """tracelet's caller-side cost while delivery is busy: a backlog first, then each call timed."""
+    """tracelet's caller-side cost, idle (right after start) and while delivery is busy (a backlog)."""
     root, calls, backlog, keys = Path(spec["root"]), int(spec["calls"]), int(spec["backlog"]), 10
     names, sin, clock = _names(keys), math.sin, time.perf_counter_ns
     tensors = _tensors(calls)
@@ -196,6 +200,17 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
     )
     start_s = time.perf_counter() - t0  # with `import tracelet`, as a script pays it
     log = exp.log_metric
+    idle_calls = min(calls, 1_000)  # idle: nothing queued yet, the feeder keeps up with these
+    idle_float_ns, idle_tensor_ns = [], []
+    for i in range(idle_calls):
+        t = clock()
+        log("idle/float", sin(0.003 * i), i)
+        idle_float_ns.append(clock() - t)
+    for i, value in enumerate(tensors[:idle_calls]):
+        t = clock()
+        log("idle/tensor", value, i)
+        idle_tensor_ns.append(clock() - t)
+    time.sleep(0.2)  # what the idle calls queued has left before the backlog begins
     for i in range(backlog):  # delivery now has work queued: the state the GIL contention shows in
         log(names[i % keys], sin(0.001 * i), i // keys)
     float_ns, tensor_ns = [], []
@@ -221,8 +236,10 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         "stop_s": stop_s,
         "float": _percentiles(float_ns),
         "tensor": _percentiles(tensor_ns),
+        "idle_float": _percentiles(idle_float_ns),
+        "idle_tensor": _percentiles(idle_tensor_ns),
         "delivered": counts["delivered"],
-        "landed": counts["ok"] and counts["delivered"] >= sent,
+        "landed": counts["ok"] and counts["delivered"] >= sent + 2 * idle_calls,
     }
 
 
@@ -495,12 +512,92 @@ def measure_sweep(spec: dict[str, Any]) -> dict[str, Any]:
     return {**result, "landed": all(r["landed"] for r in result["runs"]), "git": git}
 
 
+# -- kill: what a SIGKILL of the trainer loses -------------------------------------------------------
+
+KILLED_TRAINER = """
+import json, sys, time
+spec = json.loads(sys.argv[1])
+import tracelet
+exp = tracelet.start_logging(exp_name=spec["run_name"], project=spec["project"], backend=spec["backend"],
+                             backend_options=spec["options"])
+with open(spec["runs"], "w") as f:
+    json.dump(exp.runs, f)
+tally = open(spec["tally"], "w", buffering=1)
+i = 0
+while True:
+    exp.log_metric("loss", float(i), i)
+    tally.write(f"{time.time():.6f} {i}\\n")
+    i += 1
+    time.sleep(0.001)
+"""
+
+
+def measure_kill(spec: dict[str, Any]) -> dict[str, Any]:
+    """A trainer logging a point a millisecond, its process group SIGKILLed at a random moment.
+
+    The agent, in its own session, delivers what it received and closes the run ``killed``. The
+    *window* is how long before the kill the first point that did not land was logged: what a
+    SIGKILL loses. ``gaps`` counts points lost *before* that one (none may be).
+    """
+    import random
+    import signal
+    import subprocess
+
+    from tracelet.testing import read_run
+
+    root = Path(spec["root"])
+    backend, options = tracelet_backend(spec["store"], root, spec.get("server_url"))
+    tally_path, runs_path, script = root / "tally.txt", root / "runs.json", root / "trainer.py"
+    script.write_text(KILLED_TRAINER)
+    child = {
+        "backend": backend,
+        "options": {backend: options},
+        "project": PROJECT,
+        "run_name": spec["run_name"],
+    }
+    child.update(runs=str(runs_path), tally=str(tally_path))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(child)], cwd=root, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not tally_path.exists() or tally_path.stat().st_size < 100:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"the trainer did not start (exit {proc.poll()})")
+        time.sleep(0.05)
+    time.sleep(random.Random(spec["root"]).uniform(1.5, 3.0))  # a moment of its own per child
+    killed_at = time.time()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = json.loads(runs_path.read_text())[backend]
+    reader = _reader_options(spec["store"], root, spec.get("server_url"))
+    deadline = time.monotonic() + 90
+    while True:  # the agent drains, then closes the run
+        record = read_run(backend, run_id, **reader)
+        if record.status != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    lines = [line.split() for line in tally_path.read_text().splitlines() if line.count(" ") == 1]
+    times = {int(step): float(at) for at, step in lines}
+    landed = {step for step, _ in record.metrics.get("loss", [])}
+    lost = sorted(s for s in times if s not in landed)
+    first_lost = times[lost[0]] if lost else killed_at
+    return {
+        "status": record.status,
+        "logged": len(times),
+        "delivered": len(landed),
+        "window_ms": max(0.0, (killed_at - first_lost) * 1000),
+        "gaps": sum(1 for s in lost if times[s] < first_lost),
+        "landed": record.status == "killed",
+    }
+
+
 MEASURES = {
     "bulk": measure_bulk,
     "percall": measure_percall,
     "latency": measure_latency,
     "artifacts": measure_artifacts,
     "sweep": measure_sweep,
+    "kill": measure_kill,
 }
 
 

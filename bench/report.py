@@ -5,7 +5,8 @@ absolute figures second, each as ``median [min..max]`` over the repetitions; a f
 regressed against the baseline of the same machine key is marked. The plots are PNGs beside the
 report. The closing section, "which backend for which load", is drawn from the figures of this
 run, not written by hand, so it cannot go stale. A run of some measures (``--measures``) shows
-those only. The sweep's table judges its targets (``_common.TARGETS``) beside its figures.
+those only. Every target of ``bench/targets.py`` is judged in its own section, and the sweep's
+table shows its verdicts beside its figures.
 
     python bench/suite.py --render-only [--out reports/bench]   # re-render from results.json
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import TARGETS
+from targets import ALL_STORES, TARGETS, TargetVerdict
 
 LABELS = {
     "mlflow": "MLflow (sqlite)",
@@ -124,75 +125,68 @@ def _table(fig: Figures, measure: str, rows: Sequence[tuple[str, str]]) -> list[
 #: a target's verdict beside its figure
 MET, MISSED = "✓ MET", "✗ MISSED"
 
+#: the Sweep table's rows: (label, figure name)
+SWEEP_ROWS: tuple[tuple[str, str], ...] = (
+    ("native ÷ tracelet, whole sweep", "ratio native/tracelet total"),
+    ("tracelet, whole sweep ÷ runs (ms)", "tracelet whole sweep per run"),
+    ("`start_logging` p50 (ms)", "tracelet start_logging p50"),
+    ("`start_logging` p99 (ms)", "tracelet start_logging p99"),
+    ("a run after the first, tracelet − native (ms)", "extra per run over native"),
+    ("a run after the first, tracelet (ms)", "tracelet per run after the first"),
+    ("a run after the first, native (ms)", "native per run after the first"),
+    ("whole sweep, tracelet (s)", "tracelet total"),
+    ("whole sweep, native (s)", "native total"),
+)
 
-def sweep_table(fig: Figures, plan: Mapping[str, Any]) -> tuple[list[str], int, list[str]]:
-    """The Sweep table (stores side by side, each target's verdict beside its figure), how many
-    verdicts it holds, and the targets missed.
 
-    Every target is judged on the median over the repetitions. The whole sweep has to reach
-    ``sweep_min_ratio`` of the native client's speed on every store but ``local``, whose native
-    side is a hand-written file: there it has ``sweep_local_per_run_ms`` a run instead.
-    """
-    t, runs = TARGETS, int(plan.get("sweep_runs") or 0)
-    ratio, local_ms = t["sweep_min_ratio"], t["sweep_local_per_run_ms"]
-    p50_ms, p99_ms, extra_ms = t["sweep_start_p50_ms"], t["sweep_start_p99_ms"], t["sweep_extra_per_run_ms"]
-
-    def per_run(store: str) -> list[float]:
-        return [total / runs * 1e3 for total in fig.reps("sweep", store, "tracelet total")] if runs else []
-
-    def at_most(limit: float) -> Callable[[str, float], bool | None]:
-        return lambda store, value: value <= limit
-
-    # (label, figure name (None: the whole sweep per run), target, judge (None where it does not apply))
-    rows: list[tuple[str, str | None, str, Callable[[str, float], bool | None] | None]] = [
-        (
-            "native ÷ tracelet, whole sweep",
-            "ratio native/tracelet total",
-            f"≥ {ratio:g}×, not local",
-            lambda store, value: None if store == "local" else value >= ratio,
-        ),
-        (
-            "tracelet, whole sweep ÷ runs (ms)",
-            None,
-            f"≤ {local_ms:g} ms a run, local only",
-            lambda store, value: value <= local_ms if store == "local" else None,
-        ),
-        ("`start_logging` p50 (ms)", "tracelet start_logging p50", f"≤ {p50_ms:g} ms", at_most(p50_ms)),
-        ("`start_logging` p99 (ms)", "tracelet start_logging p99", f"≤ {p99_ms:g} ms", at_most(p99_ms)),
-        (
-            "a run after the first, tracelet − native (ms)",
-            "extra per run over native",
-            f"≤ {extra_ms:g} ms (tracelet ≤ native + {extra_ms:g} ms)",
-            at_most(extra_ms),
-        ),
-        ("a run after the first, tracelet (ms)", "tracelet per run after the first", "", None),
-        ("a run after the first, native (ms)", "native per run after the first", "", None),
-        ("whole sweep, tracelet (s)", "tracelet total", "", None),
-        ("whole sweep, native (s)", "native total", "", None),
-    ]
+def sweep_table(fig: Figures, verdicts: Sequence[TargetVerdict]) -> list[str]:
+    """The Sweep table: the stores side by side, each target's verdict (``bench/targets.py``) beside
+    its figure, and the targets in the last column."""
+    of = {(v.target.figure, v.store): v for v in verdicts if v.target.measure == "sweep"}
+    limits = {t.figure: ", ".join(filter(None, (t.limit, t.where))) for t in TARGETS if t.measure == "sweep"}
     lines = [
         "| | " + " | ".join(LABELS.get(s, s) for s in fig.stores) + " | target |",
         "|---|" + "---|" * (len(fig.stores) + 1),
     ]
-    judged, missed = 0, []
-    for label, name, target, judge in rows:
+    for label, name in SWEEP_ROWS:
         cells = []
         for store in fig.stores:
-            reps = per_run(store) if name is None else fig.reps("sweep", store, name)
-            if not reps:
-                cells.append("–")
-                continue
-            text = _spread_text(reps) if name is None else fig.cell("sweep", store, name)
-            value = statistics.median(reps)
-            ok = judge(store, value) if judge is not None else None
-            if ok is not None:
-                judged += 1
-                text += f" {MET if ok else MISSED}"
-            if ok is False:
-                missed.append(f"{LABELS.get(store, store)}, {label}: {_num(value)} (target {target})")
-            cells.append(text)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
-    return lines, judged, missed
+            text = fig.cell("sweep", store, name) if fig.reps("sweep", store, name) else "–"
+            verdict = of.get((name, store))
+            cells.append(text if verdict is None else f"{text} {MET if verdict.met else MISSED}")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {limits.get(name, '')} |")
+    return lines
+
+
+def targets_section(verdicts: Sequence[TargetVerdict], newly: Sequence[TargetVerdict]) -> list[str]:
+    """Every target of ``bench/targets.py`` this run measured, per store: met, missed or newly missed."""
+    if not verdicts:
+        return ["No target's figure was measured."]
+    fresh = {(v.target, v.store) for v in newly}
+    stores = [s for s in ALL_STORES if any(v.store == s for v in verdicts)]
+    lines = [
+        "| target | " + " | ".join(LABELS.get(s, s) for s in stores) + " | limit |",
+        "|---|" + "---|" * (len(stores) + 1),
+    ]
+    by = {(v.target, v.store): v for v in verdicts}
+    for target in TARGETS:
+        if not any((target, s) in by for s in stores):
+            continue
+        cells = []
+        for store in stores:
+            v = by.get((target, store))
+            if v is None:
+                cells.append("–" if store in target.stores else "n/a")
+            else:
+                flag = MET if v.met else (f"{MISSED} (new)" if (target, store) in fresh else MISSED)
+                cells.append(f"{_num(v.median)} {flag}")
+        limit = ", ".join(filter(None, (target.limit, target.where)))
+        lines.append(f"| {target.label} | " + " | ".join(cells) + f" | {limit} |")
+    missed = [v for v in verdicts if not v.met]
+    summary = f"{len(verdicts) - len(missed)} of {len(verdicts)} met"
+    if newly:
+        summary += f"; {len(newly)} newly missed against the baseline (`--strict` fails on these)"
+    return [*lines, "", f"Each judged on the median over the repetitions: {summary}."]
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -854,14 +848,9 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
             *[f"- {LABELS.get(s, s)}: {flatness(fig, s, plan)}" for s in fig.stores],
             "",
         ]
+    verdicts = list(comparison.targets) if comparison is not None else []
+    newly = list(comparison.newly_missed) if comparison is not None else []
     if "sweep" in ran:
-        table, judged, missed = sweep_table(fig, plan)
-        if not judged:
-            verdicts = "none judged (no repetition succeeded)."
-        elif missed:
-            verdicts = f"{len(missed)} of {judged} missed:"
-        else:
-            verdicts = f"all {judged} met."
         lines += [
             "## Sweep",
             "",
@@ -876,12 +865,11 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
             "bulk API, as in the throughput measure. Each target is judged on the median over the "
             "repetitions.",
             "",
-            *table,
-            "",
-            f"**Targets**: {verdicts}",
-            *([""] + [f"- ✗ {miss}" for miss in missed] if missed else []),
+            *sweep_table(fig, verdicts),
             "",
         ]
+    lines += ["## Targets", "", "What tracelet promises (`bench/targets.py`), judged on this run:", ""]
+    lines += [*targets_section(verdicts, newly), ""]
     if made:
         lines += [
             "## Plots",

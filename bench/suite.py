@@ -3,25 +3,35 @@
     nox -s bench                        # the full suite (about 40 minutes on 2 cores)
     nox -s bench -- --quick             # smaller sizes, every measure (under 10 minutes)
     nox -s bench -- --update-baseline   # make this run the baseline of this machine's key
-    nox -s bench -- --quick --measures sweep    # only some of the measures below (default: all)
-    python bench/suite.py [--quick] [--reps 3] [--backends mlflow wandb ...] [--measures sweep ...]
-                          [--out reports/bench]
+    nox -s bench -- --quick --only sweep,kill   # only some of the measures below (default: all)
+    python bench/suite.py [--quick] [--reps 3] [--backends mlflow wandb ...] [--only sweep,...]
+                          [--delivery thread] [--strict] [--out reports/bench]
 
 Why: a user choosing a store, or checking that a release did not slow down, needs figures measured
 side by side, not one script's text. Each measure runs tracelet and the store's own client on the
 same kind of store, configured alike, each in a fresh process (``bench/measures.py``), in one run:
 
 * **throughput**: tracelet's delivered points/s against the native bulk and per-call APIs;
-* **training overhead**: ``bench/overhead.py``'s fast loop (~0.5 ms a step, 5 metrics a step);
-* **caller latency**: p50/p99 of ``log_metric`` (float and 0-d tensor) while delivery is busy,
-  and ``start_logging``/``stop_logging``; the native per-call API's own calls, timed alike;
+* **training overhead**: ``bench/overhead.py``'s fast loop (~0.5 ms a step, 5 metrics a step) and,
+  in the full suite, its slow loop (~12 ms a step); ``stop_logging`` after the fast loop against the
+  native close;
+* **caller latency**: p50/p99 of ``log_metric`` (float and 0-d tensor), idle and while delivery is
+  busy, and ``start_logging``/``stop_logging``; the native per-call API's own calls, timed alike;
 * **artifacts**: upload and download of 1 MB, 100 MB and a folder of 1,000 small files;
 * **memory**: peak RSS of the trainer and of its helper processes (tracelet's agent, wandb-core)
   while logging 10^6 points, sampled from outside every 50 ms;
 * **scalability**: cost per delivered point from 10^3 to 10^6 points, and for 1 to 1,000 keys;
 * **sweep**: 20 short runs (1,000 points and 3 params each) one after the other in one process,
   inside a git repository, as a hyperparameter sweep does: ``start_logging`` p50/p99, each run's
-  time after the first against the native client's, and the whole sweep from the client's import.
+  time after the first against the native client's, and the whole sweep from the client's import;
+* **kill**: a trainer logging a point a millisecond, SIGKILLed at a random moment: how long before the
+  kill the oldest lost point was logged, and that nothing older was lost (tracelet only).
+
+Every target tracelet promises is in one table, ``bench/targets.py``; the report judges each (and
+the sweep's table shows its verdicts beside its figures), and ``--strict`` fails on a figure that
+regressed against the baseline or a target newly missed (one the baseline missed too is marked, not
+failed). ``--only overhead,latency`` (or ``--measures``), ``--backends`` and ``--reps`` choose a part;
+``--delivery thread`` measures the thread mode (its own baseline key).
 
 Repetitions are interleaved: each rep runs every child in a seeded order rotated from rep to rep,
 so drift in the machine's load spreads over all variants; figures are medians with their spread.
@@ -56,9 +66,9 @@ MEASURES_SCRIPT = BENCH / "measures.py"
 OVERHEAD_SCRIPT = BENCH / "overhead.py"
 STORES = ("mlflow", "mlflow_server", "wandb", "clearml", "local")
 #: what ``--measures`` chooses from: the figures' measures (one child may serve several)
-MEASURES = ("throughput", "overhead", "latency", "artifacts", "memory", "scalability", "sweep")
+MEASURES = ("throughput", "overhead", "latency", "artifacts", "memory", "scalability", "sweep", "kill")
 #: what a results.json written before ``--measures`` existed measured
-EARLIER_MEASURES = tuple(m for m in MEASURES if m != "sweep")
+EARLIER_MEASURES = tuple(m for m in MEASURES if m not in ("sweep", "kill"))
 SAMPLE_EVERY_S = 0.05
 
 
@@ -91,6 +101,9 @@ class Plan:
     #: step time does not need thousands of 50 ms steps)
     overhead_steps: int
     overhead_server_native_steps: int
+    #: the slow loop (~12 ms a step, where a typical real model lives): steps per variant; 0 leaves
+    #: it out (the quick suite: its 1 % target needs thousands of steps to be judged at all)
+    overhead_slow_steps: int
     #: sweep: runs one after the other in one process, and points (one key) logged in each
     sweep_runs: int
     sweep_points: int
@@ -112,6 +125,7 @@ PLANS: dict[str, Plan] = {
         latency_backlog=20_000,
         overhead_steps=1_500,
         overhead_server_native_steps=200,
+        overhead_slow_steps=1_500,
         sweep_runs=20,
         sweep_points=1_000,
         artifacts={"1MB": (1_000_000, 1), "100MB": (100_000_000, 1), "1000 files": (1_000, 1_000)},
@@ -129,6 +143,7 @@ PLANS: dict[str, Plan] = {
         latency_backlog=5_000,
         overhead_steps=400,
         overhead_server_native_steps=60,
+        overhead_slow_steps=0,
         sweep_runs=8,
         sweep_points=1_000,
         artifacts={"1MB": (1_000_000, 1), "10MB": (10_000_000, 1), "50 files": (1_000, 50)},
@@ -199,19 +214,12 @@ def jobs_for(
                 )
             if "artifacts" in wanted:
                 jobs.append(Job("artifacts", kind, store, {**side, "measure": "artifacts", "cases": cases}))
-            steps = plan.overhead_steps
-            if kind == "native" and store == "mlflow_server":
-                steps = plan.overhead_server_native_steps
-            if "overhead" in wanted:
-                jobs.append(
-                    Job(
-                        "overhead",
-                        kind,
-                        store,
-                        {**side, "loop": "fast", "steps": steps},
-                        script=OVERHEAD_SCRIPT,
-                    )
-                )
+            for job_measure, loop, steps in _loops(plan):
+                if kind == "native" and store == "mlflow_server":
+                    steps = min(steps, plan.overhead_server_native_steps)
+                if "overhead" in wanted:
+                    spec = {**side, "loop": loop, "steps": steps}
+                    jobs.append(Job(job_measure, kind, store, spec, script=OVERHEAD_SCRIPT))
             if "sweep" in wanted:  # the child makes its root a git repository first (tracelet reads it)
                 jobs.append(
                     Job(
@@ -236,6 +244,8 @@ def jobs_for(
                     {**base, "kind": "native", "measure": "percall", "points": plan.per_call_points},
                 )
             )
+        if "kill" in wanted:  # tracelet only: no native client delivers for a trainer that is gone
+            jobs.append(Job("kill", "tracelet", store, {**base, "kind": "tracelet", "measure": "kill"}))
         if "latency" in wanted:
             jobs.append(
                 Job(
@@ -252,22 +262,16 @@ def jobs_for(
                 )
             )
     if "overhead" in wanted:
-        jobs.append(
-            Job(
-                "overhead",
-                "none",
-                "-",
-                {
-                    "kind": "none",
-                    "store": "-",
-                    "loop": "fast",
-                    "steps": plan.overhead_steps,
-                    "flush_timeout": 60.0,
-                },
-                script=OVERHEAD_SCRIPT,
-            )
-        )
+        for job_measure, loop, steps in _loops(plan):
+            spec = {"kind": "none", "store": "-", "loop": loop, "steps": steps, "flush_timeout": 60.0}
+            jobs.append(Job(job_measure, "none", "-", spec, script=OVERHEAD_SCRIPT))
     return jobs
+
+
+def _loops(plan: Plan) -> list[tuple[str, str, int]]:
+    """The overhead measure's loops: (the job's measure, the loop, steps); the slow one when planned."""
+    loops = [("overhead", "fast", plan.overhead_steps)]
+    return loops + ([("overhead-slow", "slow", plan.overhead_slow_steps)] if plan.overhead_slow_steps else [])
 
 
 # -- running one child, with its memory sampled from outside --------------------------------------
@@ -501,6 +505,10 @@ def build_figures(
                         _paired(n, t, lambda a, b: a / b),
                     )
                 )
+        for value in ("float", "tensor"):  # idle: right after start, nothing queued
+            for q in ("p50", "p99"):
+                idle = [r[f"idle_{value}"][f"{q}_us"] for r in lat if f"idle_{value}" in r]
+                add(_fig("latency", store, f"tracelet idle {value} {q}", "us", "µs", idle))
         add(_fig("latency", store, "tracelet start_logging", "seconds", "s", [r["start_s"] for r in lat]))
         add(_fig("latency", store, "tracelet stop_logging", "seconds", "s", [r["stop_s"] for r in lat]))
         add(_fig("latency", store, "native start", "seconds", "s", [r["start_s"] for r in percall]))
@@ -532,42 +540,33 @@ def build_figures(
         # training overhead: median step time over the median of the no-logging runs (one per rep).
         # Not the same rep's run alone: one slow no-logging run (a busy neighbour on 2 cores, 0.55 ms
         # against 0.41 ms) would move every store's overhead in that rep by -25 points.
-        none = [
-            r["result"]["median_ms"]
-            for r in runs
-            if r["measure"] == "overhead" and r["kind"] == "none" and "error" not in r["result"]
-        ]
-        steps: dict[str, list[float]] = {}
-        for kind in ("tracelet", "native"):
-            done = [
-                r for r in runs if r["measure"] == "overhead" and r["kind"] == kind and r["store"] == store
-            ]
-            values = [
-                (r["result"]["median_ms"], statistics.median(none))
-                for r in sorted(done, key=lambda r: r["rep"])
-                if "error" not in r["result"] and none
-            ]
-            steps[kind] = [v for v, _ in values]
-            add(
-                _fig(
-                    "overhead",
-                    store,
-                    f"{kind} fast loop",
-                    "points",
-                    "%",
-                    [(v / base - 1) * 100 for v, base in values],
+        for job_measure, loop, _ in _loops(plan):
+            done = [r for r in runs if r["measure"] == job_measure and "error" not in r["result"]]
+            none = [r["result"]["median_ms"] for r in done if r["kind"] == "none"]
+            steps: dict[str, list[float]] = {}
+            for kind in ("tracelet", "native"):
+                mine = sorted(
+                    (r for r in done if r["kind"] == kind and r["store"] == store), key=lambda r: r["rep"]
                 )
-            )
-        add(
-            _fig(
-                "overhead",
-                store,
-                "step time native ÷ tracelet",
-                "ratio",
-                "×",
-                _paired(steps["native"], steps["tracelet"], lambda a, b: a / b),
-            )
-        )
+                steps[kind] = [r["result"]["median_ms"] for r in mine] if none else []
+                base = statistics.median(none) if none else 1.0
+                overhead = [(v / base - 1) * 100 for v in steps[kind]]
+                add(_fig("overhead", store, f"{kind} {loop} loop", "points", "%", overhead))
+            suffix = "" if loop == "fast" else ", slow loop"
+            ratio = _paired(steps["native"], steps["tracelet"], lambda a, b: a / b)
+            add(_fig("overhead", store, f"step time native ÷ tracelet{suffix}", "ratio", "×", ratio))
+            if loop == "fast":  # what is still queued when the loop ends: stop_logging against the close
+                stops = {
+                    k: [r["result"].get(f) for r in done if r["kind"] == k and r["store"] == store]
+                    for k, f in (("tracelet", "stop_s"), ("native", "close_s"))
+                }
+                stop, close = ([v for v in stops[k] if v is not None] for k in ("tracelet", "native"))
+                add(
+                    _fig("overhead", store, "tracelet stop_logging after the fast loop", "seconds", "s", stop)
+                )
+                add(_fig("overhead", store, "native close after the fast loop", "seconds", "s", close))
+                extra = _paired(stop, close, lambda a, b: a - b)
+                add(_fig("overhead", store, "stop_logging − native close", "delta", "s", extra))
 
         # sweep: short runs one after the other in one process. start_logging over every run of a rep,
         # the first included (a new agent, cold imports); a run's time after the first (a warm agent);
@@ -617,13 +616,33 @@ def build_figures(
             )
         )
         add(_fig("sweep", store, "tracelet total", "seconds", "s", totals_s["tracelet"]))
+        per_run = [r["total_s"] / len(r["runs"]) * 1e3 for r in sweep["tracelet"] if r["runs"]]
+        add(_fig("sweep", store, "tracelet whole sweep per run", "us", "ms", per_run))
         add(_fig("sweep", store, "native total", "seconds", "s", totals_s["native"]))
-    none_ms = [
-        r["result"]["median_ms"]
-        for r in sorted(runs, key=lambda r: r["rep"])
-        if r["measure"] == "overhead" and r["kind"] == "none" and "error" not in r["result"]
-    ]
-    add(_fig("overhead", "-", "no-logging step", "us", "ms", none_ms))
+        # kill: what a SIGKILL of the trainer loses (tracelet only)
+        kills = _per_rep(runs, "kill", "tracelet", store)
+        add(_fig("kill", store, "tracelet SIGKILL window", "us", "ms", [r["window_ms"] for r in kills]))
+        add(
+            _fig(
+                "kill", store, "points lost before the window", "delta", "points", [r["gaps"] for r in kills]
+            )
+        )
+    for job_measure, loop, _ in _loops(plan):
+        none_ms = [
+            r["result"]["median_ms"]
+            for r in sorted(runs, key=lambda r: r["rep"])
+            if r["measure"] == job_measure and r["kind"] == "none" and "error" not in r["result"]
+        ]
+        add(
+            _fig(
+                "overhead",
+                "-",
+                "no-logging step" if loop == "fast" else "no-logging slow step",
+                "us",
+                "ms",
+                none_ms,
+            )
+        )
     return [f for f in figures if f["measure"] in measures]
 
 
@@ -658,6 +677,7 @@ def run_suite(
     keep: bool,
     suite: str,
     measures: Sequence[str] = MEASURES,
+    delivery: str | None = None,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -696,7 +716,7 @@ def run_suite(
                         progress.update(task, description=f"rep {rep}/{plan.reps}: {label}")
                         root = work / f"rep{rep}" / label.replace(" ", "_")
                         root.mkdir(parents=True)
-                        env = store_env(root, None)
+                        env = store_env(root, delivery)
                         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
                         result = run_job(job, root, env)
                         runs.append(
@@ -722,6 +742,7 @@ def run_suite(
         else:
             shutil.rmtree(work, ignore_errors=True)
     facts = machine(suite)
+    facts["delivery"] = delivery or "agent"
     facts["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "machine": facts,
@@ -740,6 +761,16 @@ def run_suite(
     }
 
 
+def _measure_list(value: str) -> list[str]:
+    chosen = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(MEASURES))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}"
+        )
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -754,6 +785,18 @@ def main(argv: list[str] | None = None) -> int:
         default=list(MEASURES),
         help="only these measures (default: all); a run of some cannot become the baseline",
     )
+    parser.add_argument(
+        "--only",
+        type=_measure_list,
+        default=None,
+        help="the same as --measures, comma separated: --only overhead,latency",
+    )
+    parser.add_argument(
+        "--delivery",
+        choices=("agent", "thread"),
+        default=None,
+        help="TRACELET_DELIVERY of tracelet's side (default: agent); thread has its own baseline",
+    )
     parser.add_argument("--out", type=Path, default=BENCH.parent / "reports" / "bench")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp stores (path printed)")
@@ -761,7 +804,9 @@ def main(argv: list[str] | None = None) -> int:
         "--update-baseline", action="store_true", help="make this run the baseline of its key"
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when a figure regressed against the baseline"
+        "--strict",
+        action="store_true",
+        help="exit 1 when a figure regressed or a target is newly missed against the baseline",
     )
     parser.add_argument(
         "--baselines", type=Path, default=BENCH / "results", help="where baseline-<key>.json live"
@@ -787,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes = PLANS[results.get("suite", "full")]
             plan_data.setdefault("sweep_runs", sizes.sweep_runs)
             plan_data.setdefault("sweep_points", sizes.sweep_points)
+            plan_data.setdefault("overhead_slow_steps", 0)  # results from before the slow loop joined
             plan_data["artifacts"] = {k: tuple(v) for k, v in plan_data["artifacts"].items()}
             results["figures"] = build_figures(
                 results["runs"], Plan(**plan_data), results["stores"], results["measures"]
@@ -803,8 +849,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"warning: 1-minute load average is {load:.2f} on {os.cpu_count()} cores; expect "
                 "noisy numbers"
             )
-        measures = [m for m in MEASURES if m in args.measures]
-        results = run_suite(plan, stores, out, args.seed, args.keep, suite, measures)
+        chosen = args.only if args.only is not None else args.measures
+        measures = [m for m in MEASURES if m in chosen]
+        results = run_suite(plan, stores, out, args.seed, args.keep, suite, measures, args.delivery)
     baseline = trend.load_baseline(results, args.baselines)
     partial = set(results["measures"]) != set(MEASURES)
     if baseline is not None and partial:  # compare what was measured; say nothing of the rest
@@ -816,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
         "has_baseline": comparison.has_baseline,
         "compared": sum(v.baseline is not None for v in comparison.verdicts),
         "regressed": [v.describe() for v in comparison.regressions],
+        "targets_missed": [v.describe() for v in comparison.targets if not v.met],
+        "newly_missed": [v.describe() for v in comparison.newly_missed],
         "warnings": list(comparison.warnings),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -824,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     annotate = os.environ.get("GITHUB_ACTIONS") == "true"  # CI shows these on the run's page
     for verdict in comparison.regressions:
         print(f"{'::error::' if annotate else ''}REGRESSED {verdict.describe()}")
+    for target in comparison.newly_missed:
+        print(f"{'::error::' if annotate else ''}NEWLY MISSED {target.describe()}")
     for warning in comparison.warnings:
         print(f"{'::warning::' if annotate else 'warning: '}{warning}")
     plots = len(list(out.glob("*.png")))
@@ -840,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"baseline written: {trend.write_baseline(results, args.baselines)}")
         return 0
-    failed = bool(results.get("errors")) or (args.strict and bool(comparison.regressions))
+    failed = bool(results.get("errors")) or (args.strict and bool(comparison.failures))
     return 1 if failed else 0
 
 

@@ -16,6 +16,10 @@ the two runs' spreads (max - min of their repetitions). Within that, it is noise
 A figure with no repetition (every child of its measure failed) is not compared; a warning says so.
 A run whose key has no baseline is compared with nothing and says so: the CI job only warns then.
 
+The targets (``bench/targets.py``) are judged on both runs: a target this run misses and the baseline
+met is *newly missed*, and fails ``--strict`` as a regression does; one the baseline missed too is
+reported, not failed.
+
 The results format (``reports/bench/results.json``, and the baselines)::
 
     {"machine": {"os": "linux", "cores": 2, "python": "3.11.7", ...},
@@ -32,9 +36,11 @@ import json
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from targets import TargetVerdict, judge, newly_missed
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NEW_FIGURE = "new: no baseline figure"
@@ -60,6 +66,7 @@ def baseline_key(machine: Mapping[str, Any]) -> str:
     """
     python = ".".join(str(machine["python"]).split(".")[:2])
     suffix = "-quick" if machine.get("suite") == "quick" else ""
+    suffix += "-thread" if machine.get("delivery") == "thread" else ""  # another pipeline, its own figures
     return f"{machine['os']}-{machine['cores']}cores-py{python}{suffix}"
 
 
@@ -141,12 +148,21 @@ def compare_figure(figure: Mapping[str, Any], base: Mapping[str, Any] | None) ->
 
 @dataclass(frozen=True)
 class Trend:
-    """A whole run against its baseline: every verdict, and what could not be compared."""
+    """A whole run against its baseline: every verdict, the targets, and what could not be compared."""
 
     key: str
     has_baseline: bool
     verdicts: list[Verdict]
     warnings: list[str]
+    #: every target of ``bench/targets.py`` whose figure this run measured
+    targets: list[TargetVerdict] = field(default_factory=list)
+    #: targets this run misses that the baseline met (or did not measure): ``--strict`` fails on them
+    newly_missed: list[TargetVerdict] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """What ``--strict`` fails on: figures that regressed, and targets newly missed."""
+        return [v.describe() for v in self.regressions] + [v.describe() for v in self.newly_missed]
 
     @property
     def regressions(self) -> list[Verdict]:
@@ -162,9 +178,10 @@ def compare(results: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> T
         for f in results["figures"]
         if not f["reps"]
     ]
+    now = judge(figures)
     if baseline is None:
         verdicts = [compare_figure(f, None) for f in figures]
-        return Trend(key, False, verdicts, [NO_BASELINE.format(key=key), *unmeasured])
+        return Trend(key, False, verdicts, [NO_BASELINE.format(key=key), *unmeasured], now, [])
     if baseline_key(baseline["machine"]) != key:
         raise ValueError(f"baseline is for {baseline_key(baseline['machine'])}, results for {key}")
     by_identity = {_identity(f): f for f in baseline["figures"] if f["reps"]}
@@ -174,7 +191,8 @@ def compare(results: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> T
         f"{'/'.join(identity)}: in the baseline, not measured this time"
         for identity in sorted(set(by_identity) - measured)
     ]
-    return Trend(key, True, verdicts, [*unmeasured, *warnings])
+    newly = newly_missed(now, judge(baseline["figures"]))
+    return Trend(key, True, verdicts, [*unmeasured, *warnings], now, newly)
 
 
 def load_baseline(results: Mapping[str, Any], directory: Path = RESULTS_DIR) -> dict[str, Any] | None:
@@ -201,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baselines", type=Path, default=RESULTS_DIR, help="where baseline-<key>.json live")
     parser.add_argument("--update-baseline", action="store_true", help="make these results the baseline")
     parser.add_argument(
-        "--strict", action="store_true", help="exit 1 on a regression (CI, once a baseline exists)"
+        "--strict",
+        action="store_true",
+        help="exit 1 on a regression or a newly missed target (CI, once a baseline exists)",
     )
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text(encoding="utf-8"))
@@ -213,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update_baseline:
         print(f"baseline written: {write_baseline(results, args.baselines)}")
         return 0
-    return 1 if args.strict and trend.regressions else 0
+    for target in trend.targets:
+        print(target.describe())
+    return 1 if args.strict and trend.failures else 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load() -> ModuleType:
-    """bench/ holds scripts, not a package: import the file itself."""
+    """bench/ holds scripts, not a package: import the file itself (its siblings by name, as it does)."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("tracelet_bench_trend", ROOT / "bench" / "trend.py")
     assert spec is not None
     assert spec.loader is not None
@@ -141,3 +143,23 @@ def test_a_slower_rate_and_a_grown_memory_are_flagged_relative_to_their_baseline
         run(figure("points/s", "rate", [60_000] * 3), figure("peak", "MB", [200] * 3)),
     )
     assert better.regressions == []
+
+
+def sweep_start(reps: list[float], backend: str = "mlflow") -> dict[str, Any]:
+    """The figure of a target (bench/targets.py: start_logging p99 at most 50 ms)."""
+    name = "tracelet start_logging p99"
+    return {"measure": "sweep", "backend": backend, "name": name, "kind": "us", "reps": reps}
+
+
+def test_strict_fails_on_a_target_newly_missed_and_marks_one_the_baseline_missed_too() -> None:
+    """A miss the baseline did not have fails ``--strict``; one it had already is reported, not failed."""
+    newly = trend.compare(run(sweep_start([60.0, 61.0])), run(sweep_start([10.0, 70.0])))
+    (verdict,) = newly.targets
+    assert not verdict.met
+    assert newly.regressions == []  # within the (wide) spread: not a regression of the figure
+    assert newly.newly_missed == [verdict]  # but the baseline's median (40 ms) met the target
+    assert newly.failures == [verdict.describe()]
+    already = trend.compare(run(sweep_start([60.0, 61.0])), run(sweep_start([55.0, 70.0])))
+    assert [v.met for v in already.targets] == [False]
+    assert already.newly_missed == []
+    assert already.failures == []
