@@ -294,7 +294,8 @@ def bench(session: nox.Session) -> None:
 
     Writes reports/bench/results.json, report.md and PNG plots, then compares with the committed
     baseline of this machine's key. ``-- --quick`` for the reduced suite, ``-- --update-baseline``
-    to commit a new baseline, ``-- --strict`` to fail on a regression.
+    to commit a new baseline, ``-- --strict`` to fail on a regression or a newly missed target
+    (``bench/targets.py``), ``-- --only overhead,latency`` for a part of it.
     """
     session.install(
         "-c",

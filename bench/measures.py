@@ -551,7 +551,7 @@ def measure_kill(spec: dict[str, Any]) -> dict[str, Any]:
     script.write_text(KILLED_TRAINER)
     child = {
         "backend": backend,
-        "options": {backend: options},
+        "options": options,  # already {backend: {...}}
         "project": PROJECT,
         "run_name": spec["run_name"],
     }
