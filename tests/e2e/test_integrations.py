@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +217,16 @@ def _trainer(pl: Any, loggers: list[Any], root: Path, **overrides: Any) -> Any:
     return pl.Trainer(**settings)
 
 
-def _logger(config: BackendConfig, name: str, **extra: Any) -> Any:
+def _logger(config: Mapping[str, Any], name: str, **extra: Any) -> Any:
+    """A TraceletLogger for the environment's store. ``config`` is the seed's mapping: a ``BackendConfig``
+    here, or the same keys as plain JSON in a spawned rank (``SPAWN_SCRIPT``)."""
     from tracelet.integrations.lightning import TraceletLogger
 
     return TraceletLogger(
         exp_name=name,
-        project=config.project,
-        backend=config.backend_name,
-        backend_options=config.backend_options,
+        project=config["project"],
+        backend=config["backend"],
+        backend_options=config["backend_options"],
         **extra,
     )
 
