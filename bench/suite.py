@@ -59,7 +59,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import MLflowServer, machine_facts, rep_orders, select_stores, store_env
+from _common import machine_facts, rep_orders, select_stores, store_env
+
+from tracelet.testing.servers import MLflowServer
 
 BENCH = Path(__file__).resolve().parent
 MEASURES_SCRIPT = BENCH / "measures.py"
