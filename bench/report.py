@@ -143,7 +143,7 @@ def sweep_table(fig: Figures, verdicts: Sequence[TargetVerdict]) -> list[str]:
     """The Sweep table: the stores side by side, each target's verdict (``bench/targets.py``) beside
     its figure, and the targets in the last column."""
     of = {(v.target.figure, v.store): v for v in verdicts if v.target.measure == "sweep"}
-    limits = {t.figure: ", ".join(filter(None, (t.limit, t.where))) for t in TARGETS if t.measure == "sweep"}
+    limits = {t.figure: t.scope for t in TARGETS if t.measure == "sweep"}
     lines = [
         "| | " + " | ".join(LABELS.get(s, s) for s in fig.stores) + " | target |",
         "|---|" + "---|" * (len(fig.stores) + 1),
@@ -180,8 +180,7 @@ def targets_section(verdicts: Sequence[TargetVerdict], newly: Sequence[TargetVer
             else:
                 flag = MET if v.met else (f"{MISSED} (new)" if (target, store) in fresh else MISSED)
                 cells.append(f"{_num(v.median)} {flag}")
-        limit = ", ".join(filter(None, (target.limit, target.where)))
-        lines.append(f"| {target.label} | " + " | ".join(cells) + f" | {limit} |")
+        lines.append(f"| {target.label} | " + " | ".join(cells) + f" | {target.scope} |")
     missed = [v for v in verdicts if not v.met]
     summary = f"{len(verdicts) - len(missed)} of {len(verdicts)} met"
     if newly:

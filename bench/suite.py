@@ -543,26 +543,18 @@ def build_figures(
         # Not the same rep's run alone: one slow no-logging run (a busy neighbour on 2 cores, 0.55 ms
         # against 0.41 ms) would move every store's overhead in that rep by -25 points.
         for job_measure, loop, _ in _loops(plan):
-            done = [r for r in runs if r["measure"] == job_measure and "error" not in r["result"]]
-            none = [r["result"]["median_ms"] for r in done if r["kind"] == "none"]
-            steps: dict[str, list[float]] = {}
-            for kind in ("tracelet", "native"):
-                mine = sorted(
-                    (r for r in done if r["kind"] == kind and r["store"] == store), key=lambda r: r["rep"]
-                )
-                steps[kind] = [r["result"]["median_ms"] for r in mine] if none else []
-                base = statistics.median(none) if none else 1.0
-                overhead = [(v / base - 1) * 100 for v in steps[kind]]
+            none = [r["median_ms"] for r in _per_rep(runs, job_measure, "none", "-")]
+            side = {k: _per_rep(runs, job_measure, k, store) for k in ("tracelet", "native")}
+            steps = {k: [r["median_ms"] for r in side[k]] if none else [] for k in side}
+            for kind, values in steps.items():
+                overhead = [(v / statistics.median(none) - 1) * 100 for v in values]
                 add(_fig("overhead", store, f"{kind} {loop} loop", "points", "%", overhead))
             suffix = "" if loop == "fast" else ", slow loop"
             ratio = _paired(steps["native"], steps["tracelet"], lambda a, b: a / b)
             add(_fig("overhead", store, f"step time native ÷ tracelet{suffix}", "ratio", "×", ratio))
             if loop == "fast":  # what is still queued when the loop ends: stop_logging against the close
-                stops = {
-                    k: [r["result"].get(f) for r in done if r["kind"] == k and r["store"] == store]
-                    for k, f in (("tracelet", "stop_s"), ("native", "close_s"))
-                }
-                stop, close = ([v for v in stops[k] if v is not None] for k in ("tracelet", "native"))
+                stop = [r["stop_s"] for r in side["tracelet"] if "stop_s" in r]
+                close = [r["close_s"] for r in side["native"] if "close_s" in r]
                 add(
                     _fig("overhead", store, "tracelet stop_logging after the fast loop", "seconds", "s", stop)
                 )
@@ -630,11 +622,7 @@ def build_figures(
             )
         )
     for job_measure, loop, _ in _loops(plan):
-        none_ms = [
-            r["result"]["median_ms"]
-            for r in sorted(runs, key=lambda r: r["rep"])
-            if r["measure"] == job_measure and r["kind"] == "none" and "error" not in r["result"]
-        ]
+        none_ms = [r["median_ms"] for r in _per_rep(runs, job_measure, "none", "-")]
         add(
             _fig(
                 "overhead",

@@ -42,6 +42,11 @@ class Target:
         return "not local" if self.stores == THIRD_PARTY else f"{', '.join(self.stores)} only"
 
     @property
+    def scope(self) -> str:
+        """The limit and where it applies: ``≥ 0.9×, not local``."""
+        return ", ".join(filter(None, (self.limit, self.where)))
+
+    @property
     def limit(self) -> str:
         """``≤ 20 ms``, ``≥ 0.9×``: the target as the report writes it."""
         sign, value = ("≤", self.at_most) if self.at_most is not None else ("≥", self.at_least)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ class Matrix:
         return [c for row in self.rows for c in row if c.state != "absent"]
 
 
-def build_matrix(results: list[SessionResult] | tuple[SessionResult, ...], axes: MatrixAxes) -> Matrix:
+def build_matrix(results: Sequence[SessionResult], axes: MatrixAxes) -> Matrix:
     """Every pair of the axes; a pair that is not one of ``axes.cells`` is absent."""
     rows = [
         [
@@ -125,7 +126,7 @@ class MatrixTable:
     strict_only = True
 
     def build(self, summary_input: SummaryInput) -> Matrix:
-        return build_matrix(list(summary_input.results), summary_input.axes)
+        return build_matrix(summary_input.results, summary_input.axes)
 
     def headline(self, data: Matrix) -> str:
         """The summary's first line: all green, or how many cells failed and never ran."""
