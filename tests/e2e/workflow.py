@@ -125,10 +125,12 @@ class TrainingWorkflow(ABC):
         initial_loss: float,
         final_loss: float,
         epochs: int,
+        result_type: type[WorkflowResult] = WorkflowResult,
     ) -> WorkflowResult:
-        """What ``run`` returns: the record to compare, the run ids, the report and the training outcome."""
+        """What ``run`` returns: the record to compare, the run ids, the report and the training outcome
+        (as ``result_type``, a workflow's own subclass where it says more)."""
         backend = backend_config.backend
-        return WorkflowResult(
+        return result_type(
             expected=expected,
             # one store: its run id; several (the ``all`` environment): read every one through ``runs``
             run_id=exp.runs[backend] if isinstance(backend, str) else None,

@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ from tracelet.testing.servers import free_port
 
 @dataclass(eq=False)
 class ScaleResult(WorkflowResult):
-    #: metric points logged in all
-    points: int = 0
+    @property
+    def points(self) -> int:
+        """Metric points logged in all, as the workflow recorded them before calling tracelet."""
+        return sum(len(points) for points in self.expected.metrics.values()) if self.expected else 0
 
 
 @dataclass(eq=False)
@@ -284,9 +286,7 @@ class MetricsAtScaleWorkflow(TrainingWorkflow):
         expected.visual(exp, "scale/overview", grid[:, ::40], self.STEPS - 1)
         report = tracelet.stop_logging(flush_timeout=600)
         shutil.rmtree(workdir, ignore_errors=True)
-        base = self.results(backend_config, exp, expected, report, 1.0, 0.0, 1)
-        points = sum(len(points) for points in expected.metrics.values())
-        return ScaleResult(**{f.name: getattr(base, f.name) for f in fields(base)}, points=points)
+        return self.results(backend_config, exp, expected, report, 1.0, 0.0, 1, result_type=ScaleResult)
 
 
 class HyperparameterSweepWorkflow(TrainingWorkflow):
