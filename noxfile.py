@@ -42,9 +42,16 @@ BACKENDS: dict[str, tuple[str, ...]] = {
 }
 #: backend values offered with some framework sets only (the rest of the row is not a cell)
 ONLY_WITH: dict[str, tuple[str, ...]] = {"all": ("torch",)}
-#: what a backend's cell runs besides the default (the ``all`` cell: the workflows and tests of the
-#: three stores in one run; every other test already ran in the single-backend cells)
-PYTEST_ARGS: dict[str, tuple[str, ...]] = {"all": ("--e2e-backends=all", "-m", "e2e_basic or e2e_together")}
+#: what a backend's cell selects from the suite. A store's cell tests that store: the ``local``
+#: store's tests (which need no package) run in the ``none`` row, once per framework set, instead of
+#: again beside every store. The ``all`` cell: the workflows and tests of the three stores in one run;
+#: every other test already ran in the single-backend cells.
+PYTEST_ARGS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("--e2e-exclude-backends=local",),
+    "wandb": ("--e2e-exclude-backends=local",),
+    "clearml": ("--e2e-exclude-backends=local",),
+    "all": ("--e2e-backends=all", "-m", "e2e_basic or e2e_together"),
+}
 #: framework axis: name -> (pip extra, constraints file with the exact pins)
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "requirements/constraints.txt"),

@@ -40,6 +40,9 @@ INFERRED_VAR = "TRACELET_E2E_INSTALL_SET_INFERRED"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tracelet-e2e")
     group.addoption("--e2e-backends", default=None, help="comma list of backend environments to keep")
+    group.addoption(
+        "--e2e-exclude-backends", default=None, help="comma list of backend environments to deselect"
+    )
     group.addoption("--e2e-workflows", default=None, help="comma list of workflows to keep")
     group.addoption("--e2e-skip-slow", action="store_true", help="deselect tests marked slow")
     group.addoption(
@@ -122,12 +125,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     workflows = config.getoption("--e2e-workflows")
     keep_backends = set(backends.split(",")) if backends else None
     keep_workflows = set(workflows.split(",")) if workflows else None
+    excluded = config.getoption("--e2e-exclude-backends")
+    drop_backends = set(excluded.split(",")) if excluded else set()
     selected, deselected = [], []
     for item in items:
         env = _param(item, "environment")
         workflow = _param(item, "workflow")
         if (
             (keep_backends is not None and env is not None and env not in keep_backends)
+            or (env is not None and env in drop_backends)
             or (keep_workflows is not None and workflow is not None and workflow not in keep_workflows)
             or (config.getoption("--e2e-skip-slow") and item.get_closest_marker("slow"))
             or (config.getoption("--e2e-only-workflows") and workflow is None)

@@ -36,9 +36,18 @@ STATUS_WHILE_OPEN = ("mlflow", "local")
 
 
 def lightning_packages() -> list[Any]:
-    """``pkg`` params: each Lightning package requires itself (and tensorboard, its default logger)."""
+    """``pkg`` params: each Lightning package requires itself (and tensorboard, its default logger).
+
+    Each runs in its own framework column: the ``lightning`` column has the standalone
+    ``pytorch_lightning`` too (``lightning`` requires it, at the same pin), and testing it there
+    again would repeat the ``pytorch_lightning`` column.
+    """
     return [
-        pytest.param(name, marks=pytest.mark.requires("torch", name, "tensorboard"), id=name)
+        pytest.param(
+            name,
+            marks=(pytest.mark.requires("torch", name, "tensorboard"), pytest.mark.framework_only(name)),
+            id=name,
+        )
         for name in ("lightning", "pytorch_lightning")
     ]
 
