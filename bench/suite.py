@@ -1,7 +1,7 @@
 """The benchmark suite: every store, tracelet against its native client, with a report, plots and a trend.
 
     nox -s bench                        # the full suite (about 40 minutes on 2 cores)
-    nox -s bench -- --quick             # smaller sizes, every measure (under 10 minutes)
+    nox -s bench -- --quick             # smaller sizes, two reps, every measure (about 10 minutes)
     nox -s bench -- --update-baseline   # make this run the baseline of this machine's key
     nox -s bench -- --quick --only sweep,kill   # only some of the measures below (default: all)
     python bench/suite.py [--quick] [--reps 3] [--backends mlflow wandb ...] [--only sweep,...]
@@ -132,18 +132,22 @@ PLANS: dict[str, Plan] = {
         sweep_points=1_000,
         artifacts={"1MB": (1_000_000, 1), "100MB": (100_000_000, 1), "1000 files": (1_000, 1_000)},
     ),
+    # The quick suite answers "does every measure still run, and did anything move a lot" in under
+    # 10 minutes here, leaving room for the measures still to come: about 170 children, each paying
+    # its interpreter and its store's import (the largest share), so two interleaved repetitions
+    # (median and spread of two) and sizes that each still reach the regime the figure is about.
     "quick": Plan(
-        reps=3,
-        top_reps=3,
+        reps=2,
+        top_reps=2,
         memory_apart=False,
-        points=(1_000, 10_000, 30_000),
+        points=(1_000, 10_000),
         throughput_points=10_000,
-        keys=(1, 10, 1000),
+        keys=(1, 100),
         keys_points=10_000,
-        per_call_points=200,
-        latency_calls=2_000,
-        latency_backlog=5_000,
-        overhead_steps=400,
+        per_call_points=100,
+        latency_calls=1_000,
+        latency_backlog=3_000,
+        overhead_steps=300,
         overhead_server_native_steps=60,
         overhead_slow_steps=0,
         sweep_runs=8,
