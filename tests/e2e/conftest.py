@@ -13,6 +13,7 @@ The controller sees every test's report, so it alone audits and writes the audit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -35,6 +36,8 @@ _STATE: dict[str, object] = {}
 INSTALL_SET_VAR = "TRACELET_E2E_INSTALL_SET"
 #: set by the run that inferred the install set, so its workers (and the header) say so
 INFERRED_VAR = "TRACELET_E2E_INSTALL_SET_INFERRED"
+#: where ``-n`` lands when pytest-xdist is absent and this conftest accepts it in its place
+SERIAL_FALLBACK_DEST = "tracelet_serial_numprocesses"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,6 +53,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="keep only the tests that run a workflow (the runner passes it with --workflows)",
     )
+    if importlib.util.find_spec("xdist") is None:
+        # The README's `pytest tests/e2e/ -n auto` with only the seed's prerequisites (no xdist): run
+        # the tests one after another and say so in the header, rather than fail on an unknown option.
+        # pytest reserves lowercase short options for itself and its plugins; the group's
+        # `_addoption` is how pytest-xdist registers this very `-n`, so the fallback does the same.
+        group._addoption(
+            "-n",
+            "--numprocesses",
+            dest=SERIAL_FALLBACK_DEST,
+            default=None,
+            help="(pytest-xdist is not installed: accepted, and the tests run one after another)",
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,7 +99,10 @@ def pytest_report_header(config: pytest.Config) -> str:
         if _STATE.get("inferred")
         else f"declared by {INSTALL_SET_VAR}"
     )
-    return f"tracelet E2E install set: {','.join(sorted(declared())) or '(none)'}, {how}"
+    header = f"tracelet E2E install set: {','.join(sorted(declared())) or '(none)'}, {how}"
+    if getattr(config.option, SERIAL_FALLBACK_DEST, None) is not None:
+        header += "\npytest-xdist is not installed, so -n is ignored: the tests run one after another"
+    return header
 
 
 def _is_worker(config: pytest.Config) -> bool:
