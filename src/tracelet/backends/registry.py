@@ -11,7 +11,6 @@ the delivery agent, a separate process, sees the same backends as the trainer.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from tracelet import config
 from tracelet.backends.base import Backend
@@ -36,6 +35,10 @@ def _load(target: str) -> type[Backend]:
 
 
 def _entry_point_targets() -> dict[str, str]:
+    # importlib.metadata costs ~35 ms to import (email, zipfile, csv...): only a name that is not
+    # built in, or a listing of every name, pays it, and not every start of the delivery agent
+    from importlib.metadata import entry_points
+
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -8,13 +8,14 @@ metadata, and CUDA's only from a torch that the training code has already import
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import platform
 import sys
 
 
 def system_metadata() -> dict[str, str]:
     """``tracelet.version``, ``tracelet.python``, ``tracelet.platform``, and torch/CUDA when present."""
+    import importlib.metadata  # here, not at import: it costs ~35 ms, and runs collect this off the caller
+
     from tracelet import __version__
 
     fields = {
