@@ -161,7 +161,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             selected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
+    # The slow tests first (a stable sort: the rest keep their order). pytest-xdist hands tests
+    # out in collection order, so a two-minute test collected last runs alone at the end of a
+    # session while the other workers sit idle; started first, it runs beside the short ones.
+    selected.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items[:] = selected
 
 
 def _merge_expected(expected: dict[str, str | None]) -> None:
