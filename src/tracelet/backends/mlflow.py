@@ -141,6 +141,7 @@ class MLflowBackend(Backend):
     package = "mlflow"
     extra = "mlflow"
     option_keys = frozenset({"tracking_uri", "artifact_location"})
+    late_system_tags = True
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -184,7 +185,9 @@ class MLflowBackend(Backend):
                 if experiment is None:
                     raise
                 experiment_id = experiment.experiment_id
-        run = client.create_run(experiment_id, run_name=info.run_name, tags=mlflow_tags(info.system_tags))
+        # the system tags last: the git state is read while the client connects and finds the experiment
+        tags = mlflow_tags(info.all_system_tags())
+        run = client.create_run(experiment_id, run_name=info.run_name, tags=tags)
         return str(run.info.run_id)
 
     def attach(self, run_id: str) -> None:
