@@ -81,6 +81,54 @@ def _points(record: RunRecord, key: str) -> list[tuple[int, Any]]:
 # -- TensorBoard ---------------------------------------------------------------------------------
 
 
+LATE_IMPORT_SCRIPT = """
+import json, sys
+import tracelet
+config = json.loads(sys.argv[1])
+exp = tracelet.start_logging(
+    exp_name="tb-late", project=config["project"], backend="local", backend_options=config["backend_options"]
+)
+before = "torch.utils.tensorboard.writer" in sys.modules
+from torch.utils.tensorboard import SummaryWriter  # first imported here, after start_logging
+writer = SummaryWriter(sys.argv[2])
+for step in range(3):
+    writer.add_scalar("loss", 1.0 / (step + 1), step)
+report = tracelet.stop_logging()
+writer.close()
+print("RESULT" + json.dumps({"run": exp.runs["local"], "ok": report.ok, "imported_before": before}))
+"""
+
+
+@pytest.mark.requires("torch", "tensorboard")
+@pytest.mark.framework_only("torch")
+def test_tensorboard_imported_after_start_logging_is_captured(isolated_env: Path, tmp_path: Path) -> None:
+    """Training code that imports ``SummaryWriter`` only after ``start_logging()`` (a fresh process,
+    so nothing imported it before): the import hook patches it as it loads, and its scalars land."""
+    script = tmp_path / "late_tb.py"
+    script.write_text(textwrap.dedent(LATE_IMPORT_SCRIPT))
+    repo = Path(__file__).resolve().parents[2]
+    with e2e_framework.backend_environment("local", project="tensorboard") as config:
+        plain = {"project": config.project, "backend_options": config.backend_options}
+        done = subprocess.run(
+            [sys.executable, str(script), json.dumps(plain), str(tmp_path / "tb")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(repo),
+            # the repository for `tests`, then whatever made this process import its tracelet
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+            },
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        result = json.loads(done.stdout.split("RESULT", 1)[1].splitlines()[0])
+        record = config.read(result["run"])
+    assert result == {"run": record.run_id, "ok": True, "imported_before": False}
+    assert record.metrics["loss"] == _approx([(0, 1.0), (1, 0.5), (2, 1.0 / 3)])
+    assert _event_scalars(tmp_path / "tb")[""]["loss"] == _approx([(0, 1.0), (1, 0.5), (2, 1.0 / 3)])
+
+
 @pytest.mark.requires("torch", "tensorboard")
 @pytest.mark.parametrize("environment", environments())
 def test_tensorboard_writer_is_captured_until_stop(
