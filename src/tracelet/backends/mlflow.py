@@ -141,7 +141,6 @@ class MLflowBackend(Backend):
     package = "mlflow"
     extra = "mlflow"
     option_keys = frozenset({"tracking_uri", "artifact_location"})
-    late_system_tags = True
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -185,9 +184,7 @@ class MLflowBackend(Backend):
                 if experiment is None:
                     raise
                 experiment_id = experiment.experiment_id
-        # the system tags last: the git state is read while the client connects and finds the experiment
-        tags = mlflow_tags(info.all_system_tags())
-        run = client.create_run(experiment_id, run_name=info.run_name, tags=tags)
+        run = client.create_run(experiment_id, run_name=info.run_name, tags=mlflow_tags(info.system_tags))
         return str(run.info.run_id)
 
     def attach(self, run_id: str) -> None:

@@ -5,11 +5,10 @@ The thread mode (:class:`~tracelet.delivery.thread.ThreadDelivery`) runs a
 class in its own process, so both modes run the same writer code.
 
 Opening happens here, off the caller's thread: building each store's client, opening
-its run, and reading the git state of the caller's working directory (two ``git``
-calls, started before the stores open their runs and read while they do). A backend
-whose run cannot be opened is reported once, at ERROR, with the store's own message;
-its writer keeps everything logged for it in its spool (never dropped), so
-``tracelet sync`` can open the run and deliver it later.
+its run, and reading the git state (up to five ``git`` calls) of the caller's working
+directory. A backend whose run cannot be opened is reported once, at ERROR, with the
+store's own message; its writer keeps everything logged for it in its spool (never
+dropped), so ``tracelet sync`` can open the run and deliver it later.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.registry import get_backend_class
-from tracelet.collectors.git import start_git_metadata
+from tracelet.collectors.git import git_metadata
 from tracelet.delivery import Opened, OpenRequest
 from tracelet.delivery.writer import BackendWriter
 from tracelet.redaction import Redactor, strip_url_userinfo
@@ -50,13 +49,13 @@ class Fanout:
         errors: dict[str, str] = {}
         spool_dir = Path(request.spool_dir)
         info = request.info
-        if request.track_git:  # started now, read while the stores open their runs
-            info = replace(info, pending_tags=start_git_metadata(request.cwd))
+        if request.track_git:
+            info = replace(info, system_tags={**info.system_tags, **git_metadata(request.cwd)})
         for name, options in request.backends:
             backend = get_backend_class(name)(options)
             error: BaseException | None = None
             try:
-                runs[name] = backend.start(info if backend.late_system_tags else info.resolved())
+                runs[name] = backend.start(info)
             except Exception as exc:
                 error = exc
                 runs[name] = None
@@ -76,7 +75,7 @@ class Fanout:
                 "run_name": info.run_name,
                 # no credential on disk: `tracelet sync` takes them from the store's own variables
                 "options": Redactor.from_env().without_secrets(backend.spool_options()),
-                "system_tags": info.all_system_tags(),
+                "system_tags": info.system_tags,
                 "order": 0,
             }
             spool = Spool(spool_dir / name, meta)
