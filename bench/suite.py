@@ -550,8 +550,9 @@ def build_figures(
             none = [r["median_ms"] for r in _per_rep(runs, job_measure, "none", "-")]
             side = {k: _per_rep(runs, job_measure, k, store) for k in ("tracelet", "native")}
             steps = {k: [r["median_ms"] for r in side[k]] if none else [] for k in side}
+            base = statistics.median(none) if none else 1.0  # no baseline: ``steps`` are empty
             for kind, values in steps.items():
-                overhead = [(v / statistics.median(none) - 1) * 100 for v in values]
+                overhead = [(v / base - 1) * 100 for v in values]
                 add(_fig("overhead", store, f"{kind} {loop} loop", "points", "%", overhead))
             suffix = "" if loop == "fast" else ", slow loop"
             ratio = _paired(steps["native"], steps["tracelet"], lambda a, b: a / b)

@@ -74,6 +74,20 @@ class BackendConfig(Mapping[str, Any]):
         return self.store.read_runs(runs)
 
 
+#: the repository's root: on a child's ``PYTHONPATH`` so that it imports ``tests`` as this process does
+REPO = Path(__file__).resolve().parents[2]
+
+
+def child_env(*first: Path, **extra: str) -> dict[str, str]:
+    """This process's environment for a child Python, with ``first`` ahead on ``PYTHONPATH``.
+
+    What was on it stays behind them: the network audit's ``sitecustomize`` (every child is
+    audited too) and whatever made this process import its tracelet (a checkout's ``src``).
+    """
+    path = os.pathsep.join(filter(None, [*map(str, first), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 class BackendEnvironment(ABC):
     """Sets up one real backend store in a temp dir, and reads runs back from it."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.environments import child_env
 from tests.e2e.params import POSIX
 
 pytestmark = pytest.mark.e2e_basic
@@ -75,11 +76,7 @@ def test_the_demo_prints_plain_lines_without_rich(isolated_env: Path, tmp_path: 
     shadow = tmp_path / "no-rich" / "rich"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ImportError("rich is not installed here")\n')
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")])),
-    }
-    done = _run_example("e2e_demo.py", "--backends", "local", cwd=tmp_path, env=env)
+    done = _run_example("e2e_demo.py", "--backends", "local", cwd=tmp_path, env=child_env(shadow.parent))
     assert "local: training and logging" in done.stdout
     assert "all landed" in done.stdout
 

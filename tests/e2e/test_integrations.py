@@ -11,7 +11,6 @@ import csv
 import hashlib
 import importlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests.e2e.environments import REPO, child_env
 from tests.e2e.framework import BackendConfig, e2e_framework
 from tests.e2e.params import ALL_ENVIRONMENTS, environments
 from tracelet.testing import RunRecord
@@ -106,7 +106,6 @@ def test_tensorboard_imported_after_start_logging_is_captured(isolated_env: Path
     so nothing imported it before): the import hook patches it as it loads, and its scalars land."""
     script = tmp_path / "late_tb.py"
     script.write_text(textwrap.dedent(LATE_IMPORT_SCRIPT))
-    repo = Path(__file__).resolve().parents[2]
     with e2e_framework.backend_environment("local", project="tensorboard") as config:
         plain = {"project": config.project, "backend_options": config.backend_options}
         done = subprocess.run(
@@ -114,19 +113,16 @@ def test_tensorboard_imported_after_start_logging_is_captured(isolated_env: Path
             capture_output=True,
             text=True,
             timeout=300,
-            cwd=str(repo),
-            # the repository for `tests`, then whatever made this process import its tracelet
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
-            },
+            cwd=str(REPO),
+            env=child_env(REPO),
         )
         assert done.returncode == 0, done.stderr[-4000:]
         result = json.loads(done.stdout.split("RESULT", 1)[1].splitlines()[0])
         record = config.read(result["run"])
     assert result == {"run": record.run_id, "ok": True, "imported_before": False}
-    assert record.metrics["loss"] == _approx([(0, 1.0), (1, 0.5), (2, 1.0 / 3)])
-    assert _event_scalars(tmp_path / "tb")[""]["loss"] == _approx([(0, 1.0), (1, 0.5), (2, 1.0 / 3)])
+    logged = _approx([(0, 1.0), (1, 0.5), (2, 1.0 / 3)])
+    assert record.metrics["loss"] == logged
+    assert _event_scalars(tmp_path / "tb")[""]["loss"] == logged
 
 
 @pytest.mark.requires("torch", "tensorboard")
@@ -414,14 +410,13 @@ def test_lightning_logger_survives_ddp_spawn(
         plain = {k: v for k, v in config.items() if k in ("backend", "project", "backend_options")}
         script = tmp_path / "spawn_train.py"
         script.write_text(textwrap.dedent(SPAWN_SCRIPT))
-        repo = Path(__file__).resolve().parents[2]
         done = subprocess.run(
             [sys.executable, str(script), json.dumps(plain), str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=600,
-            cwd=str(repo),
-            env={**os.environ, "SPAWN_LIGHTNING": _lightning(pkg).__name__, "PYTHONPATH": str(repo)},
+            cwd=str(REPO),
+            env=child_env(REPO, SPAWN_LIGHTNING=_lightning(pkg).__name__),
         )
         assert done.returncode == 0, done.stderr[-4000:]
         parent_runs = json.loads(done.stdout.split("PARENT", 1)[1].splitlines()[0])

@@ -26,12 +26,11 @@ from pathlib import Path
 import pytest
 
 import tracelet
+from tests.e2e.environments import REPO, child_env
 from tests.e2e.params import POSIX
 from tracelet.testing import read_run
 
 pytestmark = pytest.mark.framework_only("torch")
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _uri(path: Path) -> str:
@@ -156,10 +155,9 @@ def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
     uri = _uri(isolated_env / "killed.db")
     script = isolated_env / "trainer.py"
     script.write_text(textwrap.dedent(TRAINER))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, str(script), uri],
-        env=env,
+        env=child_env(REPO),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
