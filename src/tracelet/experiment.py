@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, RunInfo
-from tracelet.collectors.system import system_metadata
+from tracelet.collectors.system import caller_metadata
 from tracelet.config import Settings
 from tracelet.delivery import Delivery, OpenRequest, discard, open_delivery
 from tracelet.errors import DeliveryError, RunOpenError, TraceletError
@@ -80,7 +80,7 @@ class Experiment:
             return
         request = OpenRequest(
             backends=[(name, dict(settings.backend_options.get(name, {}))) for name in settings.backends],
-            info=RunInfo(self.project, self.name, system_metadata()),
+            info=RunInfo(self.project, self.name, caller_metadata()),  # the rest where the runs open
             spool_dir=str(self.spool_dir),
             cwd=os.getcwd(),
             writer_options=dict(writer_options or {}),

@@ -1,8 +1,10 @@
-"""What a run records about itself: credential stripping and git outside a repository."""
+"""What a run records about itself: credential stripping, git, and which side reads the versions."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,3 +113,35 @@ def test_a_run_records_git_unless_track_git_is_off(
 
 def _branch_and_clean(git: Callable[..., str]) -> dict[str, str]:
     return {"tracelet.git.branch": git("branch", "--show-current"), "tracelet.git.dirty": "false"}
+
+
+@pytest.mark.usefixtures("delivery_mode")
+def test_versions_are_read_where_the_runs_open_and_cuda_on_the_callers_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent has no torch imported: CUDA can only come from the caller, the rest from the opener."""
+    import tracelet
+    from tracelet.collectors import caller_metadata, environment_metadata
+    from tracelet.testing import read_run
+
+    fake_torch = types.SimpleNamespace(version=types.SimpleNamespace(cuda="12.4"))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert caller_metadata() == {"tracelet.cuda": "12.4"}
+    assert "tracelet.cuda" not in environment_metadata()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRACELET_TRACK_GIT", "0")
+    exp = tracelet.start_logging(exp_name="versions", project="p", backend="local")
+    assert tracelet.stop_logging(flush_timeout=30).ok
+    tags = read_run("local", exp.runs["local"]).system_tags  # type: ignore[arg-type]
+    assert tags["tracelet.cuda"] == "12.4"
+    assert {key: tags[key] for key in environment_metadata()} == environment_metadata()
+    assert tags["tracelet.version"] == tracelet.__version__
+
+
+def test_a_cpu_build_or_no_torch_records_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracelet.collectors import caller_metadata
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert caller_metadata() == {}
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(version=types.SimpleNamespace(cuda=None)))
+    assert caller_metadata() == {}

@@ -5,10 +5,11 @@ The thread mode (:class:`~tracelet.delivery.thread.ThreadDelivery`) runs a
 class in its own process, so both modes run the same writer code.
 
 Opening happens here, off the caller's thread: building each store's client, opening
-its run, and reading the git state (up to five ``git`` calls) of the caller's working
-directory. A backend whose run cannot be opened is reported once, at ERROR, with the
-store's own message; its writer keeps everything logged for it in its spool (never
-dropped), so ``tracelet sync`` can open the run and deliver it later.
+its run, and reading what the run ran on: the environment's versions (once per
+process) and the git state of the caller's working directory (two ``git`` calls). A
+backend whose run cannot be opened is reported once, at ERROR, with the store's own
+message; its writer keeps everything logged for it in its spool (never dropped), so
+``tracelet sync`` can open the run and deliver it later.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from tracelet.backends.registry import get_backend_class
 from tracelet.collectors.git import git_metadata
+from tracelet.collectors.system import environment_metadata
 from tracelet.delivery import Opened, OpenRequest
 from tracelet.delivery.writer import BackendWriter
 from tracelet.redaction import Redactor, strip_url_userinfo
@@ -48,7 +50,8 @@ class Fanout:
         runs: dict[str, str | None] = {}
         errors: dict[str, str] = {}
         spool_dir = Path(request.spool_dir)
-        info = request.info
+        # the versions and the git state are read here, off the caller's thread
+        info = replace(request.info, system_tags={**environment_metadata(), **request.info.system_tags})
         if request.track_git:
             info = replace(info, system_tags={**info.system_tags, **git_metadata(request.cwd)})
         for name, options in request.backends:
