@@ -80,6 +80,9 @@ class CaseRecord:
     workflow: str
     message: str = ""
     exception: str = ""  # from the traceback's last line ("file.py:12: ValueError") when present
+    #: pytest's whole failure text (the assertion's diff, the traceback) of a failed or errored test:
+    #: the one-line message cannot say which element of two long lists differed
+    detail: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ def parse_junit(path: Path) -> list[CaseRecord]:
     root = ET.parse(path).getroot()
     records: list[CaseRecord] = []
     for case in root.iter("testcase"):
-        outcome, message, exception = "passed", "", ""
+        outcome, message, exception, detail = "passed", "", "", ""
         for tag, name in (("error", "error"), ("failure", "failed"), ("skipped", "skipped")):
             element = case.find(tag)
             if element is not None:
@@ -141,6 +144,7 @@ def parse_junit(path: Path) -> list[CaseRecord]:
                 tail = (element.text or "").strip().splitlines()
                 found = _TRACEBACK_TAIL.search(tail[-1]) if tail and name != "skipped" else None
                 exception = found["type"] if found else ""
+                detail = (element.text or "").strip() if name != "skipped" else ""
                 break
         test_id = junit_test_id(case.get("classname") or "", case.get("name") or "?", case.get("file"))
         records.append(
@@ -152,6 +156,7 @@ def parse_junit(path: Path) -> list[CaseRecord]:
                 workflow=_property(case, "workflow"),
                 message=message,
                 exception=exception,
+                detail=detail,
             )
         )
     return records

@@ -96,12 +96,14 @@ def test_parse_junit_reads_outcomes_and_properties(tmp_path: Path) -> None:
     assert (ok.outcome, ok.backend, ok.workflow, ok.time) == ("passed", "mlflow", "simple_pytorch", 4.0)
     bare_assert = records["tests.e2e.test_backends::test_server_stops"]
     assert (bare_assert.outcome, bare_assert.exception) == ("failed", "AssertionError")
+    assert bare_assert.detail.splitlines()[2] == "E       assert not True"  # the whole text is kept
     skipped = records["tests.e2e.test_basic_workflows::test_vision[clearml-vision]"]
     assert (skipped.outcome, skipped.backend, skipped.message) == (
         "skipped",
         "unknown",
         "torchvision not installed",
     )
+    assert (ok.detail, skipped.detail) == ("", "")
     assert records["tests.e2e.test_backends::test_port"].outcome == "error"
 
 
