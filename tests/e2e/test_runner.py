@@ -141,10 +141,9 @@ def parse_junit(path: Path) -> list[CaseRecord]:
             if element is not None:
                 outcome = name
                 message = _first_line(element.get("message")) or _first_line(element.text)
-                tail = (element.text or "").strip().splitlines()
-                found = _TRACEBACK_TAIL.search(tail[-1]) if tail and name != "skipped" else None
-                exception = found["type"] if found else ""
                 detail = (element.text or "").strip() if name != "skipped" else ""
+                found = _TRACEBACK_TAIL.search(detail.splitlines()[-1]) if detail else None
+                exception = found["type"] if found else ""
                 break
         test_id = junit_test_id(case.get("classname") or "", case.get("name") or "?", case.get("file"))
         records.append(

@@ -51,9 +51,10 @@ class Fanout:
         errors: dict[str, str] = {}
         spool_dir = Path(request.spool_dir)
         # the versions and the git state are read here, off the caller's thread
-        info = replace(request.info, system_tags={**environment_metadata(), **request.info.system_tags})
+        tags = {**environment_metadata(), **request.info.system_tags}
         if request.track_git:
-            info = replace(info, system_tags={**info.system_tags, **git_metadata(request.cwd)})
+            tags.update(git_metadata(request.cwd))
+        info = replace(request.info, system_tags=tags)
         for name, options in request.backends:
             backend = get_backend_class(name)(options)
             error: BaseException | None = None
