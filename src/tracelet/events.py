@@ -7,6 +7,7 @@ The same events are the lines of the JSONL spool and of the ``local`` backend.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +117,13 @@ class MetricClock:
 
     __slots__ = ("_last",)
 
-    def __init__(self) -> None:
-        self._last: dict[str, int] = {}
+    def __init__(self, after: Mapping[str, int] | None = None) -> None:
+        #: per key, the last millisecond given (``after``: a clock that goes on from another's state)
+        self._last: dict[str, int] = dict(after or {})
+
+    def state(self) -> dict[str, int]:
+        """Per key, the last millisecond given: a later clock built ``after`` it stamps past every point."""
+        return dict(self._last)
 
     def stamp(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
         """``raw`` with its final timestamp (a ``metric`` tuple; anything else is returned as it is)."""

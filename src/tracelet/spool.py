@@ -10,7 +10,9 @@ A run's spool directory (``<spool root>/<run key>/``) holds one such directory p
 backend for the writer (``<backend>/``), and, in agent mode, the trainer's own:
 ``trainer/<backend>/`` (events the agent never acknowledged) and ``queue/`` (the
 trainer's overflow, for every backend; its ``spool.json`` lists them as ``targets``).
-``order`` in ``spool.json`` says which to replay first, so each key stays in order.
+``order`` in ``spool.json`` says which to replay first, so each key stays in order;
+``stamped`` in ``queue/``'s is the trainer's metric clock when it gave up on the agent, from
+which ``tracelet sync`` stamps the points there (they never left, so were never stamped).
 
 The writer thread reads the spool from the committed offset on; ``tracelet sync``
 replays what is left into the same run, exactly once (a replayed spool is marked
@@ -31,7 +33,7 @@ from typing import Any
 
 from tracelet import config
 from tracelet.atomic import write_json_atomic
-from tracelet.events import Event, from_json, from_raw, to_json
+from tracelet.events import Event, MetricClock, from_json, from_raw, to_json, to_raw
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +303,9 @@ def sync(
             backend = runs.attach(directory, meta, target)
             count += _replay_dead_letters(backend, directory, meta)
             events_file = directory / EVENTS
+            # The trainer's queue/ holds points that never left for a store and were never
+            # stamped; they go on from the trainer's clock (see MetricClock), in order.
+            clock = MetricClock(meta["stamped"]) if "stamped" in meta else None
             if events_file.is_file():
                 with open(events_file, encoding="utf-8") as f:
                     f.seek(int(meta.get("offset", 0)))
@@ -308,6 +313,8 @@ def sync(
                         batch = [from_json(json.loads(line)) for line in _take_lines(f, batch_size)]
                         if not batch:
                             break
+                        if clock is not None:
+                            batch = [from_raw(clock.stamp(to_raw(event))) for event in batch]
                         backend.write(batch)
                         count += len(batch)
                         if "targets" not in meta:

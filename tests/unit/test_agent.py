@@ -324,6 +324,38 @@ def test_the_agents_death_keeps_unacknowledged_events_in_the_spool(caplog: pytes
     assert record.metrics["loss"] == [(i, float(i)) for i in range(400)]
 
 
+@posix_only
+@linux_only
+def test_points_spooled_after_the_agents_death_replay_after_every_point_stamped(tmp_path: Path) -> None:
+    """Logging faster than a point a millisecond runs each key's clock ahead of the wall.
+
+    MLflow orders a key's history by timestamp, so the points the trainer spools after the
+    agent died (never stamped: they never left for a store) must replay after every point
+    stamped before, even those stamped seconds ahead of the wall clock. Found by the E2E
+    SIGKILL test: MLflow read back steps 1563, 3001, 1564, 3002, ...
+    """
+    exp = tracelet.start_logging(exp_name="ahead", project="p", backend="stalling-local")
+    for i in range(3000):  # a few milliseconds of wall time, 3,000 milliseconds of stamps
+        exp.log_metric("loss", float(i), i)
+    assert exp.flush(0.5) is False  # the store stalls: nothing is acknowledged
+    (agent,) = agent_pids(os.getpid())
+    os.kill(agent, signal.SIGKILL)
+    time.sleep(0.5)  # the trainer notices: what follows goes to its spool
+    for i in range(3000, 3200):
+        exp.log_metric("loss", float(i), i)
+    report = tracelet.stop_logging(flush_timeout=5)
+    r = report["stalling-local"]
+    assert (r.sent, r.pending) == (3200, 3200), report.format()
+    release()
+    sync(Path(r.spool_path or ""))
+    (run_dir,) = (tmp_path / "runs").glob(f"*/{exp.runs['stalling-local']}")
+    with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+        points = [json.loads(line) for line in f]
+    stamped = sorted((p["timestamp"], p["step"]) for p in points if p["kind"] == "metric")
+    assert [step for _, step in stamped] == list(range(3200))  # the order MLflow would read back
+    assert len({ts for ts, _ in stamped}) == 3200
+
+
 def script(tmp_path: Path, code: str) -> Path:
     path = tmp_path / "trainer.py"
     path.write_text(INTERACTIVE_SIGINT + textwrap.dedent(code))

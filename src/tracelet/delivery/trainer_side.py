@@ -672,13 +672,20 @@ class AgentDelivery(Delivery):
         # checked the flag just before still appends to the deque: _rescue_stragglers moves it.
         self._queue.spooling = True
         unshipped = self._queue.drain()
-        self._clock.stamp_all(unshipped)  # they replay after the stamped ones, in order
         overflow = self._overflow_spool()
+        # Nothing in queue/ ever left for a store, and what spilled there was never stamped:
+        # `tracelet sync` stamps it on from this clock, past every point stamped so far (a
+        # trainer logging faster than a point a millisecond runs the clock seconds ahead of
+        # the wall, and MLflow orders a key's history by timestamp).
+        overflow.meta["stamped"] = self._clock.state()
         if unshipped:
             try:
                 overflow.prepend([from_raw(item) for item in unshipped])
             except OSError as exc:
                 self._drop(self._names, len(unshipped), exc)
+        elif overflow.events_path.is_file():
+            # What the feeder read from it is in trainer/ now: replayed from there, never twice.
+            self._bookkeeping(overflow.commit)
 
     def _rescue_stragglers(self) -> None:
         """Lost or closed: what a racing fast-path put left in the deque goes to the spool, in order.
