@@ -476,3 +476,22 @@ def test_git_and_environment_are_recorded_without_credentials(
     assert "delivered" in caplog.text  # the log was captured, and holds no secret
     out, err = capfd.readouterr()
     assert GIT_SECRET not in caplog.text + out + err
+
+
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("environment", environments())
+def test_a_run_that_logs_nothing_still_records_its_git_state(
+    environment: str, isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The git state is read while the store opens the run; a store that writes it with the
+    run's first batch (MLflow) writes it at the close when nothing was logged."""
+    repo = _git_repo(tmp_path / "repo")
+    monkeypatch.chdir(tmp_path / "repo")
+    with e2e_framework.backend_environment(environment, project="empty-run") as config:
+        exp = _start(config, "nothing-logged")
+        report = tracelet.stop_logging()
+        assert report.ok, report.format()
+        record = config.read(exp.runs[config.backend_name])
+    assert record.system_tags["tracelet.git.commit"] == repo["commit"]
+    assert record.system_tags["tracelet.git.branch"] == "feature/e2e"
+    assert record.metrics == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -87,9 +88,18 @@ def test_a_branch_a_dirty_file_and_the_remote_lose_nothing_but_credentials(tmp_p
 def test_a_run_records_git_unless_track_git_is_off(
     track: str, delivery_mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Through a real run in a repository: the versions always, ``tracelet.git.*`` unless turned off."""
+    """Through a real run in a repository: the versions always, ``tracelet.git.*`` unless turned off.
+
+    Both ways a backend gets them: ``local`` reads them as late as it can (``late_system_tags``:
+    the git calls run while it opens its run); the ``memory`` fake, like a plugin, reads
+    ``info.system_tags`` only, and gets them all there.
+    """
     import tracelet
+    from tests.unit.fakes import run_view
+    from tracelet.backends.local import LocalBackend
     from tracelet.testing import read_run
+
+    assert LocalBackend.late_system_tags
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -100,15 +110,41 @@ def test_a_run_records_git_unless_track_git_is_off(
     git("commit", "-q", "-m", "one")
     monkeypatch.chdir(repo)
     monkeypatch.setenv("TRACELET_TRACK_GIT", track)
-    exp = tracelet.start_logging(exp_name="git", project="p", backend="local")
+    exp = tracelet.start_logging(exp_name="git", project="p", backend=["local", "memory"])
     assert tracelet.stop_logging(flush_timeout=30).ok
-    tags = read_run("local", exp.runs["local"]).system_tags  # type: ignore[arg-type]
-    assert {"tracelet.version", "tracelet.python", "tracelet.platform"} <= set(tags)
-    recorded = {key: value for key, value in tags.items() if key.startswith("tracelet.git.")}
-    if track == "1":
-        assert recorded == {"tracelet.git.commit": git("rev-parse", "HEAD"), **_branch_and_clean(git)}
-    else:
-        assert recorded == {}
+    for tags in (
+        read_run("local", exp.runs["local"]).system_tags,  # type: ignore[arg-type]
+        run_view(exp.runs["memory"]).system_tags,
+    ):
+        assert {"tracelet.version", "tracelet.python", "tracelet.platform"} <= set(tags)
+        recorded = {key: value for key, value in tags.items() if key.startswith("tracelet.git.")}
+        if track == "1":
+            assert recorded == {"tracelet.git.commit": git("rev-parse", "HEAD"), **_branch_and_clean(git)}
+        else:
+            assert recorded == {}
+
+
+def test_the_git_state_is_read_from_when_it_was_asked_for(tmp_path: Path) -> None:
+    """``start_git_metadata`` starts both calls at once; the state is what the repository held then,
+    read once however often it is asked for."""
+    from tracelet.collectors.git import start_git_metadata
+
+    git = _git_in(tmp_path)
+    git("init", "-q")
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    first = git("rev-parse", "HEAD")
+    collect = start_git_metadata(str(tmp_path))
+    time.sleep(0.5)  # the calls have finished by now: what they saw is the first commit
+    git("commit", "-q", "--allow-empty", "-m", "two")
+    assert collect()["tracelet.git.commit"] == first
+    assert collect() == collect() == git_metadata_at(first, git)
+    assert git_metadata(str(tmp_path))["tracelet.git.commit"] == git("rev-parse", "HEAD") != first
+
+
+def git_metadata_at(commit: str, git: Callable[..., str]) -> dict[str, str]:
+    return {"tracelet.git.commit": commit, **_branch_and_clean(git)}
 
 
 def _branch_and_clean(git: Callable[..., str]) -> dict[str, str]:

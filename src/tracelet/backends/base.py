@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +57,21 @@ class RunInfo:
     run_name: str
     #: tracelet's own tags (``tracelet.*``), kept apart from user tags.
     system_tags: dict[str, str] = field(default_factory=dict)
+    #: tracelet's own tags still being read (the git state), for a backend whose
+    #: ``late_system_tags`` is True: it calls :meth:`all_system_tags` as late as its store allows
+    pending_tags: Callable[[], dict[str, str]] | None = field(default=None, compare=False, repr=False)
+
+    def all_system_tags(self) -> dict[str, str]:
+        """``system_tags`` and the pending ones, waiting for those if they are still being read."""
+        if self.pending_tags is None:
+            return dict(self.system_tags)
+        return {**self.system_tags, **self.pending_tags()}
+
+    def resolved(self) -> RunInfo:
+        """This info with every tag read (for a backend that reads ``system_tags`` only)."""
+        if self.pending_tags is None:
+            return self
+        return RunInfo(self.project, self.run_name, self.all_system_tags())
 
 
 class Backend(ABC):
@@ -71,6 +86,10 @@ class Backend(ABC):
     package: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
     option_keys: ClassVar[frozenset[str]] = frozenset()
+    #: True when the backend reads the git state's tags (``info.pending_tags``) as late as its store
+    #: allows (ClearML after ``Task.init``; MLflow with the run's first batch): the git state is
+    #: then read while the store's client opens the run. False: ``info.system_tags`` holds them all.
+    late_system_tags: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})

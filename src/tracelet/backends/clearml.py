@@ -199,6 +199,7 @@ class ClearMLBackend(Backend):
     package = "clearml"
     extra = "clearml"
     option_keys = frozenset({"offline", "task_type", "output_uri"})
+    late_system_tags = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -247,10 +248,11 @@ class ClearMLBackend(Backend):
             self._restore_settings()
             raise RuntimeError(f"ClearML returned no real task (got {type(task).__name__})")
         self._task = task
-        if info.system_tags:
+        system_tags = info.all_system_tags()  # the git state was read while Task.init ran
+        if system_tags:
             # What the run ran on (versions, git): ClearML's "User Properties", where
             # such facts live, apart from the hyperparameters.
-            task.set_user_properties(**info.system_tags)
+            task.set_user_properties(**system_tags)
         release_process_hooks(Task)
         self._staging = Path(tempfile.mkdtemp(prefix="tracelet-clearml-"))
         self._staged = 0

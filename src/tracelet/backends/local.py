@@ -33,6 +33,7 @@ class LocalBackend(Backend):
 
     name = "local"
     option_keys = frozenset({"root"})
+    late_system_tags = True
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -58,8 +59,9 @@ class LocalBackend(Backend):
         }
         write_json_atomic(run_dir / "run.json", self._meta)
         self.run_id = run_id
-        if info.system_tags:
-            self.write([Tags(dict(info.system_tags), system=True)])
+        system_tags = info.all_system_tags()
+        if system_tags:
+            self.write([Tags(system_tags, system=True)])
         return run_id
 
     def attach(self, run_id: str) -> None:

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +141,14 @@ class MLflowBackend(Backend):
     package = "mlflow"
     extra = "mlflow"
     option_keys = frozenset({"tracking_uri", "artifact_location"})
+    late_system_tags = True
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._client: Any = None
         self._last_ts: dict[str, int] = {}
+        #: the git state, still being read when the run was created: written with its first batch
+        self._late_tags: Callable[[], dict[str, str]] | None = None
 
     def _connect(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -171,21 +174,35 @@ class MLflowBackend(Backend):
 
     def _open(self, info: RunInfo) -> str:
         client = self._connect()
-        experiment = client.get_experiment_by_name(info.project)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            try:
-                experiment_id = client.create_experiment(
-                    info.project, artifact_location=self.options.get("artifact_location")
-                )
-            except Exception:  # created concurrently by another process: use theirs
-                experiment = client.get_experiment_by_name(info.project)
-                if experiment is None:
-                    raise
-                experiment_id = experiment.experiment_id
+        experiment_id = self._experiment_id(client, info.project)
+        # The git state is still being read (it started with the open): its tags go with the
+        # run's first batch, in the same transaction, instead of holding up create_run.
         run = client.create_run(experiment_id, run_name=info.run_name, tags=mlflow_tags(info.system_tags))
+        self._late_tags = info.pending_tags
         return str(run.info.run_id)
+
+    def _experiment_id(self, client: Any, project: str) -> str:
+        """The experiment named ``project``, created when there is none."""
+        experiment = client.get_experiment_by_name(project)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        try:
+            return str(
+                client.create_experiment(project, artifact_location=self.options.get("artifact_location"))
+            )
+        except Exception:  # created concurrently by another process: use theirs
+            experiment = client.get_experiment_by_name(project)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def _late_run_tags(self) -> list[Any]:
+        """The git state's tags while they are still to be written (empty once they are)."""
+        if self._late_tags is None:
+            return []
+        from mlflow.entities import RunTag
+
+        return [RunTag(k, v) for k, v in mlflow_tags(self._late_tags()).items()]
 
     def attach(self, run_id: str) -> None:
         """Reopen a run for ``tracelet sync``.
@@ -223,12 +240,12 @@ class MLflowBackend(Backend):
         chunk_events = 0
         metrics: list[Any] = []
         params: list[Any] = []
-        tags: list[Any] = []
+        tags: list[Any] = self._late_run_tags()  # not events: they ride along with the first chunk
         saved_ts = dict(self._last_ts)
 
         def flush() -> None:
             nonlocal done, chunk_events, saved_ts
-            if chunk_events:
+            if chunk_events or tags:
                 try:
                     for start in range(0, max(len(params), len(tags), 1), MAX_PARAMS_TAGS_PER_BATCH):
                         end = start + MAX_PARAMS_TAGS_PER_BATCH
@@ -242,6 +259,7 @@ class MLflowBackend(Backend):
                     self._last_ts = saved_ts
                     raise PartialWriteError(done, exc) if done else exc from None
                 done += chunk_events
+                self._late_tags = None
             metrics.clear()
             params.clear()
             tags.clear()
@@ -308,4 +326,8 @@ class MLflowBackend(Backend):
             self._client.log_artifact(self.run_id, renamed, directory or None)
 
     def finish(self, status: str) -> None:
+        late = self._late_run_tags()
+        if late:  # a run that logged nothing still records what it ran on
+            self._client.log_batch(self._require_run(), tags=late)
+            self._late_tags = None
         self._client.set_terminated(self.run_id, status=STATUS_TO_MLFLOW[status])

@@ -6,9 +6,10 @@ class in its own process, so both modes run the same writer code.
 
 Opening happens here, off the caller's thread: building each store's client, opening
 its run, and reading what the run ran on: the environment's versions (once per
-process) and the git state of the caller's working directory (two ``git`` calls). A
-backend whose run cannot be opened is reported once, at ERROR, with the store's own
-message; its writer keeps everything logged for it in its spool (never dropped), so
+process) and the git state of the caller's working directory (two ``git`` calls, started
+before the stores open their runs and read while they do). A backend whose run cannot be
+opened is reported once, at ERROR, with the store's own message; its writer keeps
+everything logged for it in its spool (never dropped), so
 ``tracelet sync`` can open the run and deliver it later.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.registry import get_backend_class
-from tracelet.collectors.git import git_metadata
+from tracelet.collectors.git import start_git_metadata
 from tracelet.collectors.system import environment_metadata
 from tracelet.delivery import Opened, OpenRequest
 from tracelet.delivery.writer import BackendWriter
@@ -50,16 +51,16 @@ class Fanout:
         runs: dict[str, str | None] = {}
         errors: dict[str, str] = {}
         spool_dir = Path(request.spool_dir)
-        # the versions and the git state are read here, off the caller's thread
-        tags = {**environment_metadata(), **request.info.system_tags}
+        # the versions and the git state are read here, off the caller's thread; git is
+        # started now and read while the stores open their runs
+        info = replace(request.info, system_tags={**environment_metadata(), **request.info.system_tags})
         if request.track_git:
-            tags.update(git_metadata(request.cwd))
-        info = replace(request.info, system_tags=tags)
+            info = replace(info, pending_tags=start_git_metadata(request.cwd))
         for name, options in request.backends:
             backend = get_backend_class(name)(options)
             error: BaseException | None = None
             try:
-                runs[name] = backend.start(info)
+                runs[name] = backend.start(info if backend.late_system_tags else info.resolved())
             except Exception as exc:
                 error = exc
                 runs[name] = None
@@ -79,7 +80,7 @@ class Fanout:
                 "run_name": info.run_name,
                 # no credential on disk: `tracelet sync` takes them from the store's own variables
                 "options": Redactor.from_env().without_secrets(backend.spool_options()),
-                "system_tags": info.system_tags,
+                "system_tags": info.all_system_tags(),
                 "order": 0,
             }
             spool = Spool(spool_dir / name, meta)
