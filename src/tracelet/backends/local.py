@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +40,8 @@ class LocalBackend(Backend):
         self._dir: Path | None = None
         self._events: TextIO | None = None
         self._meta: dict[str, Any] = {}
+        #: the git state, still being read when the run was created: written with its first batch
+        self._late_tags: Callable[[], dict[str, str]] | None = None
 
     def _open(self, run_dir: Path) -> None:
         self._dir = run_dir
@@ -59,9 +61,11 @@ class LocalBackend(Backend):
         }
         write_json_atomic(run_dir / "run.json", self._meta)
         self.run_id = run_id
-        system_tags = info.all_system_tags()
-        if system_tags:
-            self.write([Tags(system_tags, system=True)])
+        if info.system_tags:
+            self.write([Tags(dict(info.system_tags), system=True)])
+        # The git state is still being read (it started with the open): it goes with the first
+        # batch (or the close), so a short run does not wait for two git calls here.
+        self._late_tags = info.pending_tags
         return run_id
 
     def attach(self, run_id: str) -> None:
@@ -77,6 +81,10 @@ class LocalBackend(Backend):
         if self._events is None or self._dir is None:
             raise RuntimeError("LocalBackend.write() before start()")
         lines = []
+        if self._late_tags is not None:
+            late = self._late_tags()
+            if late:
+                lines.append(json.dumps(to_json(Tags(late, system=True))))
         for event in events:
             data = to_json(event)
             if isinstance(event, Artifact):
@@ -96,10 +104,13 @@ class LocalBackend(Backend):
         if lines:
             self._events.write("\n".join(lines) + "\n")
         self._events.flush()
+        self._late_tags = None
 
     def finish(self, status: str) -> None:
         assert self._events is not None
         assert self._dir is not None
+        if self._late_tags is not None:  # a run that logged nothing still records what it ran on
+            self.write([])
         self._events.flush()
         os.fsync(self._events.fileno())
         self._events.close()
