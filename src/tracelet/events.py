@@ -43,6 +43,8 @@ class Artifact:
 
     ``local_path`` is tracelet's private copy of the bytes as they were when
     ``log_artifact`` was called; ``artifact_path`` is the relative path it lands at.
+    ``sha256`` is empty when logged: hashing a checkpoint would cost the training thread
+    seconds, so a store that records the hash (the local store) computes it from the copy.
     """
 
     local_path: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -23,12 +22,11 @@ from tracelet.errors import DeliveryError, RunOpenError, TraceletError
 from tracelet.images import png_size, to_png
 from tracelet.redaction import Redactor
 from tracelet.report import DeliveryReport
+from tracelet.snapshots import snapshot_file
 from tracelet.spool import spool_root
 from tracelet.validation import check_name, check_step, coerce_value, flatten_params
 
 log = logging.getLogger(__name__)
-
-_COPY_CHUNK = 1 << 20
 
 
 class Experiment:
@@ -237,8 +235,8 @@ class Experiment:
         items = []
         for file, relative in targets:
             dest = f"{prefix}/{relative}" if prefix else relative
-            local, digest, size = self._snapshot(file, dest.rpartition("/")[2])
-            items.append(("artifact", local, dest, digest, size))
+            local, size = self._snapshot(file, dest.rpartition("/")[2])
+            items.append(("artifact", local, dest, "", size))  # the sha256: the writer's, off this thread
         for item in items:
             self._put(item)
 
@@ -263,17 +261,11 @@ class Experiment:
         directory.mkdir(parents=True)
         return directory
 
-    def _snapshot(self, source: Path, filename: str) -> tuple[str, str, int]:
-        """Copy ``source`` into the staging area, hashing as it goes."""
+    def _snapshot(self, source: Path, filename: str) -> tuple[str, int]:
+        """Copy ``source`` into the staging area: one kernel copy (or a reflink); the writer hashes it."""
         target = self._stage_dir() / filename
-        digest = hashlib.sha256()
-        size = 0
-        with open(source, "rb") as src, open(target, "wb") as dst:
-            while chunk := src.read(_COPY_CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
-        return str(target), digest.hexdigest(), size
+        snapshot_file(source, target)
+        return str(target), os.stat(target).st_size
 
     # -- plumbing --------------------------------------------------------------------------
     def _put(self, item: tuple[Any, ...]) -> None:

@@ -19,6 +19,7 @@ from tracelet import config
 from tracelet.atomic import write_json_atomic
 from tracelet.backends.base import RUNNING, Backend, RunInfo
 from tracelet.events import Artifact, Event, Image, Status, Tags, to_json
+from tracelet.snapshots import sha256_of
 
 DEFAULT_ROOT = "tracelet-runs"
 
@@ -92,6 +93,7 @@ class LocalBackend(Backend):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(event.local_path, target)
                 data["local_path"] = str(target.relative_to(self._dir))
+                data["sha256"] = event.sha256 or sha256_of(target)  # hashed here, on the writer's thread
             elif isinstance(event, Image):
                 target = self._dir / "images" / event.name / f"{event.step}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
