@@ -50,12 +50,18 @@ def _git_in(repo: Path) -> Callable[..., str]:
     return git
 
 
-def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
-    git = _git_in(tmp_path)
-    git("init", "-q")
-    (tmp_path / "f").write_text("x")
+def _one_commit(repo: Path, *init_args: str) -> Callable[..., str]:
+    """A repository in ``repo`` holding one committed file ``f``; its ``git(*args)``."""
+    git = _git_in(repo)
+    git("init", "-q", *init_args)
+    (repo / "f").write_text("x")
     git("add", "f")
     git("commit", "-q", "-m", "one")
+    return git
+
+
+def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
+    git = _one_commit(tmp_path)
     commit = git("rev-parse", "HEAD")
     git("checkout", "-q", "--detach")
     (tmp_path / "untracked").write_text("y")  # untracked files do not make it dirty
@@ -65,11 +71,7 @@ def test_a_clean_detached_checkout_has_no_branch(tmp_path: Path) -> None:
 
 def test_a_branch_a_dirty_file_and_the_remote_lose_nothing_but_credentials(tmp_path: Path) -> None:
     """Branch, dirty flag and remote from two concurrent calls; origin first, else the first by name."""
-    git = _git_in(tmp_path)
-    git("init", "-q", "-b", "feature/sweep-1")
-    (tmp_path / "f").write_text("x")
-    git("add", "f")
-    git("commit", "-q", "-m", "one")
+    git = _one_commit(tmp_path, "-b", "feature/sweep-1")
     git("remote", "add", "zeta", "https://user:token@example.com/z.git")
     git("remote", "add", "alpha", "git@host:org/a.git")
     (tmp_path / "f").write_text("changed")
@@ -103,11 +105,7 @@ def test_a_run_records_git_unless_track_git_is_off(
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    git = _git_in(repo)
-    git("init", "-q")
-    (repo / "f").write_text("x")
-    git("add", "f")
-    git("commit", "-q", "-m", "one")
+    git = _one_commit(repo)
     monkeypatch.chdir(repo)
     monkeypatch.setenv("TRACELET_TRACK_GIT", track)
     exp = tracelet.start_logging(exp_name="git", project="p", backend=["local", "memory"])
@@ -129,11 +127,7 @@ def test_the_git_state_is_read_from_when_it_was_asked_for(tmp_path: Path) -> Non
     read once however often it is asked for."""
     from tracelet.collectors.git import start_git_metadata
 
-    git = _git_in(tmp_path)
-    git("init", "-q")
-    (tmp_path / "f").write_text("x")
-    git("add", "f")
-    git("commit", "-q", "-m", "one")
+    git = _one_commit(tmp_path)
     first = git("rev-parse", "HEAD")
     collect = start_git_metadata(str(tmp_path))
     time.sleep(0.5)  # the calls have finished by now: what they saw is the first commit

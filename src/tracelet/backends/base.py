@@ -58,7 +58,7 @@ class RunInfo:
     #: tracelet's own tags (``tracelet.*``), kept apart from user tags.
     system_tags: dict[str, str] = field(default_factory=dict)
     #: tracelet's own tags still being read (the git state), for a backend whose
-    #: ``late_system_tags`` is True: it calls :meth:`all_system_tags` as late as its store allows
+    #: ``late_system_tags`` is True: it calls this as late as its store allows
     pending_tags: Callable[[], dict[str, str]] | None = field(default=None, compare=False, repr=False)
 
     def all_system_tags(self) -> dict[str, str]:
