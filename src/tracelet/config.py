@@ -11,6 +11,8 @@ TRACELET_STRICT             ``1``: ``stop_logging`` raises unless all landed ``0
 TRACELET_HANDLE_SIGNALS     ``0``: do not install SIGTERM/SIGINT handlers    ``1``
 TRACELET_FLUSH_TIMEOUT      seconds ``stop_logging`` waits for delivery      ``60``
 TRACELET_SPOOL_DIR          where overflow and leftovers are spooled         user cache
+TRACELET_ARTIFACT_STAGE_MB  artifact snapshots on their way, at most (MiB);  ``2048``
+                            then ``log_artifact`` waits; ``0``: no bound
 TRACELET_DELIVERY           ``agent``: a (warm) delivery process;           ``agent``
                             ``thread``: writer threads in this process
 TRACELET_START              ``wait``: ``start_logging`` returns once every   ``background``
@@ -56,6 +58,9 @@ DEFAULT_AGENT_DRAIN = 30.0
 #: An idle agent holds its stores' clients (an MLflow agent: about 250 MB of RSS) for the next run of a
 #: sweep; a minute covers the gap between trials of a sweep or the tests of a suite.
 DEFAULT_AGENT_IDLE = 60.0
+#: MiB of artifact snapshots staged on their way to the stores before ``log_artifact`` waits: two
+#: checkpoints of a billion float16 parameters, or a few of a smaller model, in flight at once
+DEFAULT_ARTIFACT_STAGE_MB = 2048
 DELIVERY_MODES = ("agent", "thread")
 START_MODES = ("background", "wait")
 
@@ -117,6 +122,8 @@ class Settings:
     track_git: bool = True
     #: capture ``torch.utils.tensorboard.SummaryWriter`` calls while the run is active
     track_tensorboard: bool = True
+    #: bytes of artifact snapshots staged on their way before ``log_artifact`` waits (0: no bound)
+    artifact_stage_bytes: int = DEFAULT_ARTIFACT_STAGE_MB << 20
 
 
 #: the process-wide variables, read where they act (see the module's docstring)
@@ -158,6 +165,18 @@ def agent_nice() -> int:
 def redact_rules() -> str:
     """``TRACELET_REDACT`` as written (extra words and patterns, or ``off``; redaction parses it)."""
     return os.environ.get(ENV_REDACT, "").strip()
+
+
+def _mebibytes(name: str, default: int) -> int:
+    """A size in MiB (fractions allowed), as bytes."""
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw and raw.strip() else float(default)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of MiB") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return int(value * (1 << 20))
 
 
 def _seconds(name: str, default: float) -> float:
@@ -231,4 +250,5 @@ def resolve(
         wait=wait if wait is not None else start == "wait",
         track_git=env_flag("TRACELET_TRACK_GIT", True),
         track_tensorboard=env_flag("TRACELET_TRACK_TENSORBOARD", True),
+        artifact_stage_bytes=_mebibytes("TRACELET_ARTIFACT_STAGE_MB", DEFAULT_ARTIFACT_STAGE_MB),
     )

@@ -39,18 +39,25 @@ class Tags:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A file snapshot taken at call time.
+    """A file to store, as it was when ``log_artifact`` was called.
 
-    ``local_path`` is tracelet's private copy of the bytes as they were when
-    ``log_artifact`` was called; ``artifact_path`` is the relative path it lands at.
-    ``sha256`` is empty when logged: hashing a checkpoint would cost the training thread
-    seconds, so a store that records the hash (the local store) computes it from the copy.
+    ``local_path`` is tracelet's private snapshot of the bytes (``owned``), which a store
+    on the local filesystem links into place rather than copying (:mod:`tracelet.backends.files`);
+    ``artifact_path`` is the relative path it lands at. ``sha256`` is empty when logged:
+    hashing a checkpoint would cost the training thread seconds, so a store that records
+    the hash (the local store) computes it from its copy.
+
+    ``owned=False`` (``log_artifact(..., copy=False)``): ``local_path`` is the caller's own
+    file, read when it is delivered; ``size`` and ``mtime_ns`` are what it was when logged,
+    so a file changed or deleted before delivery is refused with the reason.
     """
 
     local_path: str
     artifact_path: str
     sha256: str
     size: int
+    owned: bool = True
+    mtime_ns: int = 0
 
 
 @dataclass(frozen=True)

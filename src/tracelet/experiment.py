@@ -22,7 +22,7 @@ from tracelet.errors import DeliveryError, RunOpenError, TraceletError
 from tracelet.images import png_size, to_png
 from tracelet.redaction import Redactor
 from tracelet.report import DeliveryReport
-from tracelet.snapshots import snapshot_file
+from tracelet.snapshots import Staging
 from tracelet.spool import spool_root
 from tracelet.validation import check_name, check_step, coerce_value, flatten_params
 
@@ -63,10 +63,11 @@ class Experiment:
         self._disabled = not enabled
         self._on_close = on_close
         self._lock = threading.Lock()
-        self._seq = 0
         key = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.spool_dir = (spool_root() / key).absolute()
-        self._staging = self.spool_dir / "staging"
+        self._staging = Staging(
+            self.spool_dir / "staging", settings.artifact_stage_bytes, delivering=self._delivering
+        )
         self._delivery: Delivery | None = None
         self._send: Callable[[tuple[Any, ...]], None] = discard
         #: the smallest (static) param value limit over the backends, and the backend that sets it
@@ -206,14 +207,25 @@ class Experiment:
             self._put(("tags", checked, False))
 
     # -- files -----------------------------------------------------------------------------
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    def log_artifact(
+        self, path: str | os.PathLike[str], artifact_path: str | None = None, *, copy: bool = True
+    ) -> None:
         """Log a file or a directory (one entry per file) under ``artifact_path``.
 
-        The bytes are copied now, so a file overwritten later does not change what lands.
+        The bytes are snapshotted now (one kernel copy, a reflink where the filesystem has
+        them), so a file overwritten later does not change what lands; a store on this
+        filesystem keeps that snapshot as its copy. Past ``TRACELET_ARTIFACT_STAGE_MB`` of
+        snapshots still on their way, this waits for the stores (one WARNING says so).
+
+        ``copy=False`` takes no snapshot: the store reads the file when it delivers it. Only
+        for a file nothing rewrites or deletes until the run is stopped: one that is changed
+        or deleted before delivery is not stored, and the run's report names it as failed.
         """
         if self._inactive:
             self._check_active()
             return
+        if not isinstance(copy, bool):
+            raise TypeError(f"copy must be True or False, not {type(copy).__name__}")
         source = Path(path)
         if not source.exists():
             raise FileNotFoundError(f"log_artifact: path {str(path)!r} does not exist")
@@ -233,10 +245,24 @@ class Experiment:
         else:
             targets = [(source, source.name)]
         items = []
-        for file, relative in targets:
-            dest = f"{prefix}/{relative}" if prefix else relative
-            local, size = self._snapshot(file, dest.rpartition("/")[2])
-            items.append(("artifact", local, dest, "", size))  # the sha256: the writer's, off this thread
+        taken: list[Path] = []
+        try:
+            for file, relative in targets:
+                dest = f"{prefix}/{relative}" if prefix else relative
+                if copy:
+                    snapshot = self._staging.snapshot(file, dest.rpartition("/")[2])
+                    taken.append(snapshot)
+                    size = os.stat(snapshot).st_size
+                    # the sha256 is the writer's, off this thread
+                    items.append(("artifact", str(snapshot), dest, "", size, True, 0))
+                else:
+                    st = os.stat(file)
+                    items.append(
+                        ("artifact", str(file.absolute()), dest, "", st.st_size, False, st.st_mtime_ns)
+                    )
+        except BaseException:  # a full disk half-way through a folder: nothing of this call is sent
+            self._staging.discard(taken)
+            raise
         for item in items:
             self._put(item)
 
@@ -249,23 +275,15 @@ class Experiment:
         step = self._image_steps.get(name, -1) + 1 if iteration is None else check_step(iteration)
         data = to_png(image)
         width, height = png_size(data)
-        local = self._stage_dir() / f"{step}.png"
+        local = self._staging.new_dir() / f"{step}.png"
         local.write_bytes(data)
         self._image_steps[name] = step
         self._put(("image", name, str(local), step, width, height))
 
-    def _stage_dir(self) -> Path:
-        with self._lock:
-            self._seq += 1
-            directory = self._staging / str(self._seq)
-        directory.mkdir(parents=True)
-        return directory
-
-    def _snapshot(self, source: Path, filename: str) -> tuple[str, int]:
-        """Copy ``source`` into the staging area: one kernel copy (or a reflink); the writer hashes it."""
-        target = self._stage_dir() / filename
-        snapshot_file(source, target)
-        return str(target), os.stat(target).st_size
+    def _delivering(self) -> bool:
+        """Whether delivery may still free room in the staging area (see :class:`Staging`)."""
+        delivery = self._delivery
+        return delivery is not None and delivery.delivering()
 
     # -- plumbing --------------------------------------------------------------------------
     def _put(self, item: tuple[Any, ...]) -> None:

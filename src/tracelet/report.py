@@ -29,6 +29,8 @@ class BackendReport:
     dead_letter_path: str | None = None
     #: events lost because the spool's disk was full (ENOSPC) when they had to go there
     dropped: int = 0
+    #: what the store did otherwise than asked, though nothing was lost (an artifact copied, not linked)
+    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +70,7 @@ class DeliveryReport:
                 line += f" dead-letter={r.dead_letter_path}"
             lines.append(line)
             lines.extend(f"    error: {e}" for e in r.errors)
+            lines.extend(f"    note: {n}" for n in r.notes)
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -6,6 +6,12 @@ only cost the training thread pays: a reflink where the filesystem can share blo
 (``FICLONE`` on btrfs and XFS, ``clonefile`` on APFS: no bytes move), else the kernel's
 own copy (``shutil.copyfile``: ``sendfile`` on Linux, ``fcopyfile`` on macOS). Never a
 Python read loop, and no hashing here: the writer that stores the snapshot hashes it.
+
+:class:`Staging` keeps a run's snapshots (``<spool>/staging/<n>/<file>``) within a bound
+(``TRACELET_ARTIFACT_STAGE_MB``): each is deleted by the delivery side as soon as every
+store has it (:mod:`tracelet.delivery.ledger`), and a caller that would go past the bound
+waits for the stores to catch up. A full disk raises ``OSError`` naming the file, with
+nothing of that call left behind.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -24,6 +33,11 @@ log = logging.getLogger(__name__)
 FICLONE = 0x40049409
 #: bytes read at a time when hashing: memory stays bounded whatever the file's size
 HASH_CHUNK = 1 << 20
+
+#: how often a caller waiting for room in the staging area looks again (seconds)
+ROOM_POLL = 0.05
+#: beside a snapshot a store refused (kept for ``tracelet sync``): no longer counted as staged
+KEPT_MARKER = ".kept"
 
 REFLINK = "reflink"
 COPY = "copy"
@@ -68,3 +82,88 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class Staging:
+    """A run's snapshots on their way to the stores, within ``limit`` bytes (0: no bound).
+
+    The caller's side only: it counts what it staged and sees a snapshot leave when the
+    delivery side deletes it (every store has it) or marks it kept (a store refused it;
+    it waits for ``tracelet sync``). ``delivering`` says whether anything still delivers:
+    once the delivery agent is lost nothing will free room, so the caller stops waiting.
+    """
+
+    def __init__(self, directory: Path, limit: int, delivering: Callable[[], bool]) -> None:
+        self.directory = directory
+        self.limit = limit
+        self._delivering = delivering
+        self._seq = 0
+        self._staged: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def new_dir(self) -> Path:
+        """A fresh folder for one snapshot (an artifact's, or an image's PNG)."""
+        with self._lock:
+            self._seq += 1
+            directory = self.directory / str(self._seq)
+        directory.mkdir(parents=True)
+        return directory
+
+    def snapshot(self, source: Path, filename: str) -> Path:
+        """Snapshot ``source`` as ``filename``, once there is room; ``OSError`` naming it if it fails."""
+        size = os.stat(source).st_size
+        self._make_room(size)
+        folder = self.new_dir()
+        target = folder / filename
+        try:
+            snapshot_file(source, target)
+        except OSError as exc:
+            _remove_snapshot(target)
+            raise OSError(
+                exc.errno, f"log_artifact: could not snapshot {source}: {exc.strerror or exc}", str(source)
+            ) from exc
+        with self._lock:
+            self._staged[target] = size
+        return target
+
+    def discard(self, snapshots: list[Path]) -> None:
+        """Delete snapshots that were never sent (the rest of a call that failed half-way)."""
+        with self._lock:
+            for target in snapshots:
+                self._staged.pop(target, None)
+        for target in snapshots:
+            _remove_snapshot(target)
+
+    def staged_bytes(self) -> int:
+        """Bytes of snapshots still waiting for a store (what the bound counts)."""
+        with self._lock:
+            gone = [p for p in self._staged if not p.exists() or (p.parent / KEPT_MARKER).exists()]
+            for path in gone:
+                del self._staged[path]
+            return sum(self._staged.values())
+
+    def _make_room(self, size: int) -> None:
+        """Wait until ``size`` more bytes fit under the bound (a larger file waits to be staged alone)."""
+        if self.limit <= 0:
+            return
+        while True:
+            staged = self.staged_bytes()
+            if staged == 0 or staged + size <= self.limit or not self._delivering():
+                return
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "tracelet: %d MiB of artifact snapshots are still on their way to the stores; "
+                    "log_artifact waits for room under TRACELET_ARTIFACT_STAGE_MB=%d",
+                    staged >> 20,
+                    self.limit >> 20,
+                )
+            time.sleep(ROOM_POLL)
+
+
+def _remove_snapshot(target: Path) -> None:
+    with contextlib.suppress(OSError):
+        target.unlink()
+    with contextlib.suppress(OSError):
+        target.parent.rmdir()

@@ -14,12 +14,14 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import Backend, RunInfo
+from tracelet.backends.files import Placement
 from tracelet.backends.local import LocalBackend
-from tracelet.events import Event, Metric, from_json, to_json
+from tracelet.events import Artifact, Event, Metric, from_json, to_json
 
 ENV_GATE = "TRACELET_TEST_GATE"
 #: a variable only some runs set: a warm agent must not carry it from one run into the next
@@ -93,10 +95,18 @@ class MemoryBackend(Backend):
         os.replace(tmp, self._dir / "run.json")
 
     def write(self, events: Sequence[Event]) -> None:
+        # a file store: an artifact is placed (linked, as the local store does) under artifacts/,
+        # and the record points there; the snapshot itself goes once every store has it
+        events = [self._store(e) if isinstance(e, Artifact) else e for e in events]
         with open(self._dir / "events.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(to_json(e)) + "\n" for e in events))
         with open(self._dir / "batches.jsonl", "a", encoding="utf-8") as f:
             f.write(f"{len(events)}\n")
+
+    def _store(self, event: Artifact) -> Artifact:
+        target = self._dir / "artifacts" / event.artifact_path
+        Placement().place(event, target)
+        return replace(event, local_path=str(target))
 
     def finish(self, status: str) -> None:
         self._meta["status"] = status

@@ -161,6 +161,10 @@ class Backend(ABC):
     def finish(self, status: str) -> None:
         """Close the run with one of :data:`STATUSES`."""
 
+    def notes(self) -> list[str]:
+        """What this run's store did otherwise than asked, though nothing was lost (for the report)."""
+        return []
+
     def spool_options(self) -> dict[str, Any]:
         """JSON-able options that let ``tracelet sync`` reopen this run later."""
         return dict(self.options)

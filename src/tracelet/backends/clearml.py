@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
+from tracelet.backends.files import check_source
 from tracelet.backends.naming import label_to_tag, split_clearml, tag_to_label
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 
@@ -356,6 +357,7 @@ class ClearMLBackend(Backend):
         ClearML names the stored file after the local file, so a snapshot whose file name
         differs is hard-linked (or copied) under the artifact's own file name first.
         """
+        check_source(event)
         source = Path(event.local_path)
         wanted_name = PurePosixPath(event.artifact_path).name or source.name
         with tempfile.TemporaryDirectory(prefix="tracelet-clearml-") as tmp:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from tracelet import config
 from tracelet.atomic import write_json_atomic
 from tracelet.backends.base import RUNNING, Backend, RunInfo
+from tracelet.backends.files import Placement
 from tracelet.events import Artifact, Event, Image, Status, Tags, to_json
 from tracelet.snapshots import sha256_of
 
@@ -43,6 +44,7 @@ class LocalBackend(Backend):
         self._meta: dict[str, Any] = {}
         #: the git state, still being read when the run was created: written with its first batch
         self._late_tags: Callable[[], dict[str, str]] | None = None
+        self._placement = Placement()
 
     def _open(self, run_dir: Path) -> None:
         self._dir = run_dir
@@ -90,8 +92,7 @@ class LocalBackend(Backend):
             data = to_json(event)
             if isinstance(event, Artifact):
                 target = self._dir / "artifacts" / event.artifact_path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(event.local_path, target)
+                self._placement.place(event, target)  # the snapshot itself, linked (else copied)
                 data["local_path"] = str(target.relative_to(self._dir))
                 data["sha256"] = event.sha256 or sha256_of(target)  # hashed here, on the writer's thread
             elif isinstance(event, Image):
@@ -107,6 +108,9 @@ class LocalBackend(Backend):
             self._events.write("\n".join(lines) + "\n")
         self._events.flush()
         self._late_tags = None
+
+    def notes(self) -> list[str]:
+        return self._placement.notes()
 
     def finish(self, status: str) -> None:
         assert self._events is not None

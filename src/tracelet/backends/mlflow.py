@@ -22,11 +22,13 @@ import shutil
 import sys
 import tempfile
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
+from tracelet.backends.files import Placement, check_source
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags, timestamp_ms
 from tracelet.redaction import strip_url_userinfo
 
@@ -46,6 +48,20 @@ MLFLOW_GIT_TAGS = {
     "tracelet.git.branch": "mlflow.source.git.branch",
     "tracelet.git.remote": "mlflow.source.git.repoURL",
 }
+
+
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The run's artifact folder when MLflow keeps its artifacts on this machine's filesystem.
+
+    That is MLflow's file repository: a ``file:`` URI or a plain path. Anything else (a
+    server's ``mlflow-artifacts:``, ``s3:``, a ``file://`` URI naming another host) is None.
+    """
+    parts = urllib.parse.urlsplit(artifact_uri)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return Path(urllib.request.url2pathname(parts.path))
+    if not parts.scheme or (sys.platform == "win32" and len(parts.scheme) == 1):  # C:\...
+        return Path(artifact_uri)
+    return None
 
 
 def _credentials_to_env(uri: str | None) -> str | None:
@@ -149,6 +165,9 @@ class MLflowBackend(Backend):
         self._last_ts: dict[str, int] = {}
         #: the git state, still being read when the run was created: written with its first batch
         self._late_tags: Callable[[], dict[str, str]] | None = None
+        #: the run's artifact folder when MLflow keeps artifacts on this filesystem, else None
+        self._artifact_dir: Path | None = None
+        self._placement = Placement()
 
     def _connect(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -179,6 +198,7 @@ class MLflowBackend(Backend):
         # run's first batch, in the same transaction, instead of holding up create_run.
         run = client.create_run(experiment_id, run_name=info.run_name, tags=mlflow_tags(info.system_tags))
         self._late_tags = info.pending_tags
+        self._artifact_dir = local_artifact_dir(run.info.artifact_uri)
         return str(run.info.run_id)
 
     def _experiment_id(self, client: Any, project: str) -> str:
@@ -213,7 +233,8 @@ class MLflowBackend(Backend):
         replayed sorts after what was stored.
         """
         client = self._connect()
-        client.get_run(run_id)  # the run must exist: a clear error now, not at the first batch
+        run = client.get_run(run_id)  # the run must exist: a clear error now, not at the first batch
+        self._artifact_dir = local_artifact_dir(run.info.artifact_uri)
         self.run_id = run_id
 
     def is_transient(self, error: BaseException) -> bool:
@@ -291,7 +312,7 @@ class MLflowBackend(Backend):
                 else:
                     flush()
                     if isinstance(event, Artifact):
-                        self._upload(event.local_path, event.artifact_path)
+                        self._store_artifact(event)
                     elif isinstance(event, Image):
                         self._upload(event.local_path, f"{IMAGE_DIR}/{event.name}/{event.step}.png")
                     elif isinstance(event, Status):  # as Lightning's MLFlowLogger does at finalize
@@ -313,6 +334,23 @@ class MLflowBackend(Backend):
         if self.run_id is None:
             raise RuntimeError("MLflow run was never started")
         return self.run_id
+
+    def _store_artifact(self, event: Artifact) -> None:
+        """Link the snapshot into a local artifact folder (MLflow's file repository), else upload it.
+
+        MLflow's own ``log_artifact`` into its file repository is a ``shutil.copy2`` to
+        ``<artifact_uri>/<artifact_path>``; the snapshot already holds those bytes, so it is
+        linked there instead (copied across filesystems, or for ``copy=False``). A server
+        (``mlflow-artifacts:``, ``s3:``, ...) gets the upload, which MLflow streams from the file.
+        """
+        if self._artifact_dir is not None:
+            self._placement.place(event, self._artifact_dir / event.artifact_path)
+            return
+        check_source(event)
+        self._upload(event.local_path, event.artifact_path)
+
+    def notes(self) -> list[str]:
+        return self._placement.notes()
 
     def _upload(self, local_path: str, artifact_path: str) -> None:
         """Upload one file so that it lands exactly at ``artifact_path``."""

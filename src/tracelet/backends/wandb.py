@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tracelet.backends.base import Backend, RunInfo
+from tracelet.backends.files import Placement
 from tracelet.backends.naming import EXIT_CODES, label_to_tag, tag_to_label
 from tracelet.backends.wandb_log import LOG_BLOCK_SIZE, iter_log_records
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
@@ -97,6 +97,7 @@ class WandbBackend(Backend):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._run: Any = None
+        self._placement = Placement()
 
     def param_value_limit(self) -> int | None:
         """W&B config values have no documented length limit."""
@@ -193,6 +194,9 @@ class WandbBackend(Backend):
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ValueError(f"W&B could not take {len(problems)} event(s): {'; '.join(problems[:3])}{more}")
 
+    def notes(self) -> list[str]:
+        return self._placement.notes()
+
     def finish(self, status: str) -> None:
         """Close the run; W&B keeps an exit code, which the reader maps back to the status."""
         run = self._require_run()
@@ -236,11 +240,12 @@ class WandbBackend(Backend):
         return problems
 
     def _save_file(self, event: Artifact) -> None:
-        """Copy the snapshot into the run's ``files/`` folder and register it with ``run.save``.
+        """Link the snapshot into the run's ``files/`` folder and register it with ``run.save``.
 
-        The bytes are copied (not linked: the snapshot is tracelet's and may be removed)
-        to ``files/<artifact_path>``; a file already inside ``files/`` is registered as is,
-        so it is uploaded once, in online mode, and readable in place in offline mode.
+        The snapshot becomes ``files/<artifact_path>`` (a hard link: no second copy; tracelet
+        drops its own name for it once every store has it; copied across filesystems, or for
+        ``copy=False``); a file already inside ``files/`` is registered as is, so it is
+        uploaded once, in online mode, and readable in place in offline mode.
         """
         run = self._run
         if getattr(run, "disabled", False):  # mode="disabled": nothing is kept anywhere
@@ -248,8 +253,7 @@ class WandbBackend(Backend):
         files_dir = Path(run.settings.files_dir)
         relative = _safe_relative(event.artifact_path)
         target = files_dir.joinpath(*relative.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(event.local_path, target)
+        self._placement.place(event, target)
         run.save(os.fspath(target), base_path=os.fspath(files_dir), policy="now", glob=False)
 
 

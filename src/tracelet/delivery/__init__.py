@@ -80,6 +80,10 @@ class Delivery(ABC):
     def wake(self) -> None:
         """Deliver now rather than at the next tick (signal handlers use it)."""
 
+    def delivering(self) -> bool:
+        """False once nothing will deliver what is put (the agent was lost: it waits for sync)."""
+        return True
+
     @abstractmethod
     def detach(self) -> None:
         """In a forked child: let go of the parent's threads and pipes without touching them."""

@@ -26,6 +26,7 @@ from tracelet.backends.registry import get_backend_class
 from tracelet.collectors.git import start_git_metadata
 from tracelet.collectors.system import environment_metadata
 from tracelet.delivery import Opened, OpenRequest
+from tracelet.delivery.ledger import SnapshotLedger
 from tracelet.delivery.writer import BackendWriter
 from tracelet.redaction import Redactor, strip_url_userinfo
 from tracelet.report import BackendReport
@@ -51,6 +52,8 @@ class Fanout:
         runs: dict[str, str | None] = {}
         errors: dict[str, str] = {}
         spool_dir = Path(request.spool_dir)
+        #: deletes each artifact snapshot once every backend stored it
+        self.ledger = SnapshotLedger(len(request.backends))
         # the versions and the git state are read here, off the caller's thread; git is
         # started now and read while the stores open their runs
         info = replace(request.info, system_tags={**environment_metadata(), **request.info.system_tags})
@@ -91,6 +94,7 @@ class Fanout:
                     start_error=error,
                     on_progress=on_progress,
                     disk_alarm=disk_alarm,
+                    on_settled=self.ledger.settled,
                     **request.writer_options,
                 )
             )
@@ -100,10 +104,13 @@ class Fanout:
             writer.start()
 
     def put(self, item: tuple[Any, ...]) -> None:
+        self.ledger.hold(item)
         for writer in self.writers:
             writer.put(item)
 
     def put_many(self, items: list[tuple[Any, ...]]) -> None:
+        for item in items:
+            self.ledger.hold(item)
         for writer in self.writers:
             for item in items:
                 writer.put(item)

@@ -807,10 +807,15 @@ class AgentDelivery(Delivery):
                 retries=retries,
                 dead_letter_path=base.dead_letter_path if base is not None else None,
                 dropped=dropped,
+                notes=base.notes if base is not None else (),
             )
             if pending and base is None and not self._lost_reason:
                 log.error("tracelet: no report from the delivery agent for %s", name)
         return out
+
+    def delivering(self) -> bool:
+        """False once the agent is lost (what is put goes to the spool for ``tracelet sync``) or closed."""
+        return self._state not in (State.LOST, State.CLOSED, State.DETACHED)
 
     def detach(self) -> None:
         """In a forked child: close the child's copy of the pipe; the parent's agent is not ours."""

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tracelet.backends.base import Backend, PartialWriteError
 from tracelet.delivery.spill import SpillQueue
@@ -57,6 +57,10 @@ _monotonic = time.monotonic
 _sleep = time.sleep
 
 
+def _ignore(events: Sequence[Event], stored: bool) -> None:
+    """The default ``on_settled``: a writer outside a :class:`~tracelet.delivery.fanout.Fanout`."""
+
+
 def backoff_delay(attempt: int) -> float:
     """Seconds before retry ``attempt + 1``: doubling from FIRST_BACKOFF, capped at MAX_BACKOFF."""
     return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** min(attempt, 30)))
@@ -80,8 +84,12 @@ class BackendWriter:
         start_error: BaseException | None = None,
         on_progress: Callable[[], None] | None = None,
         disk_alarm: DiskAlarm | None = None,
+        on_settled: Callable[[Sequence[Event], bool], None] | None = None,
     ) -> None:
         self.backend = backend
+        #: called on the writer thread with the events just stored (True) or refused (False):
+        #: the run's snapshot ledger deletes a snapshot every store has
+        self.on_settled: Callable[[Sequence[Event], bool], None] = on_settled or _ignore
         #: one ERROR per run for a full spool disk, shared with the run's other queues
         self._disk_alarm = disk_alarm or DiskAlarm()
         #: called on the writer thread right after events are delivered or dead-lettered: the agent
@@ -248,6 +256,7 @@ class BackendWriter:
             retries=self.retries,
             dead_letter_path=str(self.spool.dead_letter_path) if self.spool.dead_lettered else None,
             dropped=self.dropped,
+            notes=tuple(self.backend.notes()),
         )
 
     # -- writer thread ---------------------------------------------------------------------
@@ -348,11 +357,13 @@ class BackendWriter:
                     self.delivered += done
                     self._in_flight_spooled -= done
                 raise _Abandoned
+            settled = self._in_flight[:count]
             del self._in_flight[:count]
             if delivered:
                 self.delivered += count
             else:
                 self.failed += count
+        self.on_settled(settled, delivered)
         if self.on_progress is not None:
             self.on_progress()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from tracelet.backends.local import local_root
+from tracelet.snapshots import sha256_of
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 
@@ -55,9 +55,9 @@ def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> R
             elif kind == "tags":
                 (record.system_tags if event["system"] else record.tags).update(event["values"])
             elif kind == "artifact":
-                data = (run_dir / event["local_path"]).read_bytes()
+                stored = run_dir / event["local_path"]  # hashed again, in chunks, from the stored bytes
                 record.artifacts.append(
-                    ArtifactRecord(event["artifact_path"], len(data), hashlib.sha256(data).hexdigest())
+                    ArtifactRecord(event["artifact_path"], stored.stat().st_size, sha256_of(stored))
                 )
             elif kind == "image":
                 record.images.append(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from typing import Any
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX
 from tracelet.images import png_size
+from tracelet.snapshots import sha256_of
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 IMAGE_DIR = "tracelet-images"
@@ -40,14 +40,14 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     with tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp:
         for info in _walk(client, run_id):
             local = client.download_artifacts(run_id, info.path, tmp)
-            with open(local, "rb") as f:
-                data = f.read()
             if info.path.startswith(IMAGE_DIR + "/"):
                 name, _, filename = info.path[len(IMAGE_DIR) + 1 :].rpartition("/")
-                width, height = png_size(data)
+                with open(local, "rb") as f:
+                    width, height = png_size(f.read())
                 images.append(ImageRecord(name, int(filename.removesuffix(".png")), width, height))
-            else:
-                artifacts.append(ArtifactRecord(info.path, len(data), hashlib.sha256(data).hexdigest()))
+            else:  # hashed in chunks: a checkpoint of gigabytes is never read whole
+                artifacts.append(ArtifactRecord(info.path, os.path.getsize(local), sha256_of(local)))
+            os.unlink(local)  # one downloaded file on disk at a time
     return RunRecord(
         backend="mlflow",
         run_id=run_id,

@@ -9,7 +9,6 @@ end of the file (a run still being written) is ignored, so a live run reads as "
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import Any
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, label_to_tag, status_from_exit_code
 from tracelet.backends.wandb import STEP_KEY
 from tracelet.backends.wandb_log import iter_log_records
+from tracelet.snapshots import sha256_of
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,7 @@ class _State:
             if not file.is_file():  # registered, but its bytes never landed
                 log.debug("W&B run %s: %s is registered but missing", self.run_id, file)
                 continue
-            data = file.read_bytes()
-            artifacts.append(ArtifactRecord(path, len(data), hashlib.sha256(data).hexdigest()))
+            artifacts.append(ArtifactRecord(path, file.stat().st_size, sha256_of(file)))  # hashed in chunks
         return RunRecord(
             backend="wandb",
             run_id=self.run_id,
