@@ -51,6 +51,7 @@ from _common import (
     tracelet_backend,
     write_child_result,
 )
+from targets import FILE_BASED  # the stores where tracelet links its snapshot into place
 
 PROJECT = "bench-suite"
 MLFLOW_CHUNK = 1000  # MLflow's batch limit: the best its bulk API can do
@@ -281,53 +282,67 @@ def _reader_options(store: str, root: Path, server_url: str | None) -> dict[str,
 
 
 def artifacts_tracelet(spec: dict[str, Any], root: Path, src: Path) -> dict[str, Any]:
+    """``log_artifact`` (the caller's blocking time), then ``flush`` (until stored); back with one
+    ``read_artifact_tree`` per case; and the most snapshot bytes that waited for the store at once."""
     import tracelet
-    from tracelet.testing import read_artifact, read_run
+    from tracelet.testing import read_artifact_tree, read_run
 
     store, cases, perf = spec["store"], spec["cases"], time.perf_counter
     backend, options = tracelet_backend(store, root, spec.get("server_url"))
     exp = tracelet.start_logging(
         exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
     )
+    block: dict[str, float] = {}
     up: dict[str, float] = {}
+    staged: dict[str, int] = {}
     for case in cases:
         t0 = perf()
         exp.log_artifact(_source_of(src, case), artifact_path=case["label"])
+        block[case["label"]] = perf() - t0
         if not exp.flush(spec["flush_timeout"]):
             raise RuntimeError(f"artifact {case['label']} not delivered within {spec['flush_timeout']} s")
         up[case["label"]] = perf() - t0
+        staged[case["label"]] = exp.staged_bytes_peak(reset=True)
     run_id = exp.runs[backend]
     report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
     if not report.ok or run_id is None:
         raise RuntimeError(f"artifacts did not land: {report.format()}")
+    # Extra disk: the snapshots that waited, where they are not the store's own copy. The file-based
+    # stores link the snapshot into place (a report note says when one was copied instead).
+    copied = store not in FILE_BASED or any(r.notes for r in report.backends.values())
+    extra = {label: peak if copied else 0 for label, peak in staged.items()}
     reader = _reader_options(store, root, spec.get("server_url"))
     if PACKAGES[store]:  # the reader imports the store's client: not part of the download time
         importlib.import_module(str(PACKAGES[store]))
     # and opens its store once (MLflow checks the sqlite schema): the native side's client is open too
     read_run(backend, run_id, **reader)
     down: dict[str, float] = {}
-    for case in cases:
-        source = _source_of(src, case)
-        files = [source] if source.is_file() else sorted(source.iterdir())
+    for n, case in enumerate(cases):
         t0 = perf()
-        got = 0
-        for file in files:
-            got += len(read_artifact(backend, run_id, f"{case['label']}/{file.name}", **reader))
+        fetched = read_artifact_tree(backend, run_id, case["label"], root / "download" / str(n), **reader)
+        got = _read_tree(fetched / case["label"])
         down[case["label"]] = perf() - t0
         if got != _case_bytes(case):
             raise RuntimeError(f"{case['label']}: read back {got} bytes, logged {_case_bytes(case)}")
-    return {"upload_s": up, "download_s": down}
+    return {
+        "block_s": block,
+        "upload_s": up,
+        "download_s": down,
+        "staged_peak_bytes": staged,
+        "extra_disk_bytes": extra,
+    }
 
 
 def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, Any]:
     """Each store's own call for a file and a folder; its own way back where it has one.
 
-    MLflow: ``log_artifact``/``log_artifacts`` and ``download_artifacts``. W&B offline:
-    ``run.save(policy="now")`` (it links the files into the run folder; uploading waits for
-    ``wandb sync``), read back from that folder, as offline W&B has no download call.
-    ClearML offline: ``upload_artifact`` (a folder becomes a zip), read back from the offline
-    session folder (unzipped), as offline ClearML has no download call either. Local: the
-    hand-written equivalent, ``shutil.copy``/``copytree``, read back with plain reads.
+    MLflow: ``log_artifact``/``log_artifacts`` and ``download_artifacts``. W&B offline: a
+    ``wandb.Artifact`` (``add_file``/``add_dir``, which stage a copy in W&B's cache) and
+    ``run.log_artifact``, read back from the copies the artifact's manifest names, as offline
+    W&B has no download call. ClearML offline: ``upload_artifact`` (a folder becomes a zip),
+    read back from the offline session folder (unzipped), as offline ClearML has no download
+    call either. Local: the hand-written equivalent, ``shutil.copy``/``copytree``, read back
+    with plain reads. Every native call blocks its caller until stored: blocking = stored.
     """
     store, cases, perf = spec["store"], spec["cases"], time.perf_counter
     # each store's client has its own surface (MlflowClient, wandb Run, ClearML Task): typed as Any here
@@ -335,6 +350,8 @@ def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, A
         store, root, PROJECT, spec["run_name"], mlflow_chunk=None, server_url=spec.get("server_url")
     )
     up: dict[str, float] = {}
+    wandb_copies: dict[str, list[Path]] = {}
+    extra = {case["label"]: 0 for case in cases}  # the stores' own copy is the stored one, but W&B's
     for case in cases:
         source, label = _source_of(src, case), case["label"]
         t0 = perf()
@@ -344,8 +361,17 @@ def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, A
             else:
                 run.client.log_artifacts(run.run_id, str(source), label)
         elif store == "wandb":
-            pattern = str(source) if source.is_file() else str(source / "*")
-            run.run.save(pattern, base_path=str(src), policy="now")
+            import wandb
+
+            artifact = wandb.Artifact(label.replace(" ", "-"), type="model")
+            if source.is_file():
+                artifact.add_file(str(source))
+            else:
+                artifact.add_dir(str(source))
+            run.run.log_artifact(artifact)
+            wandb_copies[label] = [Path(e.local_path) for e in artifact.manifest.entries.values()]
+            # add_file/add_dir stage a copy of every file in W&B's cache (wandb/wandb#3823)
+            extra[label] = sum(p.stat().st_size for p in wandb_copies[label] if not p.is_relative_to(src))
         elif store == "clearml":
             if not run.task.upload_artifact(name=label, artifact_object=source, wait_on_upload=True):
                 raise RuntimeError(f"ClearML refused artifact {label}")
@@ -358,7 +384,6 @@ def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, A
                 shutil.copytree(source, target)
         up[label] = perf() - t0
     session = run.task.get_offline_mode_folder() if store == "clearml" else None
-    wandb_files = Path(run.run.dir) if store == "wandb" else None
     run.close()
     down: dict[str, float] = {}
     for case in cases:
@@ -369,8 +394,7 @@ def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, A
                 Path(run.client.download_artifacts(run.run_id, label, str(root / "download" / label)))
             )
         elif store == "wandb":
-            assert wandb_files is not None
-            got = _read_tree(wandb_files / label)
+            got = sum(_read_tree(p) for p in wandb_copies[label])
         elif store == "clearml":
             got = _read_clearml(Path(session) if session else root, label, root / "download" / label)
         else:
@@ -378,13 +402,18 @@ def artifacts_native(spec: dict[str, Any], root: Path, src: Path) -> dict[str, A
         down[label] = perf() - t0
         if got != _case_bytes(case):
             raise RuntimeError(f"{label}: read back {got} bytes, logged {_case_bytes(case)}")
-    return {"upload_s": up, "download_s": down}
+    return {"block_s": dict(up), "upload_s": up, "download_s": down, "extra_disk_bytes": extra}
 
 
 def _read_tree(path: Path) -> int:
-    """Read every byte of a file or a folder's files (links followed); the byte count."""
+    """Read every byte of a file or a folder's files (links followed), in chunks; the byte count."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return sum(len(p.read_bytes()) for p in files)
+    total = 0
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+    return total
 
 
 def _read_clearml(session: Path, label: str, unpack: Path) -> int:

@@ -765,22 +765,37 @@ def render(results: Mapping[str, Any], comparison: Any, out: Path, plots: bool =
         lines += [
             "## Artifacts",
             "",
-            "Each artifact timed from the log call until it is stored (tracelet: `log_artifact` then "
-            "`flush()`), and back: "
-            "tracelet through `tracelet.testing.read_artifact` (one call per file), native through the "
-            "store's own download "
-            "(MLflow `download_artifacts`); W&B and ClearML offline have no download call, so their "
-            "native side reads the "
-            "files where the client put them. W&B's `run.save` links files instead of copying them.",
+            "Each artifact timed three ways: how long the caller was blocked (tracelet: `log_artifact`, "
+            "which snapshots the file; the native calls block until stored), until it is stored "
+            "(tracelet: `log_artifact` then `flush()`), and back (tracelet: one "
+            "`tracelet.testing.read_artifact_tree` call; native: MLflow `download_artifacts`; W&B and "
+            "ClearML offline have no download call, so their native side reads the files where the client "
+            "put them), every byte read. W&B's native call is `Artifact.add_file`/`add_dir` + "
+            "`log_artifact`. Extra disk at peak: tracelet's snapshots that waited for a store and are not "
+            "its copy (on the file-based stores the snapshot is linked into place: none), native: W&B's "
+            "cache copy.",
             "",
             *_table(
                 fig,
                 "artifacts",
                 [
                     *[
+                        (f"{label}: caller blocked, tracelet ÷ native", f"block {label} tracelet ÷ native")
+                        for label in plan["artifacts"]
+                    ],
+                    *[
+                        (f"{label}: stored, tracelet − native (ms)", f"stored {label} tracelet − native")
+                        for label in plan["artifacts"]
+                    ],
+                    *[
                         (f"{way} {label}: tracelet ÷ native", f"{way} {label} tracelet ÷ native")
                         for way in ("upload", "download")
                         for label in plan["artifacts"]
+                    ],
+                    *[
+                        (f"{label}: extra disk at peak, {kind} (%)", f"extra disk {label} {kind}")
+                        for label in plan["artifacts"]
+                        for kind in ("tracelet", "native")
                     ],
                     *[
                         (f"{way} {label}, {kind} (MB/s)", f"{way} {label} {kind} MB/s")

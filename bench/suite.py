@@ -130,7 +130,12 @@ PLANS: dict[str, Plan] = {
         overhead_slow_steps=1_500,
         sweep_runs=20,
         sweep_points=1_000,
-        artifacts={"1MB": (1_000_000, 1), "100MB": (100_000_000, 1), "1000 files": (1_000, 1_000)},
+        artifacts={
+            "1MB": (1_000_000, 1),
+            "100MB": (100_000_000, 1),
+            "1GB": (1_000_000_000, 1),
+            "1000 files": (4_096, 1_000),
+        },
     ),
     # The quick suite answers "does every measure still run, and did anything move a lot" in under
     # 10 minutes here, leaving room for the measures still to come: about 170 children, each paying
@@ -152,7 +157,7 @@ PLANS: dict[str, Plan] = {
         overhead_slow_steps=0,
         sweep_runs=8,
         sweep_points=1_000,
-        artifacts={"1MB": (1_000_000, 1), "10MB": (10_000_000, 1), "50 files": (1_000, 50)},
+        artifacts={"1MB": (1_000_000, 1), "10MB": (10_000_000, 1), "50 files": (4_096, 50)},
     ),
 }
 
@@ -520,10 +525,41 @@ def build_figures(
         add(_fig("latency", store, "native start", "seconds", "s", [r["start_s"] for r in percall]))
         add(_fig("latency", store, "native close", "seconds", "s", [r["close_s"] for r in percall]))
 
-        # artifacts: MB/s each way
+        # artifacts: the caller's blocking time, MB/s each way, and the extra disk at peak
         art = {k: _per_rep(runs, "artifacts", k, store) for k in ("tracelet", "native")}
         for label, (size, files) in plan.artifacts.items():
             mb = size * files / 1e6
+            block = {k: [r["block_s"][label] for r in art[k] if "block_s" in r] for k in art}
+            add(_fig("artifacts", store, f"block {label} tracelet", "seconds", "s", block["tracelet"]))
+            add(_fig("artifacts", store, f"block {label} native", "seconds", "s", block["native"]))
+            add(
+                _fig(
+                    "artifacts",
+                    store,
+                    f"block {label} tracelet ÷ native",
+                    "ratio",
+                    "×",
+                    _paired(block["tracelet"], block["native"], lambda a, b: a / b),
+                )
+            )
+            stored_ms = {k: [r["upload_s"][label] * 1000 for r in art[k]] for k in art}
+            add(
+                _fig(
+                    "artifacts",
+                    store,
+                    f"stored {label} tracelet − native",
+                    "ms",
+                    "ms",
+                    _paired(stored_ms["tracelet"], stored_ms["native"], lambda a, b: a - b),
+                )
+            )
+            for kind in art:
+                extra = [
+                    100.0 * r["extra_disk_bytes"][label] / (size * files)
+                    for r in art[kind]
+                    if "extra_disk_bytes" in r
+                ]
+                add(_fig("artifacts", store, f"extra disk {label} {kind}", "percent", "%", extra))
             for way in ("upload", "download"):
                 speed = {k: [mb / r[f"{way}_s"][label] for r in art[k]] for k in art}
                 add(

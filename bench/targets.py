@@ -15,6 +15,8 @@ from typing import Any
 
 ALL_STORES = ("mlflow", "mlflow_server", "wandb", "clearml", "local")
 THIRD_PARTY = ("mlflow", "mlflow_server", "wandb", "clearml")
+#: the stores that keep files on this filesystem (where a second copy on disk is avoidable)
+FILE_BASED = ("mlflow", "wandb", "local")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,58 @@ TARGETS: tuple[Target, ...] = (
         at_most=25.0,
         stores=("local",),
         unit="ms",
+    ),
+    *(
+        target
+        for size in ("100MB", "1GB")
+        for target in (
+            Target(
+                "artifacts",
+                f"block {size} tracelet ÷ native",
+                f"artifact {size}: the caller blocked, tracelet ÷ native",
+                at_most=1.1,
+                unit="×",
+            ),
+            Target(
+                "artifacts",
+                f"upload {size} tracelet ÷ native",
+                f"artifact {size}: until stored, speed tracelet ÷ native",
+                at_least=0.9,
+                unit="×",
+            ),
+            Target(
+                "artifacts",
+                f"download {size} tracelet ÷ native",
+                f"artifact {size}: read back, speed tracelet ÷ native",
+                at_least=0.9,
+                unit="×",
+            ),
+            Target(
+                "artifacts",
+                f"extra disk {size} tracelet",
+                f"artifact {size}: extra disk at peak, of the file",
+                at_most=10.0,
+                stores=FILE_BASED,
+                unit="%",
+            ),
+        )
+    ),
+    *(
+        Target(
+            "artifacts",
+            f"stored {case} tracelet − native",
+            f"artifact {case}: until stored, tracelet − native",
+            at_most=20.0,
+            unit="ms",
+        )
+        for case in ("1MB", "1000 files")
+    ),
+    Target(
+        "artifacts",
+        "upload 1000 files tracelet ÷ native",
+        "1,000-file folder: until stored, speed tracelet ÷ native",
+        at_least=0.9,
+        unit="×",
     ),
 )
 

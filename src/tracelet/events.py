@@ -50,6 +50,10 @@ class Artifact:
     ``owned=False`` (``log_artifact(..., copy=False)``): ``local_path`` is the caller's own
     file, read when it is delivered; ``size`` and ``mtime_ns`` are what it was when logged,
     so a file changed or deleted before delivery is refused with the reason.
+
+    ``tree=True``: a logged folder, as one event: ``local_path`` is the snapshot of the whole
+    folder, whose files land under ``artifact_path`` (``""``: the run's artifact root) with
+    their relative paths, in one store operation where the store has one; ``size`` is the total.
     """
 
     local_path: str
@@ -58,6 +62,7 @@ class Artifact:
     size: int
     owned: bool = True
     mtime_ns: int = 0
+    tree: bool = False
 
 
 @dataclass(frozen=True)

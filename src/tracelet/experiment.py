@@ -210,12 +210,14 @@ class Experiment:
     def log_artifact(
         self, path: str | os.PathLike[str], artifact_path: str | None = None, *, copy: bool = True
     ) -> None:
-        """Log a file or a directory (one entry per file) under ``artifact_path``.
+        """Log a file, or a directory's files with their relative paths, under ``artifact_path``.
 
         The bytes are snapshotted now (one kernel copy, a reflink where the filesystem has
         them), so a file overwritten later does not change what lands; a store on this
         filesystem keeps that snapshot as its copy. Past ``TRACELET_ARTIFACT_STAGE_MB`` of
-        snapshots still on their way, this waits for the stores (one WARNING says so).
+        snapshots still on their way, this waits for the stores (one WARNING says so). A
+        directory is one snapshot and one store operation where the store has one (MLflow's
+        ``log_artifacts``); a full disk raises ``OSError`` naming the file, with nothing logged.
 
         ``copy=False`` takes no snapshot: the store reads the file when it delivers it. Only
         for a file nothing rewrites or deletes until the run is stopped: one that is changed
@@ -244,25 +246,20 @@ class Experiment:
             targets = [(f, f.relative_to(source).as_posix()) for f in files]
         else:
             targets = [(source, source.name)]
-        items = []
-        taken: list[Path] = []
-        try:
+        items: list[tuple[Any, ...]] = []
+        if copy and source.is_dir():  # one event, one snapshot folder: one store operation where there is one
+            tree, size = self._staging.snapshot_tree(targets)
+            items.append(("artifact", str(tree), prefix, "", size, True, 0, True))
+        elif copy:
+            snapshot = self._staging.snapshot(source, source.name)
+            size = os.stat(snapshot).st_size  # the sha256 is the writer's, off this thread
+            items.append(("artifact", str(snapshot), _join(prefix, source.name), "", size, True, 0, False))
+        else:
             for file, relative in targets:
-                dest = f"{prefix}/{relative}" if prefix else relative
-                if copy:
-                    snapshot = self._staging.snapshot(file, dest.rpartition("/")[2])
-                    taken.append(snapshot)
-                    size = os.stat(snapshot).st_size
-                    # the sha256 is the writer's, off this thread
-                    items.append(("artifact", str(snapshot), dest, "", size, True, 0))
-                else:
-                    st = os.stat(file)
-                    items.append(
-                        ("artifact", str(file.absolute()), dest, "", st.st_size, False, st.st_mtime_ns)
-                    )
-        except BaseException:  # a full disk half-way through a folder: nothing of this call is sent
-            self._staging.discard(taken)
-            raise
+                st = os.stat(file)  # what it was when logged: checked again when it is delivered
+                owner_file = str(file.absolute())
+                dest = _join(prefix, relative)
+                items.append(("artifact", owner_file, dest, "", st.st_size, False, st.st_mtime_ns, False))
         for item in items:
             self._put(item)
 
@@ -405,6 +402,10 @@ class Experiment:
         return (
             f"Experiment(name={self.name!r}, project={self.project!r}, backends={self.settings.backends!r})"
         )
+
+
+def _join(prefix: str, relative: str) -> str:
+    return f"{prefix}/{relative}" if prefix else relative
 
 
 def _clean_artifact_path(artifact_path: str | None) -> str:

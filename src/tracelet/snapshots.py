@@ -39,6 +39,9 @@ ROOM_POLL = 0.05
 #: beside a snapshot a store refused (kept for ``tracelet sync``): no longer counted as staged
 KEPT_MARKER = ".kept"
 
+#: a logged folder's snapshot: ``staging/<n>/tree/<its files>`` (beside it, room for the marker)
+TREE = "tree"
+
 REFLINK = "reflink"
 COPY = "copy"
 
@@ -127,13 +130,33 @@ class Staging:
             self._staged[target] = size
         return target
 
-    def discard(self, snapshots: list[Path]) -> None:
-        """Delete snapshots that were never sent (the rest of a call that failed half-way)."""
+    def snapshot_tree(self, files: list[tuple[Path, str]]) -> tuple[Path, int]:
+        """Snapshot a folder's ``(file, relative path)`` pairs into one new folder; returns it and its size.
+
+        All or nothing: a file that cannot be copied (a full disk) removes what was taken of the
+        folder and raises ``OSError`` naming that file.
+        """
+        size = sum(os.stat(source).st_size for source, _ in files)
+        self._make_room(size)
+        root = self.new_dir() / TREE
+        try:
+            for source, relative in files:
+                target = root / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    snapshot_file(source, target)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno,
+                        f"log_artifact: could not snapshot {source}: {exc.strerror or exc}",
+                        str(source),
+                    ) from exc
+        except BaseException:
+            _remove_snapshot(root)
+            raise
         with self._lock:
-            for target in snapshots:
-                self._staged.pop(target, None)
-        for target in snapshots:
-            _remove_snapshot(target)
+            self._staged[root] = size
+        return root, size
 
     def staged_bytes(self) -> int:
         """Bytes of snapshots still waiting for a store (what the bound counts)."""
@@ -163,7 +186,11 @@ class Staging:
 
 
 def _remove_snapshot(target: Path) -> None:
-    with contextlib.suppress(OSError):
-        target.unlink()
+    """Delete a snapshot (a file, or a folder's :data:`TREE`) and the folder made for it."""
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            target.unlink()
     with contextlib.suppress(OSError):
         target.parent.rmdir()

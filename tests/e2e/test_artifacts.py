@@ -23,6 +23,7 @@ import pytest
 import tracelet
 from tests.e2e.framework import BackendConfig, e2e_framework
 from tests.e2e.params import POSIX, environments
+from tracelet.testing import read_artifact_tree
 
 
 def _start(config: BackendConfig, name: str) -> tracelet.Experiment:
@@ -141,3 +142,36 @@ def test_the_staged_bytes_bound_holds_the_caller_until_the_store_takes_them(
             f"checkpoints/{name}": _sha(data) for name, data in files.items()
         }
         assert not exp.spool_dir.exists()  # every snapshot deleted once stored, and the spool with them
+
+
+@pytest.mark.framework_only("torch")
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("environment", environments())
+def test_a_folder_of_a_thousand_files_is_one_event_and_lands_whole(
+    environment: str, isolated_env: Path, tmp_path: Path
+) -> None:
+    """1,000 files of 4 KiB: one event and one snapshot; every file read back with its sha256."""
+    folder = tmp_path / "shards"
+    files: dict[str, bytes] = {}
+    for n in range(1000):
+        relative = f"part-{n % 10}/shard-{n:04d}.bin"
+        files[relative] = os.urandom(4096)
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(files[relative])
+    with e2e_framework.backend_environment(environment, project="artifacts") as config:
+        exp = _start(config, "folder")
+        exp.log_artifact(folder, "dataset")
+        report = tracelet.stop_logging()[config.backend_name]
+        assert report.ok, report
+        assert report.sent == 1  # the folder went as one event
+        run_id = exp.runs[config.backend_name]
+        assert run_id is not None
+        record = config.read(run_id)
+        assert {a.path: a.sha256 for a in record.artifacts} == {
+            f"dataset/{relative}": _sha(data) for relative, data in files.items()
+        }
+        fetched = read_artifact_tree(
+            config.store.backend, run_id, "dataset/part-3", tmp_path / "back", **config.store.reader_options()
+        )
+        back = {p.relative_to(fetched).as_posix(): p.read_bytes() for p in fetched.rglob("*") if p.is_file()}
+        assert back == {f"dataset/{r}": data for r, data in files.items() if r.startswith("part-3/")}

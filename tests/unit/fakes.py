@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import Backend, RunInfo
-from tracelet.backends.files import Placement
+from tracelet.backends.files import Placement, tree_files
 from tracelet.backends.local import LocalBackend
 from tracelet.events import Artifact, Event, Metric, from_json, to_json
 
@@ -97,7 +97,11 @@ class MemoryBackend(Backend):
     def write(self, events: Sequence[Event]) -> None:
         # a file store: an artifact is placed (linked, as the local store does) under artifacts/,
         # and the record points there; the snapshot itself goes once every store has it
-        events = [self._store(e) if isinstance(e, Artifact) else e for e in events]
+        events = [
+            stored
+            for e in events
+            for stored in ([self._store(f) for f in tree_files(e)] if isinstance(e, Artifact) else [e])
+        ]
         with open(self._dir / "events.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(to_json(e)) + "\n" for e in events))
         with open(self._dir / "batches.jsonl", "a", encoding="utf-8") as f:

@@ -10,6 +10,7 @@ file when it is delivered and refuses one that changed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import pytest
 import tracelet
 from tests.unit.fakes import hold, release, run_view, wait_for
 from tracelet import snapshots
+from tracelet.backends.files import tree_files
 from tracelet.events import Artifact
 from tracelet.snapshots import KEPT_MARKER
 
@@ -215,3 +217,49 @@ def test_a_bad_stage_bound_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("TRACELET_ARTIFACT_STAGE_MB", "-1")
     with pytest.raises(ValueError, match="TRACELET_ARTIFACT_STAGE_MB='-1' must not be negative"):
         tracelet.start_logging(backend="memory")
+
+
+def test_a_folder_is_one_event_and_one_snapshot_deleted_once_stored(
+    tmp_path: Path, delivery_mode: str
+) -> None:
+    folder = tmp_path / "ckpt"
+    files = {"model.pt": b"weights", "optim/state.pt": b"moments", "optim/sched.json": b"{}"}
+    for relative, data in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+    exp = tracelet.start_logging(exp_name="folder", project="p", backend=["local", "memory"])
+    exp.log_artifact(folder, "epoch-3")
+    (folder / "model.pt").write_bytes(b"the next epoch")  # the folder's snapshot holds the logged bytes
+    assert exp.flush(10)
+    wait_for(
+        lambda: not any((exp.spool_dir / "staging").iterdir()), 10, "the folder's snapshot to be deleted"
+    )
+    report = tracelet.stop_logging()
+    assert report.ok
+    assert report["local"].sent == 1  # one event for the whole folder
+    stored = _local_artifacts(tmp_path, exp.runs["local"])
+    assert {path: file.read_bytes() for path, file in stored.items()} == {
+        f"epoch-3/{relative}": data for relative, data in files.items()
+    }
+    (run_dir,) = (tmp_path / "runs").glob(f"*/{exp.runs['local']}")
+    records = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    hashes = {e["artifact_path"]: e["sha256"] for e in records if e["kind"] == "artifact"}
+    assert hashes == {f"epoch-3/{r}": hashlib.sha256(d).hexdigest() for r, d in files.items()}
+    memory = [e.artifact_path for e in run_view(exp.runs["memory"]).events if isinstance(e, Artifact)]
+    assert memory == sorted(f"epoch-3/{relative}" for relative in files)
+
+
+def test_tree_files_lists_a_folder_events_files_under_its_path(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "b").mkdir(parents=True)
+    (tmp_path / "tree" / "a.txt").write_text("a")
+    (tmp_path / "tree" / "b" / "c.txt").write_text("cc")
+    tree = Artifact(str(tmp_path / "tree"), "", "", 3, tree=True)
+    assert [(f.artifact_path, f.size, f.tree) for f in tree_files(tree)] == [
+        ("a.txt", 1, False),
+        ("b/c.txt", 2, False),
+    ]
+    under = tree_files(Artifact(str(tmp_path / "tree"), "run/x", "", 3, tree=True))
+    assert [f.artifact_path for f in under] == ["run/x/a.txt", "run/x/b/c.txt"]
+    assert [Path(f.local_path).read_text() for f in under] == ["a", "cc"]
+    single = Artifact(str(tmp_path / "tree" / "a.txt"), "a.txt", "", 1)
+    assert tree_files(single) == [single]

@@ -154,7 +154,9 @@ class Backend(ABC):
     def write(self, events: Sequence[Event]) -> None:
         """Deliver a batch, in order, with the store's bulk API. Raise on failure.
 
-        Raise :class:`PartialWriteError` when a known prefix of the batch landed.
+        Raise :class:`PartialWriteError` when a known prefix of the batch landed. An
+        :class:`~tracelet.events.Artifact` with ``tree=True`` is a whole folder: store it with
+        the store's folder call, or file by file (:func:`tracelet.backends.files.tree_files`).
         """
 
     @abstractmethod

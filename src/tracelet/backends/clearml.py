@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
-from tracelet.backends.files import check_source
+from tracelet.backends.files import check_source, tree_files
 from tracelet.backends.naming import label_to_tag, split_clearml, tag_to_label
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 
@@ -286,7 +286,8 @@ class ClearMLBackend(Backend):
             elif isinstance(event, Tags):
                 self._set_tags(task, event.values)
             elif isinstance(event, Artifact):
-                self._upload_artifact(task, event)
+                for file in tree_files(event):  # a folder: one artifact per file (as it was logged)
+                    self._upload_artifact(task, file)
             elif isinstance(event, Image):
                 self._report_image(clearml_logger, event)
             elif isinstance(event, Status):

@@ -51,6 +51,32 @@ def check_source(event: Artifact) -> None:
         )
 
 
+def tree_files(event: Artifact) -> list[Artifact]:
+    """A folder event's files, each as the event of one file (its relative path under ``artifact_path``).
+
+    For the stores whose folder operation is a loop over files anyway (a link each), and for
+    the records they keep per file. A file event is returned as it is.
+    """
+    if not event.tree:
+        return [event]
+    root = Path(event.local_path)
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            found.append(
+                Artifact(
+                    local_path=str(path),
+                    artifact_path=f"{event.artifact_path}/{relative}" if event.artifact_path else relative,
+                    sha256="",
+                    size=path.stat().st_size,
+                    owned=event.owned,
+                )
+            )
+    return sorted(found, key=lambda a: a.artifact_path)
+
+
 @dataclass
 class Placement:
     """One backend's record of how its files were placed: the report's note when any was copied."""

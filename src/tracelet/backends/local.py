@@ -12,13 +12,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from tracelet import config
 from tracelet.atomic import write_json_atomic
 from tracelet.backends.base import RUNNING, Backend, RunInfo
-from tracelet.backends.files import Placement
+from tracelet.backends.files import Placement, tree_files
 from tracelet.events import Artifact, Event, Image, Status, Tags, to_json
 from tracelet.snapshots import sha256_of
 
@@ -89,13 +90,18 @@ class LocalBackend(Backend):
             if late:
                 lines.append(json.dumps(to_json(Tags(late, system=True))))
         for event in events:
+            if isinstance(event, Artifact):  # a folder: one record per file, as if logged one by one
+                for file in tree_files(event):
+                    target = self._dir / "artifacts" / file.artifact_path
+                    self._placement.place(file, target)  # the snapshot itself, linked (else copied)
+                    # hashed here, on the writer's thread
+                    stored = replace(
+                        file, local_path=str(target.relative_to(self._dir)), sha256=sha256_of(target)
+                    )
+                    lines.append(json.dumps(to_json(stored)))
+                continue
             data = to_json(event)
-            if isinstance(event, Artifact):
-                target = self._dir / "artifacts" / event.artifact_path
-                self._placement.place(event, target)  # the snapshot itself, linked (else copied)
-                data["local_path"] = str(target.relative_to(self._dir))
-                data["sha256"] = event.sha256 or sha256_of(target)  # hashed here, on the writer's thread
-            elif isinstance(event, Image):
+            if isinstance(event, Image):
                 target = self._dir / "images" / event.name / f"{event.step}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(event.local_path, target)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, Backend, PartialWriteError, RunInfo
-from tracelet.backends.files import Placement, check_source
+from tracelet.backends.files import Placement, check_source, tree_files
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags, timestamp_ms
 from tracelet.redaction import strip_url_userinfo
 
@@ -341,10 +341,15 @@ class MLflowBackend(Backend):
         MLflow's own ``log_artifact`` into its file repository is a ``shutil.copy2`` to
         ``<artifact_uri>/<artifact_path>``; the snapshot already holds those bytes, so it is
         linked there instead (copied across filesystems, or for ``copy=False``). A server
-        (``mlflow-artifacts:``, ``s3:``, ...) gets the upload, which MLflow streams from the file.
+        (``mlflow-artifacts:``, ``s3:``, ...) gets the upload, which MLflow streams from the file;
+        a folder is one ``log_artifacts`` call.
         """
         if self._artifact_dir is not None:
-            self._placement.place(event, self._artifact_dir / event.artifact_path)
+            for file in tree_files(event):
+                self._placement.place(file, self._artifact_dir / file.artifact_path)
+            return
+        if event.tree:  # a folder: MLflow's own one call for it
+            self._client.log_artifacts(self.run_id, event.local_path, event.artifact_path or None)
             return
         check_source(event)
         self._upload(event.local_path, event.artifact_path)

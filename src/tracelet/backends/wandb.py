@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tracelet.backends.base import Backend, RunInfo
-from tracelet.backends.files import Placement
+from tracelet.backends.files import Placement, tree_files
 from tracelet.backends.naming import EXIT_CODES, label_to_tag, tag_to_label
 from tracelet.backends.wandb_log import LOG_BLOCK_SIZE, iter_log_records
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
@@ -185,10 +185,11 @@ class WandbBackend(Backend):
             elif isinstance(event, Status):
                 pass  # a W&B run shows "running" until it finishes: its state is the exit code at finish
             elif isinstance(event, Artifact):
-                try:
-                    self._save_file(event)
-                except (OSError, ValueError) as exc:
-                    problems.append(f"artifact {event.artifact_path!r}: {exc}")
+                for file in tree_files(event):  # a folder: each file linked into files/, saved
+                    try:
+                        self._save_file(file)
+                    except (OSError, ValueError) as exc:
+                        problems.append(f"artifact {file.artifact_path!r}: {exc}")
         flush()
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

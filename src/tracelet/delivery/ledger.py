@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -83,9 +84,12 @@ def _mark_kept(path: str) -> None:
 
 
 def _remove(path: str) -> None:
-    """Delete the snapshot and its folder (``staging/<n>``, made for it alone)."""
+    """Delete the snapshot (a file, or a folder's tree) and ``staging/<n>``, made for it alone."""
     try:
-        os.unlink(path)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:  # it stays until the run's spool is removed

@@ -13,12 +13,14 @@ Examples:
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
-__all__ = ["ArtifactRecord", "ImageRecord", "RunRecord", "read_artifact", "read_run"]
+__all__ = ["ArtifactRecord", "ImageRecord", "RunRecord", "read_artifact", "read_artifact_tree", "read_run"]
 
 
 #: backend -> the module holding its ``read_<backend>_run`` and ``read_<backend>_artifact``;
@@ -56,3 +58,18 @@ def read_artifact(backend: str, run_id: str, path: str, **options: Any) -> bytes
     """
     data: bytes = _reader(backend, "artifact")(run_id, path, **options)
     return data
+
+
+def read_artifact_tree(
+    backend: str, run_id: str, path: str, dest: str | os.PathLike[str], **options: Any
+) -> Path:
+    """Fetch every artifact stored at or under ``path`` into ``dest`` (relative paths kept); returns ``dest``.
+
+    One store call where the store has one (MLflow's ``download_artifacts`` of the folder);
+    the files are copied in chunks, never read whole. ``path=""`` fetches the run's every
+    artifact. The options are :func:`read_run`'s.
+    """
+    target = Path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    _reader(backend, "tree")(run_id, path.strip("/"), target, **options)
+    return target

@@ -144,6 +144,30 @@ def read_clearml_artifact(
     raise FileNotFoundError(f"ClearML task {task_id!r} holds no artifact {path!r}")
 
 
+def read_clearml_tree(
+    task_id: str, path: str, dest: Path, offline_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Every artifact whose key is ``path`` or lies under it, written into ``dest`` (one at a time)."""
+    session = _Session(_locate(task_id, offline_dir))
+    found = 0
+    try:
+        task = json.loads(session.read("task.json").decode("utf-8"))
+        for item in (task.get("execution") or {}).get("artifacts") or []:
+            key = str(item.get("key") or "")
+            if path and key != path and not key.startswith(path + "/"):
+                continue
+            out = dest / key
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(
+                session.read(_relative_data_path(item["uri"], str(task.get("offline_folder") or "")))
+            )
+            found += 1
+    finally:
+        session.close()
+    if not found:
+        raise FileNotFoundError(f"ClearML task {task_id!r} holds no artifact at or under {path!r}")
+
+
 def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = None) -> RunRecord:
     """What ClearML stored offline for ``task_id``.
 

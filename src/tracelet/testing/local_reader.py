@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from tracelet.backends.local import local_root
@@ -66,3 +67,24 @@ def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> R
     record.artifacts.sort(key=lambda a: a.path)
     record.images.sort(key=lambda i: (i.name, i.step))
     return record
+
+
+def read_local_tree(run_id: str, path: str, dest: Path, root: str | os.PathLike[str] | None = None) -> None:
+    """Every artifact at or under ``path`` (the last one logged at each path), copied into ``dest``."""
+    run_dir = _run_dir(run_id, root)
+    stored: dict[str, Path] = {}
+    with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+        for line in f:
+            event = json.loads(line)
+            if event["kind"] == "artifact" and _under(event["artifact_path"], path):
+                stored[event["artifact_path"]] = run_dir / event["local_path"]
+    if not stored:
+        raise FileNotFoundError(f"local run {run_id!r} holds no artifact at or under {path!r}")
+    for artifact_path, file in stored.items():
+        out = dest / artifact_path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, out)
+
+
+def _under(artifact_path: str, path: str) -> bool:
+    return not path or artifact_path == path or artifact_path.startswith(path + "/")

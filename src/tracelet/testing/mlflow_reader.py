@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from pathlib import Path
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX
 from tracelet.images import png_size
@@ -13,13 +13,6 @@ from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 IMAGE_DIR = "tracelet-images"
 _STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
-
-
-def _walk(client: Any, run_id: str, path: str | None = None) -> list[Any]:
-    files = []
-    for info in client.list_artifacts(run_id, path):
-        files.extend(_walk(client, run_id, info.path) if info.is_dir else [info])
-    return files
 
 
 def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
@@ -38,16 +31,20 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     artifacts: list[ArtifactRecord] = []
     images: list[ImageRecord] = []
     with tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp:
-        for info in _walk(client, run_id):
-            local = client.download_artifacts(run_id, info.path, tmp)
-            if info.path.startswith(IMAGE_DIR + "/"):
-                name, _, filename = info.path[len(IMAGE_DIR) + 1 :].rpartition("/")
+        # one call for the whole tree (MLflow fetches a server's files in parallel), then hashed
+        # in chunks: a checkpoint of gigabytes is never read whole
+        root = (
+            Path(client.download_artifacts(run_id, "", tmp)) if client.list_artifacts(run_id) else Path(tmp)
+        )
+        for local in sorted(p for p in root.rglob("*") if p.is_file()):
+            path = local.relative_to(root).as_posix()
+            if path.startswith(IMAGE_DIR + "/"):
+                name, _, filename = path[len(IMAGE_DIR) + 1 :].rpartition("/")
                 with open(local, "rb") as f:
                     width, height = png_size(f.read())
                 images.append(ImageRecord(name, int(filename.removesuffix(".png")), width, height))
-            else:  # hashed in chunks: a checkpoint of gigabytes is never read whole
-                artifacts.append(ArtifactRecord(info.path, os.path.getsize(local), sha256_of(local)))
-            os.unlink(local)  # one downloaded file on disk at a time
+            else:
+                artifacts.append(ArtifactRecord(path, local.stat().st_size, sha256_of(local)))
     return RunRecord(
         backend="mlflow",
         run_id=run_id,
@@ -72,3 +69,25 @@ def read_mlflow_artifact(run_id: str, path: str, tracking_uri: str | None = None
         local = client.download_artifacts(run_id, path, tmp)
         with open(local, "rb") as f:
             return f.read()
+
+
+def read_mlflow_tree(run_id: str, path: str, dest: Path, tracking_uri: str | None = None) -> None:
+    """Every artifact at or under ``path``, downloaded into ``dest`` with one ``download_artifacts`` call."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    with tempfile.TemporaryDirectory(prefix="tracelet-read-", dir=dest) as tmp:
+        local = Path(client.download_artifacts(run_id, path, tmp))
+        _move_into(local, dest / path if path else dest)
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Move a downloaded file or folder to ``target`` (its files merged into what is there)."""
+    if source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        return
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        out = target / file.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, out)

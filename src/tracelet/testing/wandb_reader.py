@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,26 @@ def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str
         if file.is_file():
             return file.read_bytes()
     raise FileNotFoundError(f"W&B run {run_id!r} holds no file {path!r}")
+
+
+def read_wandb_tree(
+    run_id: str, path: str, dest: Path, wandb_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Every file the offline run saved at or under ``path``, copied into ``dest``."""
+    record = read_wandb_run(run_id, wandb_dir)
+    wanted = [a.path for a in record.artifacts if not path or a.path == path or a.path.startswith(path + "/")]
+    if not wanted:
+        raise FileNotFoundError(f"W&B run {run_id!r} holds no file at or under {path!r}")
+    run_dirs = list(reversed(_find_run_dirs(run_id, wandb_dir)))
+    for artifact_path in wanted:
+        source = next(
+            d.joinpath("files", *artifact_path.split("/"))
+            for d in run_dirs
+            if d.joinpath("files", *artifact_path.split("/")).is_file()
+        )
+        out = dest / artifact_path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, out)
 
 
 def _find_run_dirs(run_id: str, wandb_dir: str | os.PathLike[str] | None) -> list[Path]:
