@@ -548,7 +548,7 @@ def build_figures(
                     "artifacts",
                     store,
                     f"stored {label} tracelet − native",
-                    "ms",
+                    "delta",
                     "ms",
                     _paired(stored_ms["tracelet"], stored_ms["native"], lambda a, b: a - b),
                 )
@@ -559,7 +559,7 @@ def build_figures(
                     for r in art[kind]
                     if "extra_disk_bytes" in r
                 ]
-                add(_fig("artifacts", store, f"extra disk {label} {kind}", "percent", "%", extra))
+                add(_fig("artifacts", store, f"extra disk {label} {kind}", "points", "%", extra))
             for way in ("upload", "download"):
                 speed = {k: [mb / r[f"{way}_s"][label] for r in art[k]] for k in art}
                 add(

@@ -263,6 +263,15 @@ class Experiment:
         for item in items:
             self._put(item)
 
+    def staged_bytes_peak(self, reset: bool = False) -> int:
+        """The most bytes of artifact snapshots that waited for the stores at once in this run.
+
+        What ``TRACELET_ARTIFACT_STAGE_MB`` bounds: disk that ``log_artifact`` took beside the
+        file itself until every store had it (on a store that links the snapshot into place, it is
+        the store's own copy from then on). ``reset=True`` starts the next peak from now.
+        """
+        return self._staging.peak_bytes(reset)
+
     def log_image(self, name: str, image: Any, iteration: int | None = None) -> None:
         """Log an image (numpy array, tensor or matplotlib figure), encoded as PNG now."""
         if self._inactive:

@@ -102,6 +102,7 @@ class Staging:
         self._delivering = delivering
         self._seq = 0
         self._staged: dict[Path, int] = {}
+        self._peak = 0
         self._lock = threading.Lock()
         self._warned = False
 
@@ -126,8 +127,7 @@ class Staging:
             raise OSError(
                 exc.errno, f"log_artifact: could not snapshot {source}: {exc.strerror or exc}", str(source)
             ) from exc
-        with self._lock:
-            self._staged[target] = size
+        self._count(target, size)
         return target
 
     def snapshot_tree(self, files: list[tuple[Path, str]]) -> tuple[Path, int]:
@@ -154,9 +154,23 @@ class Staging:
         except BaseException:
             _remove_snapshot(root)
             raise
-        with self._lock:
-            self._staged[root] = size
+        self._count(root, size)
         return root, size
+
+    def _count(self, snapshot: Path, size: int) -> None:
+        self.staged_bytes()  # what the stores took is no longer counted, nor in the peak
+        with self._lock:
+            self._staged[snapshot] = size
+            self._peak = max(self._peak, sum(self._staged.values()))
+
+    def peak_bytes(self, reset: bool = False) -> int:
+        """The most bytes of snapshots that waited for the stores at once (since the last reset)."""
+        now = self.staged_bytes() if reset else 0  # what the stores took no longer counts
+        with self._lock:
+            peak = self._peak
+            if reset:
+                self._peak = now
+            return peak
 
     def staged_bytes(self) -> int:
         """Bytes of snapshots still waiting for a store (what the bound counts)."""

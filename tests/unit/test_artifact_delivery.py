@@ -263,3 +263,20 @@ def test_tree_files_lists_a_folder_events_files_under_its_path(tmp_path: Path) -
     assert [Path(f.local_path).read_text() for f in under] == ["a", "cc"]
     single = Artifact(str(tmp_path / "tree" / "a.txt"), "a.txt", "", 1)
     assert tree_files(single) == [single]
+
+
+def test_the_staged_peak_counts_what_waited_at_once(tmp_path: Path, delivery_mode: str) -> None:
+    for n in range(2):
+        (tmp_path / f"ckpt{n}.pt").write_bytes(b"x" * 1000 * (n + 1))
+    hold()
+    exp = tracelet.start_logging(exp_name="peak", project="p", backend="blocking")
+    exp.log_artifact(tmp_path / "ckpt0.pt")
+    exp.log_artifact(tmp_path / "ckpt1.pt")
+    assert exp.staged_bytes_peak() == 3000  # both wait for the stalled store
+    release()
+    assert exp.flush(10)
+    wait_for(lambda: _staged(exp) == [], 10, "the snapshots to be deleted once stored")
+    assert exp.staged_bytes_peak(reset=True) == 3000
+    exp.log_artifact(tmp_path / "ckpt0.pt")
+    assert exp.staged_bytes_peak() == 1000  # since the reset: the stored ones no longer count
+    assert tracelet.stop_logging().ok

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
-from tracelet.backends.files import check_source, tree_files
+from tracelet.backends.files import check_source
 from tracelet.backends.naming import label_to_tag, split_clearml, tag_to_label
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
 
@@ -37,6 +37,11 @@ PARAMS_SECTION = "General"
 
 #: Section of ``task.set_user_properties``: tracelet's own ``tracelet.*`` fields (versions, git).
 PROPERTIES_SECTION = "properties"
+
+#: A logged folder is one ClearML artifact (a zip); this metadata key holds where its files land.
+FOLDER_METADATA = "tracelet.folder"
+#: The key of a folder logged at the run's artifact root (its files land at their own paths).
+FOLDER_ROOT_KEY = "."
 
 #: Private class attribute of ``clearml.Task`` that decides whether reports go through a
 #: separate reporting subprocess (config ``sdk.development.report_use_subprocess``,
@@ -286,8 +291,10 @@ class ClearMLBackend(Backend):
             elif isinstance(event, Tags):
                 self._set_tags(task, event.values)
             elif isinstance(event, Artifact):
-                for file in tree_files(event):  # a folder: one artifact per file (as it was logged)
-                    self._upload_artifact(task, file)
+                if event.tree:
+                    self._upload_folder(task, event)
+                else:
+                    self._upload_artifact(task, event)
             elif isinstance(event, Image):
                 self._report_image(clearml_logger, event)
             elif isinstance(event, Status):
@@ -376,6 +383,23 @@ class ClearMLBackend(Backend):
             )
         if not ok:
             raise RuntimeError(f"ClearML failed to store artifact {event.artifact_path!r}")
+
+    def _upload_folder(self, task: Any, event: Artifact) -> None:
+        """A folder is one artifact, as ClearML's users keep one: ``upload_artifact`` zips it.
+
+        Its key is the folder's artifact path (:data:`FOLDER_ROOT_KEY` for the run's root), and
+        its metadata says where its files land (:data:`FOLDER_METADATA`), so a reader lists the
+        archive's files one by one, at the paths they were logged under.
+        """
+        key = event.artifact_path or FOLDER_ROOT_KEY
+        ok = task.upload_artifact(
+            name=key,
+            artifact_object=Path(event.local_path),
+            metadata={FOLDER_METADATA: event.artifact_path},
+            wait_on_upload=True,
+        )
+        if not ok:
+            raise RuntimeError(f"ClearML failed to store the folder {key!r}")
 
     def finish(self, status: str) -> None:
         """Flush everything, close the task and leave it with ``status``.

@@ -19,15 +19,18 @@ needs no ClearML import except to find ClearML's cache folder when none is given
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import os
+import shutil
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from tracelet.backends.clearml import PARAMS_SECTION, PROPERTIES_SECTION
+from tracelet.backends.clearml import FOLDER_METADATA, PARAMS_SECTION, PROPERTIES_SECTION
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, join_clearml, label_to_tag
 from tracelet.images import png_size
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
@@ -63,6 +66,13 @@ class _Session:
             return (self.folder / relative).read_bytes()
         assert self.zip is not None
         return self.zip.read(relative)
+
+    def open(self, relative: str) -> IO[bytes]:
+        """A stored file, to read in chunks."""
+        if self.folder is not None:
+            return open(self.folder / relative, "rb")
+        assert self.zip is not None
+        return self.zip.open(relative)
 
     def exists(self, relative: str) -> bool:
         if self.folder is not None:
@@ -129,6 +139,41 @@ def _events(session: _Session) -> Iterator[dict[str, Any]]:
             yield from json.loads(line)
 
 
+def _stored_files(session: _Session, task: dict[str, Any]) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """Each stored file as ``(artifact path, opener)``: a logged folder's archive file by file."""
+    offline_folder = str(task.get("offline_folder") or "")
+    for item in (task.get("execution") or {}).get("artifacts") or []:
+        relative = _relative_data_path(item["uri"], offline_folder)
+        metadata = {str(k): str(v) for k, v in item.get("display_data") or []}
+        if item.get("type") != "archive" or FOLDER_METADATA not in metadata:
+            yield item["key"], functools.partial(session.open, relative)
+            continue
+        prefix = metadata[FOLDER_METADATA]
+        with (
+            session.open(relative) as raw,
+            zipfile.ZipFile(raw if raw.seekable() else io.BytesIO(raw.read())) as archive,
+        ):
+            for member in archive.infolist():
+                if member.is_dir():
+                    continue
+                path = f"{prefix}/{member.filename}" if prefix else member.filename
+                yield path, functools.partial(_member, archive, member.filename)
+
+
+def _member(archive: zipfile.ZipFile, name: str) -> IO[bytes]:
+    return archive.open(name)
+
+
+def _hash_stream(stream: IO[bytes]) -> tuple[int, str]:
+    """Size and sha256 of a stream, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def read_clearml_artifact(
     task_id: str, path: str, offline_dir: str | os.PathLike[str] | None = None
 ) -> bytes:
@@ -136,9 +181,10 @@ def read_clearml_artifact(
     session = _Session(_locate(task_id, offline_dir))
     try:
         task = json.loads(session.read("task.json").decode("utf-8"))
-        for item in (task.get("execution") or {}).get("artifacts") or []:
-            if item.get("key") == path:
-                return session.read(_relative_data_path(item["uri"], str(task.get("offline_folder") or "")))
+        for stored, opener in _stored_files(session, task):
+            if stored == path:
+                with opener() as f:
+                    return f.read()
     finally:
         session.close()
     raise FileNotFoundError(f"ClearML task {task_id!r} holds no artifact {path!r}")
@@ -152,15 +198,13 @@ def read_clearml_tree(
     found = 0
     try:
         task = json.loads(session.read("task.json").decode("utf-8"))
-        for item in (task.get("execution") or {}).get("artifacts") or []:
-            key = str(item.get("key") or "")
-            if path and key != path and not key.startswith(path + "/"):
+        for stored, opener in _stored_files(session, task):
+            if path and stored != path and not stored.startswith(path + "/"):
                 continue
-            out = dest / key
+            out = dest / stored
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(
-                session.read(_relative_data_path(item["uri"], str(task.get("offline_folder") or "")))
-            )
+            with opener() as f, open(out, "wb") as w:
+                shutil.copyfileobj(f, w)
             found += 1
     finally:
         session.close()
@@ -198,11 +242,10 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
             (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value
 
         artifacts = []
-        for item in (task.get("execution") or {}).get("artifacts") or []:
-            data = session.read(_relative_data_path(item["uri"], offline_folder))
-            artifacts.append(
-                ArtifactRecord(path=item["key"], size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            )
+        for path, opener in _stored_files(session, task):  # a folder's archive: file by file
+            with opener() as f:
+                size, sha256 = _hash_stream(f)
+            artifacts.append(ArtifactRecord(path=path, size=size, sha256=sha256))
 
         metrics: dict[str, list[tuple[int, float]]] = {}
         images: list[ImageRecord] = []
