@@ -292,6 +292,8 @@ def artifacts_tracelet(spec: dict[str, Any], root: Path, src: Path) -> dict[str,
     exp = tracelet.start_logging(
         exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
     )
+    if not all(exp.runs.values()):  # open, as the native side's run is before its first call
+        raise RuntimeError(f"the run did not open: {exp.runs}")
     block: dict[str, float] = {}
     up: dict[str, float] = {}
     staged: dict[str, int] = {}

@@ -62,18 +62,31 @@ def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str
 def read_wandb_tree(
     run_id: str, path: str, dest: Path, wandb_dir: str | os.PathLike[str] | None = None
 ) -> None:
-    """Every file the offline run saved at or under ``path``, copied into ``dest``."""
-    record = read_wandb_run(run_id, wandb_dir)
-    wanted = [a.path for a in record.artifacts if not path or a.path == path or a.path.startswith(path + "/")]
-    if not wanted:
+    """Every file the offline run saved at or under ``path``, copied into ``dest``.
+
+    A folder is found in the run folders' ``files/`` directly (the newest session's copy of
+    each file wins); the run's log is parsed only for ``path=""`` (W&B's own files and the
+    images are then left out, as :func:`read_wandb_run` leaves them out).
+    """
+    run_dirs = _find_run_dirs(run_id, wandb_dir)
+    if path:
+        found: dict[str, Path] = {}
+        for run_dir in run_dirs:  # oldest first: a newer session's file replaces an older one
+            base = run_dir.joinpath("files", *path.split("/"))
+            files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+            for file in files:
+                found[f"{path}/{file.relative_to(base).as_posix()}" if file != base else path] = file
+    else:
+        record = read_wandb_run(run_id, wandb_dir)
+        found = {}
+        for artifact in record.artifacts:
+            for run_dir in run_dirs:
+                file = run_dir.joinpath("files", *artifact.path.split("/"))
+                if file.is_file():
+                    found[artifact.path] = file
+    if not found:
         raise FileNotFoundError(f"W&B run {run_id!r} holds no file at or under {path!r}")
-    run_dirs = list(reversed(_find_run_dirs(run_id, wandb_dir)))
-    for artifact_path in wanted:
-        source = next(
-            d.joinpath("files", *artifact_path.split("/"))
-            for d in run_dirs
-            if d.joinpath("files", *artifact_path.split("/")).is_file()
-        )
+    for artifact_path, source in found.items():
         out = dest / artifact_path
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, out)
