@@ -46,10 +46,18 @@ REFLINK = "reflink"
 COPY = "copy"
 
 
+#: (source's device, target folder's device) pairs where a reflink failed: not tried again, so a
+#: folder of a thousand files on ext4 pays one failed attempt, not a thousand
+_NO_REFLINK: set[tuple[int, int]] = set()
+
+
 def snapshot_file(source: Path, target: Path) -> str:
     """Copy ``source`` to a new ``target`` the fastest way the filesystem offers; returns how."""
-    if _reflink(source, target):
-        return REFLINK
+    devices = (os.stat(source).st_dev, os.stat(target.parent).st_dev)
+    if devices not in _NO_REFLINK:
+        if _reflink(source, target):
+            return REFLINK
+        _NO_REFLINK.add(devices)
     shutil.copyfile(source, target)
     return COPY
 
@@ -139,10 +147,13 @@ class Staging:
         size = sum(os.stat(source).st_size for source, _ in files)
         self._make_room(size)
         root = self.new_dir() / TREE
+        made: set[Path] = set()
         try:
             for source, relative in files:
                 target = root / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
                 try:
                     snapshot_file(source, target)
                 except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -17,13 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tracelet
-from tests.e2e.framework import BackendConfig, e2e_framework
+from tests.e2e.framework import BackendConfig, MLflowServer, e2e_framework
 from tests.e2e.params import POSIX, environments
-from tracelet.testing import read_artifact_tree
+from tracelet.testing import read_artifact_tree, read_run
 
 
 def _start(config: BackendConfig, name: str) -> tracelet.Experiment:
@@ -175,3 +177,126 @@ def test_a_folder_of_a_thousand_files_is_one_event_and_lands_whole(
         )
         back = {p.relative_to(fetched).as_posix(): p.read_bytes() for p in fetched.rglob("*") if p.is_file()}
         assert back == {f"dataset/{r}": data for r, data in files.items() if r.startswith("part-3/")}
+
+
+def _write_random(path: Path, size: int) -> str:
+    """A file of ``size`` random bytes, written in chunks; its sha256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 64 << 20))
+            digest.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.framework_only("torch")
+@pytest.mark.e2e_basic
+@pytest.mark.parametrize("environment", environments())
+def test_a_200_mb_checkpoint_lands_whole(environment: str, isolated_env: Path, tmp_path: Path) -> None:
+    size = 200 << 20
+    sha = _write_random(tmp_path / "model.pt", size)
+    with e2e_framework.backend_environment(environment, project="artifacts") as config:
+        exp = _start(config, "large")
+        exp.log_artifact(tmp_path / "model.pt", "checkpoints")
+        (tmp_path / "model.pt").write_bytes(b"the next epoch")  # the snapshot holds the logged bytes
+        report = tracelet.stop_logging(flush_timeout=300)
+        assert report.ok, report.format()
+        record = config.read(exp.runs[config.backend_name])
+        assert [(a.path, a.size, a.sha256) for a in record.artifacts] == [("checkpoints/model.pt", size, sha)]
+
+
+@pytest.mark.framework_only("torch")
+@pytest.mark.platform_only(*POSIX)
+@pytest.mark.e2e_faults
+@pytest.mark.requires("mlflow")
+def test_an_mlflow_server_outage_during_an_upload_lands_the_artifact_after_it_once(
+    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tracking server is SIGKILLed while a checkpoint uploads and restarted 5 s later: it lands, once."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # bridging the outage is tracelet's job
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    size = 300 << 20
+    sha = _write_random(tmp_path / "model.pt", size)
+    root = tmp_path / "server"
+    root.mkdir()
+    with MLflowServer(root) as server:
+        exp = tracelet.start_logging(
+            exp_name="outage",
+            project="artifacts",
+            backend="mlflow",
+            backend_options={"mlflow": {"tracking_uri": server.url}},
+        )
+        assert exp.runs["mlflow"], "the run did not open while the server was up"
+        exp.log_artifact(tmp_path / "model.pt", "checkpoints")
+        time.sleep(0.3)  # the agent has begun to stream the file
+        server.crash()
+        assert not server.answers()
+        time.sleep(5.0)
+        server.restart()
+        report = tracelet.stop_logging(flush_timeout=300)
+        assert report.ok, report.format()
+        assert report["mlflow"].retries >= 1, report.format()
+        record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=server.url)
+    assert [(a.path, a.size, a.sha256) for a in record.artifacts] == [("checkpoints/model.pt", size, sha)]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.slow
+@pytest.mark.framework_only("torch")
+@pytest.mark.platform_only("linux")  # /proc
+@pytest.mark.e2e_performance
+@pytest.mark.requires("mlflow")
+def test_a_2_gb_checkpoint_to_an_mlflow_server_holds_memory_bounded(
+    isolated_env: Path, tmp_path: Path, record_property: Any
+) -> None:
+    """Trainer and agent RSS grow by less than 64 MB while 2 GB stream to a real ``mlflow server``."""
+    size = 2 << 30
+    sha = _write_random(tmp_path / "model.pt", size)
+    root = tmp_path / "server"
+    root.mkdir()
+    with MLflowServer(root) as server:
+        exp = tracelet.start_logging(
+            exp_name="memory",
+            project="artifacts",
+            backend="mlflow",
+            backend_options={"mlflow": {"tracking_uri": server.url}},
+        )
+        assert exp.runs["mlflow"]
+        exp.log_metric("warm", 1.0)
+        assert exp.flush(60)  # the agent's client has done its first request: its baseline is warm
+        pids = {"trainer": os.getpid(), "agent": _agent()}
+        before = {name: _rss_mb(pid) for name, pid in pids.items()}
+        peak = dict(before)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                for name, pid in pids.items():
+                    with contextlib.suppress(OSError):
+                        peak[name] = max(peak[name], _rss_mb(pid))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            exp.log_artifact(tmp_path / "model.pt", "checkpoints")
+            assert exp.flush(600)
+        finally:
+            done.set()
+            sampler.join()
+        report = tracelet.stop_logging(flush_timeout=60)
+        assert report.ok, report.format()
+        grown = {name: peak[name] - before[name] for name in pids}
+        record_property("rss_growth_mb", json.dumps({k: round(v, 1) for k, v in grown.items()}))
+        assert all(g < 64 for g in grown.values()), f"RSS grew by {grown} MB (before: {before})"
+        record = read_run("mlflow", exp.runs["mlflow"] or "", tracking_uri=server.url)
+    assert [(a.path, a.size, a.sha256) for a in record.artifacts] == [("checkpoints/model.pt", size, sha)]

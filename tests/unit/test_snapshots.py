@@ -47,10 +47,15 @@ def test_a_reflink_that_fails_falls_back_to_the_kernel_copy(
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
     monkeypatch.setattr(fcntl, "ioctl", refuse)
+    monkeypatch.setattr(snapshots, "_NO_REFLINK", set())  # as in a fresh process: nothing known yet
     data = _file(tmp_path / "ckpt.pt")
     assert snapshot_file(tmp_path / "ckpt.pt", tmp_path / "copy.pt") == COPY
     assert calls == [snapshots.FICLONE]
     assert (tmp_path / "copy.pt").read_bytes() == data
+    # the filesystem said no: the next snapshot on it goes straight to the kernel copy
+    assert snapshot_file(tmp_path / "ckpt.pt", tmp_path / "again.pt") == COPY
+    assert calls == [snapshots.FICLONE]
+    assert (tmp_path / "again.pt").read_bytes() == data
 
 
 def test_the_hash_is_read_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
