@@ -251,8 +251,9 @@ class Experiment:
             tree, size = self._staging.snapshot_tree(targets)
             items.append(("artifact", str(tree), prefix, "", size, True, 0, True))
         elif copy:
-            snapshot = self._staging.snapshot(source, source.name)
-            size = os.stat(snapshot).st_size  # the sha256 is the writer's, off this thread
+            snapshot, size = self._staging.snapshot(
+                source, source.name
+            )  # the writer hashes it, not this thread
             items.append(("artifact", str(snapshot), _join(prefix, source.name), "", size, True, 0, False))
         else:
             for file, relative in targets:

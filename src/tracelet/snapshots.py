@@ -122,31 +122,25 @@ class Staging:
         directory.mkdir(parents=True)
         return directory
 
-    def snapshot(self, source: Path, filename: str) -> Path:
-        """Snapshot ``source`` as ``filename``, once there is room; ``OSError`` naming it if it fails."""
-        size = os.stat(source).st_size
-        self._make_room(size)
-        folder = self.new_dir()
-        target = folder / filename
-        try:
-            snapshot_file(source, target)
-        except OSError as exc:
-            _remove_snapshot(target)
-            raise OSError(
-                exc.errno, f"log_artifact: could not snapshot {source}: {exc.strerror or exc}", str(source)
-            ) from exc
-        self._count(target, size)
-        return target
+    def snapshot(self, source: Path, filename: str) -> tuple[Path, int]:
+        """Snapshot ``source`` as ``filename``, once there is room; returns it and its size."""
+        return self._stage([(source, filename)], tree=False)
 
     def snapshot_tree(self, files: list[tuple[Path, str]]) -> tuple[Path, int]:
-        """Snapshot a folder's ``(file, relative path)`` pairs into one new folder; returns it and its size.
+        """Snapshot a folder's ``(file, relative path)`` pairs into one new folder; returns it, its size."""
+        return self._stage(files, tree=True)
 
-        All or nothing: a file that cannot be copied (a full disk) removes what was taken of the
-        folder and raises ``OSError`` naming that file.
+    def _stage(self, files: list[tuple[Path, str]], tree: bool) -> tuple[Path, int]:
+        """Copy ``files`` into a new ``staging/<n>/`` (under :data:`TREE` for a folder).
+
+        All or nothing: a file that cannot be copied (a full disk) removes what was taken and
+        raises ``OSError`` naming that file.
         """
         size = sum(os.stat(source).st_size for source, _ in files)
         self._make_room(size)
-        root = self.new_dir() / TREE
+        folder = self.new_dir()
+        snapshot = folder / TREE if tree else folder / files[0][1]
+        root = snapshot if tree else folder
         made: set[Path] = set()
         try:
             for source, relative in files:
@@ -163,10 +157,10 @@ class Staging:
                         str(source),
                     ) from exc
         except BaseException:
-            _remove_snapshot(root)
+            remove_snapshot(snapshot)
             raise
-        self._count(root, size)
-        return root, size
+        self._count(snapshot, size)
+        return snapshot, size
 
     def _count(self, snapshot: Path, size: int) -> None:
         self.staged_bytes()  # what the stores took is no longer counted, nor in the peak
@@ -210,12 +204,22 @@ class Staging:
             time.sleep(ROOM_POLL)
 
 
-def _remove_snapshot(target: Path) -> None:
-    """Delete a snapshot (a file, or a folder's :data:`TREE`) and the folder made for it."""
-    if target.is_dir():
-        shutil.rmtree(target, ignore_errors=True)
+def remove_snapshot(snapshot: str | os.PathLike[str]) -> None:
+    """Delete a snapshot (a file, or a folder's :data:`TREE`) and ``staging/<n>``, made for it alone.
+
+    What cannot be deleted stays until the run's spool is removed.
+    """
+    path = Path(snapshot)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(OSError):
-            target.unlink()
+            path.unlink()
     with contextlib.suppress(OSError):
-        target.parent.rmdir()
+        path.parent.rmdir()
+
+
+def mark_kept(snapshot: str | os.PathLike[str]) -> None:
+    """Mark a snapshot a store refused: kept for ``tracelet sync``, no longer counted as staged."""
+    with contextlib.suppress(OSError):
+        (Path(snapshot).parent / KEPT_MARKER).touch()

@@ -16,7 +16,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     from tests.e2e import netaudit_plugin
+
+    # SIGTERM (a CI job's timeout, a `kill`) unwinds the suite as Ctrl-C does: every `with` block and
+    # fixture stops what it started. A real `mlflow server` runs in its own session (so a Ctrl-C in the
+    # terminal does not reach it); with SIGTERM's default action the test process died at once and
+    # left the server running, orphaned.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     if not config.pluginmanager.is_registered(netaudit_plugin):
         # pytest_configure is a historic hook: the plugin's own runs as it registers

@@ -192,6 +192,24 @@ def _write_random(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def _mlflow_server(tmp_path: Path) -> MLflowServer:
+    root = tmp_path / "server"
+    root.mkdir()
+    return MLflowServer(root)
+
+
+def _start_on(server: MLflowServer, name: str) -> tracelet.Experiment:
+    """A run on the real ``mlflow server``, open (the agent waits for what is logged)."""
+    exp = tracelet.start_logging(
+        exp_name=name,
+        project="artifacts",
+        backend="mlflow",
+        backend_options={"mlflow": {"tracking_uri": server.url}},
+    )
+    assert exp.runs["mlflow"], "the run did not open while the server was up"
+    return exp
+
+
 @pytest.mark.slow
 @pytest.mark.framework_only("torch")
 @pytest.mark.e2e_basic
@@ -221,16 +239,8 @@ def test_an_mlflow_server_outage_during_an_upload_lands_the_artifact_after_it_on
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     size = 300 << 20
     sha = _write_random(tmp_path / "model.pt", size)
-    root = tmp_path / "server"
-    root.mkdir()
-    with MLflowServer(root) as server:
-        exp = tracelet.start_logging(
-            exp_name="outage",
-            project="artifacts",
-            backend="mlflow",
-            backend_options={"mlflow": {"tracking_uri": server.url}},
-        )
-        assert exp.runs["mlflow"], "the run did not open while the server was up"
+    with _mlflow_server(tmp_path) as server:
+        exp = _start_on(server, "outage")
         exp.log_artifact(tmp_path / "model.pt", "checkpoints")
         time.sleep(0.3)  # the agent has begun to stream the file
         server.crash()
@@ -262,16 +272,8 @@ def test_a_2_gb_checkpoint_to_an_mlflow_server_holds_memory_bounded(
     """Trainer and agent RSS grow by less than 64 MB while 2 GB stream to a real ``mlflow server``."""
     size = 2 << 30
     sha = _write_random(tmp_path / "model.pt", size)
-    root = tmp_path / "server"
-    root.mkdir()
-    with MLflowServer(root) as server:
-        exp = tracelet.start_logging(
-            exp_name="memory",
-            project="artifacts",
-            backend="mlflow",
-            backend_options={"mlflow": {"tracking_uri": server.url}},
-        )
-        assert exp.runs["mlflow"]
+    with _mlflow_server(tmp_path) as server:
+        exp = _start_on(server, "memory")
         exp.log_metric("warm", 1.0)
         assert exp.flush(60)  # the agent's client has done its first request: its baseline is warm
         pids = {"trainer": os.getpid(), "agent": _agent()}

@@ -26,9 +26,6 @@ from pathlib import Path
 
 from tracelet.events import Artifact
 
-LINKED = "linked"
-COPIED = "copied"
-
 
 class SourceChangedError(ValueError):
     """A ``copy=False`` file was deleted or changed before delivery: refused, never retried."""
@@ -83,7 +80,7 @@ class Placement:
 
     copied: list[str] = field(default_factory=list)
 
-    def place(self, event: Artifact, target: Path) -> str:
+    def place(self, event: Artifact, target: Path) -> None:
         """Put ``event``'s file at ``target`` (a new name; parents are made): linked, or copied."""
         check_source(event)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,13 +89,12 @@ class Placement:
         if event.owned:
             try:
                 os.link(event.local_path, target)
-                return LINKED
+                return
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                     raise
                 self.copied.append(event.artifact_path)
         shutil.copyfile(event.local_path, target)
-        return COPIED
 
     def notes(self) -> list[str]:
         if not self.copied:

@@ -15,18 +15,11 @@ sees its work only through the files, which is all the two processes share.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import shutil
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 
 from tracelet.events import Artifact, Event
-from tracelet.snapshots import KEPT_MARKER
-
-log = logging.getLogger(__name__)
+from tracelet.snapshots import mark_kept, remove_snapshot
 
 
 class SnapshotLedger:
@@ -53,47 +46,22 @@ class SnapshotLedger:
                 continue
             path = event.local_path
             with self._lock:
-                left = self._left.get(path)
+                left = self._left.pop(path, None)
                 if left is None:  # replayed from a spool: not this ledger's to delete
                     continue
                 if not stored:
                     self._kept.add(path)
-                left -= 1
-                if left > 0:
-                    self._left[path] = left
-                    if path in self._kept:
-                        _mark_kept(path)
-                    continue
-                del self._left[path]
-                kept = path in self._kept
-                self._kept.discard(path)
-            if kept:
-                _mark_kept(path)
-            else:
-                _remove(path)
+                if left > 1:
+                    self._left[path] = left - 1
+                last_and_stored = left == 1 and path not in self._kept
+                if left == 1:
+                    self._kept.discard(path)
+            if not stored:
+                mark_kept(path)  # its folder says so, for the caller's bound on staged bytes
+            elif last_and_stored:
+                remove_snapshot(path)
 
 
 def _owned(item: tuple[object, ...]) -> bool:
-    # ("artifact", local_path, artifact_path, sha256, size[, owned, mtime_ns])
+    # ("artifact", local_path, artifact_path, sha256, size, owned, mtime_ns, tree)
     return len(item) < 6 or bool(item[5])
-
-
-def _mark_kept(path: str) -> None:
-    with contextlib.suppress(OSError):
-        (Path(path).parent / KEPT_MARKER).touch()
-
-
-def _remove(path: str) -> None:
-    """Delete the snapshot (a file, or a folder's tree) and ``staging/<n>``, made for it alone."""
-    try:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:  # it stays until the run's spool is removed
-        log.debug("tracelet: could not delete the snapshot %s: %s", path, exc)
-        return
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(path))

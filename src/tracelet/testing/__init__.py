@@ -71,5 +71,6 @@ def read_artifact_tree(
     """
     target = Path(dest)
     target.mkdir(parents=True, exist_ok=True)
-    _reader(backend, "tree")(run_id, path.strip("/"), target, **options)
+    if not _reader(backend, "tree")(run_id, path.strip("/"), target, **options):
+        raise FileNotFoundError(f"{backend} run {run_id!r} holds no artifact at or under {path!r}")
     return target

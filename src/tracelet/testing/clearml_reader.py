@@ -192,8 +192,8 @@ def read_clearml_artifact(
 
 def read_clearml_tree(
     task_id: str, path: str, dest: Path, offline_dir: str | os.PathLike[str] | None = None
-) -> None:
-    """Every artifact whose key is ``path`` or lies under it, written into ``dest`` (one at a time)."""
+) -> int:
+    """Every artifact at or under ``path`` (a folder's archive file by file), written into ``dest``."""
     session = _Session(_locate(task_id, offline_dir))
     found = 0
     try:
@@ -208,8 +208,7 @@ def read_clearml_tree(
             found += 1
     finally:
         session.close()
-    if not found:
-        raise FileNotFoundError(f"ClearML task {task_id!r} holds no artifact at or under {path!r}")
+    return found
 
 
 def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = None) -> RunRecord:

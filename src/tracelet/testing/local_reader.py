@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from tracelet.backends.local import local_root
 from tracelet.snapshots import sha256_of
-from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
+from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord, copy_stored_files
 
 
 def _run_dir(run_id: str, root: str | os.PathLike[str] | None) -> Path:
@@ -69,7 +68,7 @@ def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> R
     return record
 
 
-def read_local_tree(run_id: str, path: str, dest: Path, root: str | os.PathLike[str] | None = None) -> None:
+def read_local_tree(run_id: str, path: str, dest: Path, root: str | os.PathLike[str] | None = None) -> int:
     """Every artifact at or under ``path`` (the last one logged at each path), copied into ``dest``."""
     run_dir = _run_dir(run_id, root)
     stored: dict[str, Path] = {}
@@ -78,12 +77,7 @@ def read_local_tree(run_id: str, path: str, dest: Path, root: str | os.PathLike[
             event = json.loads(line)
             if event["kind"] == "artifact" and _under(event["artifact_path"], path):
                 stored[event["artifact_path"]] = run_dir / event["local_path"]
-    if not stored:
-        raise FileNotFoundError(f"local run {run_id!r} holds no artifact at or under {path!r}")
-    for artifact_path, file in stored.items():
-        out = dest / artifact_path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, out)
+    return copy_stored_files(stored, dest)
 
 
 def _under(artifact_path: str, path: str) -> bool:

@@ -71,23 +71,23 @@ def read_mlflow_artifact(run_id: str, path: str, tracking_uri: str | None = None
             return f.read()
 
 
-def read_mlflow_tree(run_id: str, path: str, dest: Path, tracking_uri: str | None = None) -> None:
+def read_mlflow_tree(run_id: str, path: str, dest: Path, tracking_uri: str | None = None) -> int:
     """Every artifact at or under ``path``, downloaded into ``dest`` with one ``download_artifacts`` call."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     with tempfile.TemporaryDirectory(prefix="tracelet-read-", dir=dest) as tmp:
-        local = Path(client.download_artifacts(run_id, path, tmp))
-        _move_into(local, dest / path if path else dest)
+        return _move_into(Path(client.download_artifacts(run_id, path, tmp)), dest / path if path else dest)
 
 
-def _move_into(source: Path, target: Path) -> None:
-    """Move a downloaded file or folder to ``target`` (its files merged into what is there)."""
-    if source.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
-        return
-    for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        out = target / file.relative_to(source)
+def _move_into(source: Path, target: Path) -> int:
+    """Move a downloaded file or folder to ``target`` (its files merged into what is there); how many."""
+    files = (
+        {target: source}
+        if source.is_file()
+        else {target / p.relative_to(source): p for p in sorted(source.rglob("*")) if p.is_file()}
+    )
+    for out, file in files.items():
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(file, out)
+    return len(files)

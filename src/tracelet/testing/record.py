@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,12 @@ class RunRecord:
             if item.path == path:
                 return item
         raise KeyError(f"no artifact {path!r}; stored: {[a.path for a in self.artifacts]}")
+
+
+def copy_stored_files(files: Mapping[str, Path], dest: Path) -> int:
+    """Copy each stored file to ``dest/<its artifact path>`` (in chunks); how many were copied."""
+    for artifact_path, source in files.items():
+        out = dest / artifact_path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, out)
+    return len(files)

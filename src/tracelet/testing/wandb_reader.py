@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from tracelet.backends.naming import SYSTEM_TAG_PREFIX, label_to_tag, status_fro
 from tracelet.backends.wandb import STEP_KEY
 from tracelet.backends.wandb_log import iter_log_records
 from tracelet.snapshots import sha256_of
-from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
+from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord, copy_stored_files
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str
 
 def read_wandb_tree(
     run_id: str, path: str, dest: Path, wandb_dir: str | os.PathLike[str] | None = None
-) -> None:
+) -> int:
     """Every file the offline run saved at or under ``path``, copied into ``dest``.
 
     A folder is found in the run folders' ``files/`` directly (the newest session's copy of
@@ -84,12 +83,7 @@ def read_wandb_tree(
                 file = run_dir.joinpath("files", *artifact.path.split("/"))
                 if file.is_file():
                     found[artifact.path] = file
-    if not found:
-        raise FileNotFoundError(f"W&B run {run_id!r} holds no file at or under {path!r}")
-    for artifact_path, source in found.items():
-        out = dest / artifact_path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, out)
+    return copy_stored_files(found, dest)
 
 
 def _find_run_dirs(run_id: str, wandb_dir: str | os.PathLike[str] | None) -> list[Path]:
