@@ -101,6 +101,6 @@ class Placement:
             return []
         return [
             f"{len(self.copied)} artifact(s) copied into the store, not linked (first: "
-            f"{self.copied[0]!r}): the spool and the store are on different filesystems; "
+            f"{self.copied[0]!r}): the spool is on another filesystem, or this one refused the link; "
             "set TRACELET_SPOOL_DIR on the store's filesystem to store them without a second copy"
         ]

@@ -33,7 +33,8 @@ class SnapshotLedger:
 
     def hold(self, item: tuple[object, ...]) -> None:
         """Count a raw ``artifact`` item before any writer sees it (anything else is ignored)."""
-        if item[0] != "artifact" or not _owned(item):
+        # ("artifact", local_path, artifact_path, sha256, size, owned, mtime_ns, tree): see Artifact
+        if item[0] != "artifact" or not item[5]:
             return
         path = str(item[1])
         with self._lock:
@@ -60,8 +61,3 @@ class SnapshotLedger:
                 mark_kept(path)  # its folder says so, for the caller's bound on staged bytes
             elif last_and_stored:
                 remove_snapshot(path)
-
-
-def _owned(item: tuple[object, ...]) -> bool:
-    # ("artifact", local_path, artifact_path, sha256, size, owned, mtime_ns, tree)
-    return len(item) < 6 or bool(item[5])
