@@ -225,6 +225,11 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         t = clock()
         log(names[i % keys], value, base + i // keys)
         tensor_ns.append(clock() - t)
+    health, health_ns = exp.health, []  # what a training loop pays to ask how delivery goes
+    for _ in range(calls):
+        t = clock()
+        health()
+        health_ns.append(clock() - t)
     t1 = time.perf_counter()
     report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
     stop_s = time.perf_counter() - t1
@@ -239,6 +244,7 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         "tensor": _percentiles(tensor_ns),
         "idle_float": _percentiles(idle_float_ns),
         "idle_tensor": _percentiles(idle_tensor_ns),
+        "health": _percentiles(health_ns),
         "delivered": counts["delivered"],
         "landed": counts["ok"] and counts["delivered"] >= sent + 2 * idle_calls,
     }

@@ -10,7 +10,8 @@ and the CPU (DESIGN.md section 6: a writer thread running SQLAlchemy under the t
 Two loops, one torch thread each (``torch.set_num_threads(1)``): *fast*, a small MLP step of about
 0.5 ms, where per-step costs and GIL contention show; and *slow*, a wider MLP of about 12 ms a step,
 where a typical real model lives. Every step logs 5 metrics: the loss as a 0-d tensor and 4 floats.
-Variants (``spec["kind"]``): no logging; tracelet to a store; the store's own per-step API
+Variants (``spec["kind"]``): no logging; tracelet to a store (with its system metrics sampled
+every second, ten times as often as by default, so their cost shows); the store's own per-step API
 (``MlflowClient.log_batch`` of the 5 metrics, ``run.log({...})``, ``Logger.report_scalar`` x5 with
 ClearML's reporting subprocess off). After 100 unlogged warm-up steps the loop is timed step by
 step; ``stop_logging()`` (which flushes what is still queued) is timed next to the native close.
@@ -44,6 +45,8 @@ LOOPS: dict[str, dict[str, int]] = {
     "slow": {"inputs": 64, "width": 816, "depth": 2, "batch": 256},
 }
 WARMUP_STEPS = 100
+#: tracelet's variant samples the system metrics this often (their default: every 10 s)
+SYSTEM_INTERVAL_S = 1
 METRICS_PER_STEP = 5
 PROJECT = "bench-overhead"
 
@@ -122,6 +125,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
         t1 = time.perf_counter()
         backend, options = tracelet_backend(store, root, spec.get("server_url"))
+        # the system metrics sampled every second (ten times their default), so their cost shows
+        os.environ["TRACELET_SYSTEM_INTERVAL"] = str(SYSTEM_INTERVAL_S)
         exp = tracelet.start_logging(
             exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
         )

@@ -520,6 +520,9 @@ def build_figures(
             for q in ("p50", "p99"):
                 idle = [r[f"idle_{value}"][f"{q}_us"] for r in lat if f"idle_{value}" in r]
                 add(_fig("latency", store, f"tracelet idle {value} {q}", "us", "µs", idle))
+        for q in ("p50", "p99"):  # Experiment.health(), right after the busy calls
+            health = [r["health"][f"{q}_us"] for r in lat if "health" in r]
+            add(_fig("latency", store, f"tracelet health() {q}", "us", "µs", health))
         add(_fig("latency", store, "tracelet start_logging", "seconds", "s", [r["start_s"] for r in lat]))
         add(_fig("latency", store, "tracelet stop_logging", "seconds", "s", [r["stop_s"] for r in lat]))
         add(_fig("latency", store, "native start", "seconds", "s", [r["start_s"] for r in percall]))

@@ -66,6 +66,7 @@ TARGETS: tuple[Target, ...] = (
         "latency", "tracelet idle tensor p50", "`log_metric` 0-d tensor p50, idle", at_most=5.0, unit="µs"
     ),
     Target("latency", "tracelet float p50", "`log_metric` float p50, delivery busy", at_most=1.0, unit="µs"),
+    Target("latency", "tracelet health() p50", "`exp.health()` p50", at_most=2.0, unit="µs"),
     Target(
         "latency", "tracelet tensor p50", "`log_metric` 0-d tensor p50, delivery busy", at_most=3.0, unit="µs"
     ),

@@ -24,7 +24,7 @@ def _version(distribution: str) -> str | None:
 
 
 def doctor() -> dict[str, dict[str, str | None]]:
-    """Each backend and integration: its version if importable, else ``None``."""
+    """Each backend, integration and system-metrics package: its version if installed, else ``None``."""
     backends: dict[str, str | None] = {}
     for name in available_backends():
         cls = get_backend_class(name)
@@ -33,7 +33,9 @@ def doctor() -> dict[str, dict[str, str | None]]:
         else:
             backends[name] = _version(cls.package) if cls.is_installed() else None
     integrations = {name: _version(name) if importlib.util.find_spec(name) else None for name in INTEGRATIONS}
-    return {"backends": backends, "integrations": integrations}
+    # system metrics: psutil (a dependency) and, for the GPU ones, NVML (the `gpu` extra)
+    system = {distribution: _version(distribution) for distribution in ("psutil", "nvidia-ml-py")}
+    return {"backends": backends, "integrations": integrations, "system metrics": system}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     hint = version or "not installed"
                     if version is None and section == "backends":
                         hint += f'  (pip install "tracelet[{get_backend_class(name).extra or name}]")'
+                    elif version is None and name == "nvidia-ml-py":
+                        hint += '  (GPU metrics: pip install "tracelet[gpu]")'
                     sys.stdout.write(f"  {name:<12} {hint}\n")
         return 0
     if args.command == "sync":

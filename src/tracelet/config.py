@@ -26,6 +26,10 @@ TRACELET_LOCAL_DIR          where the ``local`` backend writes its runs      ``.
 TRACELET_TRACK_GIT          ``0``: record no git commit/branch/remote       ``1``
 TRACELET_TRACK_TENSORBOARD  ``0``: do not capture ``SummaryWriter`` calls   ``1``
 TRACELET_REDACT             extra secret words/patterns; ``off``: none       built-in
+TRACELET_SYSTEM_METRICS     ``0``: record no ``system/`` metrics             ``1``
+TRACELET_SYSTEM_INTERVAL    seconds between system samples (at least 1)      ``10``
+TRACELET_LAG_WARN           a WARNING when a store is this many seconds      ``60``
+                            behind (and one when it catches up); ``0``: none
 ==========================  ==============================================  ============
 
 Every ``TRACELET_*`` variable is read here. Most are read once per run by :func:`resolve`;
@@ -61,6 +65,11 @@ DEFAULT_AGENT_IDLE = 60.0
 #: MiB of artifact snapshots staged on their way to the stores before ``log_artifact`` waits: two
 #: checkpoints of a billion float16 parameters, or a few of a smaller model, in flight at once
 DEFAULT_ARTIFACT_STAGE_MB = 2048
+#: seconds between two samples of the system metrics: MLflow's own default
+DEFAULT_SYSTEM_INTERVAL = 10.0
+MIN_SYSTEM_INTERVAL = 1.0
+#: seconds a store may fall behind before a WARNING says so
+DEFAULT_LAG_WARN = 60.0
 DELIVERY_MODES = ("agent", "thread")
 START_MODES = ("background", "wait")
 
@@ -124,6 +133,10 @@ class Settings:
     track_tensorboard: bool = True
     #: bytes of artifact snapshots staged on their way before ``log_artifact`` waits (0: no bound)
     artifact_stage_bytes: int = DEFAULT_ARTIFACT_STAGE_MB << 20
+    #: seconds between two samples of the ``system/`` metrics; ``None``: none are recorded
+    system_interval: float | None = DEFAULT_SYSTEM_INTERVAL
+    #: seconds behind after which a WARNING says a store lags (0: never)
+    lag_warn: float = DEFAULT_LAG_WARN
 
 
 #: the process-wide variables, read where they act (see the module's docstring)
@@ -251,4 +264,19 @@ def resolve(
         track_git=env_flag("TRACELET_TRACK_GIT", True),
         track_tensorboard=env_flag("TRACELET_TRACK_TENSORBOARD", True),
         artifact_stage_bytes=_mebibytes("TRACELET_ARTIFACT_STAGE_MB", DEFAULT_ARTIFACT_STAGE_MB),
+        system_interval=_system_interval(),
+        lag_warn=_seconds("TRACELET_LAG_WARN", DEFAULT_LAG_WARN),
     )
+
+
+def _system_interval() -> float | None:
+    """``TRACELET_SYSTEM_INTERVAL`` (at least 1 s), or ``None`` when ``TRACELET_SYSTEM_METRICS=0``."""
+    if not env_flag("TRACELET_SYSTEM_METRICS", True):
+        return None
+    interval = _seconds("TRACELET_SYSTEM_INTERVAL", DEFAULT_SYSTEM_INTERVAL)
+    if interval < MIN_SYSTEM_INTERVAL:
+        raise ValueError(
+            f"TRACELET_SYSTEM_INTERVAL={os.environ.get('TRACELET_SYSTEM_INTERVAL')!r} is below "
+            f"{MIN_SYSTEM_INTERVAL:g} second"
+        )
+    return interval

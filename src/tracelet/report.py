@@ -1,4 +1,5 @@
-"""What ``stop_logging`` returns: per backend, how many events were sent, delivered, failed or pending."""
+"""What ``stop_logging`` returns (per backend, how many events were sent, delivered, failed or pending),
+and what ``Experiment.health()`` returns while the run goes on."""
 
 from __future__ import annotations
 
@@ -75,3 +76,45 @@ class DeliveryReport:
 
     def __str__(self) -> str:
         return self.format()
+
+
+@dataclass(slots=True)
+class BackendHealth:
+    """One store, as of the last acknowledgement (``lag`` as of the call).
+
+    ``accepted == delivered + failed + pending + queued + dropped``. A snapshot: each
+    ``health()`` call builds new ones (not frozen, since a frozen dataclass costs several
+    times as much to build, and a training loop may ask every step).
+    """
+
+    backend: str
+    #: events logged for this store so far
+    accepted: int
+    delivered: int
+    #: refused by the store and kept (dead-letter) for ``tracelet sync``; see the report's errors
+    failed: int
+    #: waiting on disk (a spool) for the store
+    pending: int
+    #: waiting in memory, on their way
+    queued: int
+    #: write attempts retried after a transient store error
+    retries: int
+    #: seconds since the oldest event the store has not taken yet was logged (0: caught up)
+    lag: float
+    last_error: str | None = None
+    #: lost to a full spool disk
+    dropped: int = 0
+
+
+class DeliveryHealth(dict[str, BackendHealth]):
+    """Per backend, its :class:`BackendHealth` (``health["mlflow"].lag``); ``health.lag``: the worst.
+
+    A plain dict underneath: cheap to build, since a training loop may ask every step.
+    """
+
+    __slots__ = ()
+
+    @property
+    def lag(self) -> float:
+        """The largest lag of any store."""
+        return max((h.lag for h in self.values()), default=0.0)

@@ -15,6 +15,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.\-]+)*\Z"
 DOT_SEGMENTS = frozenset({".", ".."})
 MAX_NAME_LENGTH = 250
 RESERVED_PREFIXES = ("tracelet/", "tracelet.")
+#: the system metrics' prefix (MLflow's for its own): reserved for metrics tracelet samples
+SYSTEM_PREFIX = "system/"
 
 
 def check_name(name: Any, what: str) -> str:
@@ -30,6 +32,11 @@ def check_name(name: Any, what: str) -> str:
         raise ValueError(f"invalid {what} name {name!r}: a '.' or '..' segment is a path step, not a name")
     if name.startswith(RESERVED_PREFIXES):
         raise ValueError(f"invalid {what} name {name!r}: the prefix 'tracelet' is reserved")
+    if what == "metric" and name.startswith(SYSTEM_PREFIX):
+        raise ValueError(
+            f"invalid metric name {name!r}: the prefix {SYSTEM_PREFIX!r} is reserved for the system "
+            "metrics tracelet samples (TRACELET_SYSTEM_METRICS); log it under another prefix"
+        )
     return name
 
 
@@ -41,12 +48,12 @@ def safe_name(name: str) -> str:
 
     Kept as spelled where possible. Any character outside the set becomes ``_``;
     empty, ``.`` and ``..`` segments are dropped; a name that does not start with a
-    letter or digit, or starts with the reserved ``tracelet``, gets ``tb/`` in front;
+    letter or digit, or starts with the reserved ``tracelet`` or ``system/``, gets ``tb/`` in front;
     one over :data:`MAX_NAME_LENGTH` is cut and ends in ``-`` and 8 hex digits of its hash.
     """
     cleaned = _OUTSIDE_CHARSET.sub("_", str(name))
     mapped = "/".join(s for s in cleaned.split("/") if s not in ("", ".", ".."))
-    if not mapped or not mapped[0].isalnum() or mapped.startswith("tracelet"):
+    if not mapped or not mapped[0].isalnum() or mapped.startswith(("tracelet", SYSTEM_PREFIX)):
         mapped = f"tb/{mapped}" if mapped else "tb"
     if len(mapped) > MAX_NAME_LENGTH:
         digest = hashlib.sha256(mapped.encode()).hexdigest()[:8]

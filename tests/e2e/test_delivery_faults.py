@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -372,6 +373,8 @@ CRASH_AFTER_S = 2.5
 DOWN_AT_LEAST_S = 5.0
 LOG_AT_LEAST_S = 10.0
 LOG_AFTER_RESTART_S = 1.5
+#: TRACELET_LAG_WARN in the outage test: the server stays down longer than this
+LAG_WARN_S = 2
 
 
 def _history_problems(key: str, got: list[tuple[int, float]], logged: list[tuple[int, float]]) -> str | None:
@@ -392,16 +395,53 @@ def _history_problems(key: str, got: list[tuple[int, float]], logged: list[tuple
     return detail
 
 
+def _check_health_through_the_outage(
+    seen: list[tuple[float, float, int]], timeline: dict[str, float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ``exp.health()`` said in the loop, and the lag WARNINGs, against when the server was down."""
+    down, up = timeline["down"], timeline["up"]
+    before = [(lag, retries) for t, lag, retries in seen if t < down]
+    outage = [(t, lag, retries) for t, lag, retries in seen if down + 1.0 <= t <= up]
+    assert before, f"health was not read before the outage: {timeline}"
+    assert outage, f"health was not read during the outage: {timeline}"
+    assert max(lag for lag, _ in before) < LAG_WARN_S, f"behind before the outage: {before[-5:]}"
+    first, last = outage[0], outage[-1]
+    assert last[1] > first[1] + (last[0] - first[0]) / 2, f"the lag did not grow while down: {first} {last}"
+    assert last[1] >= DOWN_AT_LEAST_S - 1.5, f"the lag at the restart was {last[1]:.1f}s"
+    assert last[2] > before[-1][1], f"no retry was counted while down: {before[-1]} then {last}"
+
+    def said(prefix: str) -> list[str]:
+        messages = [r.getMessage() for r in caplog.records if r.name.startswith("tracelet")]
+        return [m for m in messages if m.startswith(prefix)]
+
+    # the lag is checked twice a second: the caught-up WARNING may come a moment after
+    _wait_for(lambda: said("tracelet: mlflow caught up"), 5, "the caught-up WARNING")
+    behind = [m for m in said("tracelet: mlflow is ") if "behind" in m]
+    caught_up = said("tracelet: mlflow caught up")
+    assert len(behind) == 1, f"expected one lag WARNING, got {behind}"
+    assert len(caught_up) == 1, f"expected one caught-up WARNING, got {caught_up}"
+
+
 @pytest.mark.e2e_faults
 @pytest.mark.slow
 @pytest.mark.requires("mlflow")
 @pytest.mark.platform_only(*POSIX)
 @pytest.mark.framework_only("torch")
 def test_mlflow_server_outage_is_bridged_by_retries(
-    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Any
+    isolated_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """SIGKILL the tracking server mid-run, keep it down >=5 s while logging goes on, restart it on the
-    same port and store: every point lands exactly once, the report is ok and counts its retries."""
+    same port and store: every point lands exactly once, the report is ok and counts its retries.
+
+    Meanwhile the training loop reads ``exp.health()``: the lag grows while the server is down and
+    the retries count, one WARNING says the store fell behind (``TRACELET_LAG_WARN=2``), and after
+    the restart the lag returns to about zero, with one WARNING that it caught up."""
+    monkeypatch.setenv("TRACELET_LAG_WARN", str(LAG_WARN_S))
+    caplog.set_level(logging.WARNING, logger="tracelet")
     # MLflow's own HTTP retries off and a short timeout: bridging the outage is tracelet's job.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -439,6 +479,8 @@ def test_mlflow_server_outage_is_bridged_by_retries(
 
         controller = threading.Thread(target=outage, name="outage", daemon=True)
         controller.start()
+        #: (seconds since start, lag, retries) as the training loop saw them
+        seen: list[tuple[float, float, int]] = []
         step = 0
         per_tick = 5  # steps per key per tick, paced to POINTS_PER_S
         while True:
@@ -453,11 +495,19 @@ def test_mlflow_server_outage_is_bridged_by_retries(
                 for k, key in enumerate(OUTAGE_KEYS):
                     expected.metric(exp, key, math.sin(step * 0.001) * (k + 1) + step / 7, step)
                 step += 1
+            health = exp.health()["mlflow"]
+            seen.append((time.monotonic() - started, health.lag, health.retries))
             next_tick = started + step / (POINTS_PER_S / len(OUTAGE_KEYS))
             time.sleep(max(0.0, next_tick - time.monotonic()))
         if failure:
             raise failure[0]
         logged_until = time.monotonic() - started
+        # after the restart the store catches up: the lag returns to about zero
+        caught_up_by = time.monotonic() + 60
+        while (lag := exp.health()["mlflow"].lag) > 0.5 and time.monotonic() < caught_up_by:
+            time.sleep(0.1)
+        assert lag <= 0.5, f"the lag stayed at {lag:.1f}s after the restart; {exp.health()}"
+        _check_health_through_the_outage(seen, timeline, caplog)
         report = tracelet.stop_logging(flush_timeout=120)
         total = sum(len(points) for points in expected.metrics.values())
         assert timeline["up"] - timeline["down"] >= DOWN_AT_LEAST_S, timeline
@@ -483,8 +533,10 @@ def test_mlflow_server_outage_is_bridged_by_retries(
         ]
         if not report.ok:
             problems.append(f"the report is not ok:\n{report.format()}")
-        if report["mlflow"].delivered != total:
-            problems.append(f"delivered {report['mlflow'].delivered} of {total} points")
+        # the system metrics the agent sampled meanwhile are events of the run too (record.system_metrics)
+        sampled = sum(len(points) for points in record.system_metrics.values())
+        if report["mlflow"].delivered != total + sampled:
+            problems.append(f"delivered {report['mlflow'].delivered} of {total} points and {sampled} samples")
         retries = getattr(report["mlflow"], "retries", None)
         if retries is None:
             problems.append("BackendReport has no 'retries' field: the retried writes are not counted")

@@ -14,6 +14,8 @@ from tests.unit.fakes import ENV_GATE, FAKES, release
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test gets its own spool and local dirs, no TRACELET_* from outside, and the fakes.
 
+    System metrics are off: a slow test (two cores, xdist) would otherwise get a sample now and then.
+
     The fakes are registered through ``TRACELET_EXTRA_BACKENDS``, an environment
     variable, so the delivery agent (another process) finds them too.
     """
@@ -23,6 +25,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TRACELET_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setenv("TRACELET_LOCAL_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TRACELET_HANDLE_SIGNALS", "0")
+    # what a fake stores is exactly what the test logged; test_system_metrics.py turns sampling on
+    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "0")
     monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", ",".join(f"{k}={v}" for k, v in FAKES.items()))
     monkeypatch.setenv(ENV_GATE, str(tmp_path / "gate"))
     yield tmp_path

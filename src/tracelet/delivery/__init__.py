@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracelet.backends.base import RunInfo
-from tracelet.report import BackendReport
+from tracelet.report import BackendReport, DeliveryHealth
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class OpenRequest:
     cwd: str
     writer_options: dict[str, int] = field(default_factory=dict)
     track_git: bool = True
+    #: seconds between samples of the ``system/`` metrics (``None``: none); see
+    #: :mod:`tracelet.collectors.system_metrics`
+    system_interval: float | None = None
+    #: when ``start_logging()`` was called (``time.time()``): system metrics step from it
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ class Delivery(ABC):
     def wake(self) -> None:
         """Deliver now rather than at the next tick (signal handlers use it)."""
 
+    @abstractmethod
+    def health(self) -> DeliveryHealth:
+        """Per backend: what is queued, delivered, failed, pending, the retries, the lag, the last error."""
+
     def delivering(self) -> bool:
         """False once nothing will deliver what is put (the agent was lost: it waits for sync)."""
         return True
@@ -90,13 +99,21 @@ class Delivery(ABC):
 
 
 def open_delivery(
-    request: OpenRequest, mode: str, *, agent_timeout: float, agent_drain: float, agent_idle: float
+    request: OpenRequest,
+    mode: str,
+    *,
+    agent_timeout: float,
+    agent_drain: float,
+    agent_idle: float,
+    lag_warn: float = 0.0,
 ) -> Delivery:
     """Ask the delivery ``mode`` (``agent`` or ``thread``) to open the runs; returns without waiting."""
     if mode == "thread":
         from tracelet.delivery.thread import ThreadDelivery
 
-        return ThreadDelivery(request, open_timeout=agent_timeout)
+        return ThreadDelivery(request, open_timeout=agent_timeout, lag_warn=lag_warn)
     from tracelet.delivery.trainer_side import AgentDelivery
 
-    return AgentDelivery(request, open_timeout=agent_timeout, drain_timeout=agent_drain, idle=agent_idle)
+    return AgentDelivery(
+        request, open_timeout=agent_timeout, drain_timeout=agent_drain, idle=agent_idle, lag_warn=lag_warn
+    )

@@ -37,7 +37,8 @@ from typing import Any, NoReturn
 
 from tracelet import config
 from tracelet.backends.base import KILLED
-from tracelet.delivery import protocol
+from tracelet.collectors.system_metrics import SystemSampler
+from tracelet.delivery import OpenRequest, protocol
 from tracelet.delivery.fanout import Fanout
 
 log = logging.getLogger("tracelet.delivery.agent")
@@ -104,6 +105,8 @@ class Agent:
         #: the run being served: its serial, fanout and settings (None between runs)
         self.run = 0
         self.fanout: Fanout | None = None
+        #: samples the trainer's system metrics during the run (None when they are off)
+        self.sampler: SystemSampler | None = None
         self.drain = 30.0
         self.idle = 60.0
         self.spool_dir: Path | None = None
@@ -153,7 +156,33 @@ class Agent:
             self.done = threading.Lock()
             self.ended = threading.Event()
         self.send(protocol.encode(protocol.OpenedRuns(message.run, fanout.opened)))
+        self.sampler = self._start_sampler(message.run, request)
         return True
+
+    def _start_sampler(self, run: int, request: OpenRequest) -> SystemSampler | None:
+        """The trainer's system metrics, sampled here, from outside it; sent to the trainer to log."""
+        if request.system_interval is None:
+            return None
+
+        def emit(items: list[tuple[Any, ...]]) -> None:
+            self.send(protocol.encode(protocol.SystemSamples(run, items)))
+
+        try:
+            return SystemSampler(
+                self.trainer_pid,
+                interval=request.system_interval,
+                started=request.started_at,
+                emit=emit,
+                exclude_pid=os.getpid(),
+            ).start()
+        except Exception as exc:
+            log.warning("tracelet: no system metrics for this run: %r", exc)
+            return None
+
+    def _stop_sampler(self) -> None:
+        sampler, self.sampler = self.sampler, None
+        if sampler is not None:
+            sampler.stop()
 
     def run_forever(self) -> int:
         """Wait for a run (at most ``idle`` seconds between runs), serve it, and again while reusable."""
@@ -217,7 +246,7 @@ class Agent:
             self.send(protocol.encode(protocol.Ack(run, fanout.progress())))
 
     def _ack_loop(self) -> None:
-        last: tuple[int, dict[str, tuple[int, int, int, int]]] | None = None
+        last: tuple[int, protocol.Progress] | None = None
         while self.connected:
             time.sleep(ACK_INTERVAL)
             with self.state_lock:
@@ -242,6 +271,7 @@ class Agent:
         """Close the run, answer with the reports; True when this agent may serve another run."""
         if not self.done.acquire(blocking=False):
             return False
+        self._stop_sampler()
         fanout = self.fanout
         assert fanout is not None
         try:
@@ -267,6 +297,7 @@ class Agent:
             return True
         if not self.done.acquire(blocking=False):
             return False
+        self._stop_sampler()
         self._quiet_outputs()
         log.warning(
             "tracelet: the trainer is gone (%s); delivering what it sent, then closing as killed", why

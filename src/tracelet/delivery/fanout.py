@@ -26,6 +26,7 @@ from tracelet.backends.registry import get_backend_class
 from tracelet.collectors.git import start_git_metadata
 from tracelet.collectors.system import environment_metadata
 from tracelet.delivery import Opened, OpenRequest
+from tracelet.delivery.health import Progress
 from tracelet.delivery.ledger import SnapshotLedger
 from tracelet.delivery.writer import BackendWriter
 from tracelet.redaction import Redactor, strip_url_userinfo
@@ -137,9 +138,6 @@ class Fanout:
         """True when a writer is still stuck in a store call after its stop gave up on it."""
         return any(w.hung() for w in self.writers)
 
-    def progress(self) -> dict[str, tuple[int, int, int, int]]:
-        """Per backend: (delivered, failed, durable, retries); see :meth:`BackendWriter.durable`."""
-        return {
-            name: (w.delivered, w.failed, w.durable(), w.retries)
-            for name, w in zip(self.names, self.writers, strict=True)
-        }
+    def progress(self) -> dict[str, Progress]:
+        """Per backend, its writer's counts (see :meth:`BackendWriter.progress`)."""
+        return {name: w.progress() for name, w in zip(self.names, self.writers, strict=True)}

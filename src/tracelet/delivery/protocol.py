@@ -13,7 +13,7 @@ finished run is never taken for one of the next.
 
 trainer → agent: :class:`Open`, batches, :class:`Flush`, :class:`Stop`, :class:`Quit`.
 agent → trainer: :class:`OpenedRuns`, :class:`OpenFailed`, :class:`Ack`,
-:class:`LogRecord`, :class:`Reply`, :class:`Final`.
+:class:`LogRecord`, :class:`SystemSamples`, :class:`Reply`, :class:`Final`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracelet.delivery import Opened, OpenRequest
+from tracelet.delivery.health import Progress as WriterProgress
 from tracelet.report import BackendReport
 
 BATCH = b"B"
@@ -32,8 +33,8 @@ CONTROL = b"C"
 #: The module the trainer starts with ``python -m``.
 AGENT_MODULE = "tracelet.delivery"
 
-#: Per backend: (delivered, failed, durable, retries); see ``BackendWriter.durable``.
-Progress = dict[str, tuple[int, int, int, int]]
+#: Per backend, its writer's counts; see ``BackendWriter.progress``.
+Progress = dict[str, WriterProgress]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,17 @@ class OpenFailed(RunMessage):
 @dataclass(frozen=True)
 class Ack(RunMessage):
     progress: Progress
+
+
+@dataclass(frozen=True)
+class SystemSamples(RunMessage):
+    """One sample of the system metrics, as metric tuples: the trainer logs them into the run.
+
+    They go round through the trainer rather than straight to the agent's writers, so that
+    the trainer's stream stays the one count of events every acknowledgement refers to.
+    """
+
+    items: list[tuple[Any, ...]]
 
 
 @dataclass(frozen=True)

@@ -101,18 +101,31 @@ class SpillQueue:
 
     def _put_slow(self, item: tuple[Any, ...]) -> None:
         with self._lock:
-            if not self.spooling and len(self.items) < self.maxsize:
-                self.items.append(item)
+            if self._put_locked(item):
                 return
-            self._before_spill()
-            spool = self._spool()
-            if not self.spooling:
-                self._on_spill(spool)
-            self.spooling = True
-            try:
-                spool.append([item])
-            except OSError as exc:  # the disk is full too: counted by the owner, never raised
-                self._on_refused(1, exc)
+        self._wake.set()
+
+    def _put_locked(self, item: tuple[Any, ...]) -> bool:
+        """Enqueue under the owner's lock; True when it went to memory, False when to the spool."""
+        if not self.spooling and len(self.items) < self.maxsize:
+            self.items.append(item)
+            return True
+        self._before_spill()
+        spool = self._spool()
+        if not self.spooling:
+            self._on_spill(spool)
+        self.spooling = True
+        try:
+            spool.append([item])
+        except OSError as exc:  # the disk is full too: counted by the owner, never raised
+            self._on_refused(1, exc)
+        return False
+
+    def put_many_locked(self, items: list[tuple[Any, ...]]) -> None:
+        """Enqueue ``items`` while the caller holds the owner's lock (its state cannot change meanwhile)."""
+        for item in items:
+            self._put_locked(item)
+            self._bump()
         self._wake.set()
 
     # -- the reader (under the owner's lock) ---------------------------------------------------

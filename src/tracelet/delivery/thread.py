@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import FAILED
+from tracelet.collectors.system_metrics import SystemSampler
 from tracelet.delivery import Delivery, Opened, OpenRequest, discard
 from tracelet.delivery.fanout import Fanout
+from tracelet.delivery.health import LAG_CHECK_EVERY, MARK_EVERY, Arrivals, LagWatch, Progress, backend_health
 from tracelet.delivery.spill import SpillQueue
 from tracelet.delivery.writer import DEFAULT_MAXSIZE
 from tracelet.events import MetricClock, from_raw, to_raw
-from tracelet.report import BackendReport
+from tracelet.report import BackendReport, DeliveryHealth
 from tracelet.spool import DiskAlarm, Spool
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,7 @@ LATE_RUN_TIMEOUT = 10.0
 class ThreadDelivery(Delivery):
     """A :class:`Fanout` in this process, opened on a background thread."""
 
-    def __init__(self, request: OpenRequest, open_timeout: float) -> None:
+    def __init__(self, request: OpenRequest, open_timeout: float, lag_warn: float = 0.0) -> None:
         self._request = request
         self._open_timeout = open_timeout
         self._fanout: Fanout | None = None
@@ -68,6 +72,81 @@ class ThreadDelivery(Delivery):
         self._put = self._put_before_open
         self._opener = threading.Thread(target=self._open, name="tracelet-open", daemon=True)
         self._opener.start()
+        #: when events were accepted (``health()``'s lag) and the lag's WARNING, on a monitor thread
+        self._arrivals = Arrivals()
+        self._lag_watch = LagWatch(lag_warn)
+        self._closing = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="tracelet-monitor", daemon=True)
+        self._monitor.start()
+        self._sampler = self._start_sampler()
+
+    def _start_sampler(self) -> SystemSampler | None:
+        """No agent to sample from outside: a daemon thread of this process samples it."""
+        if self._request.system_interval is None:
+            return None
+
+        def emit(items: list[tuple[Any, ...]]) -> None:
+            for item in items:
+                self.put(item)
+
+        try:
+            return SystemSampler(
+                os.getpid(),
+                interval=self._request.system_interval,
+                started=self._request.started_at,
+                emit=emit,
+            ).start()
+        except Exception as exc:
+            log.warning("tracelet: no system metrics for this run: %r", exc)
+            return None
+
+    def _watch(self) -> None:
+        checked = 0.0
+        while not self._closing.wait(MARK_EVERY):
+            now = time.monotonic()
+            health = self.health()
+            self._arrivals.mark(max((h.accepted for h in health.values()), default=0), now)
+            self._arrivals.forget(
+                min((h.delivered + h.failed + h.dropped for h in health.values()), default=0)
+            )
+            if now - checked >= LAG_CHECK_EVERY:
+                checked = now
+                self._lag_watch.check(health)
+
+    def health(self) -> DeliveryHealth:
+        now = time.monotonic()
+        fanout = self._fanout
+        if fanout is None:
+            kept = self._kept.unread if self._kept is not None else 0
+            empty = Progress()
+            return DeliveryHealth(
+                {
+                    name: backend_health(
+                        name,
+                        self._sent,
+                        empty,
+                        kept,
+                        self._dropped,
+                        self._arrivals,
+                        now,
+                    )
+                    for name, _ in self._request.backends
+                }
+            )
+        return DeliveryHealth(
+            {
+                name: backend_health(
+                    name,
+                    progress.received + self._dropped,
+                    progress,
+                    0,
+                    self._dropped,
+                    self._arrivals,
+                    now,
+                )
+                for name, progress in fanout.progress().items()
+            }
+        )
 
     def _open(self) -> None:
         try:
@@ -189,6 +268,9 @@ class ThreadDelivery(Delivery):
 
     def stop(self, status: str, timeout: float) -> dict[str, BackendReport]:
         """Deliver within ``timeout``, counted from when the runs are open (at most ``open_timeout`` away)."""
+        if self._sampler is not None:
+            self._sampler.stop()
+        self._closing.set()
         self._ready.wait(self._open_timeout)
         with self._lock:
             fanout = self._fanout
@@ -244,5 +326,6 @@ class ThreadDelivery(Delivery):
             self._fanout.wake()
 
     def detach(self) -> None:
+        self._closing.set()
         self._fanout = None
         self._put = discard

@@ -51,11 +51,18 @@ from typing import Any
 
 import tracelet
 from tracelet.delivery import Delivery, Opened, OpenRequest, discard, protocol
+from tracelet.delivery.health import (
+    LAG_CHECK_EVERY,
+    Arrivals,
+    LagWatch,
+    Progress,
+    backend_health,
+)
 from tracelet.delivery.spill import SpillQueue
 from tracelet.delivery.writer import DEFAULT_MAXSIZE
 from tracelet.errors import AgentStartError
 from tracelet.events import MetricClock, from_raw, resolve_value, to_raw
-from tracelet.report import BackendReport
+from tracelet.report import BackendReport, DeliveryHealth
 from tracelet.spool import DiskAlarm, Spool
 
 log = logging.getLogger(__name__)
@@ -311,6 +318,7 @@ class AgentDelivery(Delivery):
         open_timeout: float,
         drain_timeout: float,
         idle: float,
+        lag_warn: float = 0.0,
         maxsize: int = DEFAULT_MAXSIZE,
     ) -> None:
         self._request = request
@@ -340,7 +348,10 @@ class AgentDelivery(Delivery):
         self._clock = MetricClock()
         self._base = 0
         self._shipped = 0
-        self._progress: dict[str, tuple[int, int, int, int]] = {n: (0, 0, 0, 0) for n in self._names}
+        self._progress: dict[str, Progress] = {n: Progress() for n in self._names}
+        #: when events were accepted, coarsely (``health()``'s lag); marked by the feeder
+        self._arrivals = Arrivals()
+        self._lag_watch = LagWatch(lag_warn)
         self._controls: deque[protocol.Flush | protocol.Stop] = deque()
         self._replies: dict[int, Any] = {}
         self._reply_ready = threading.Condition(self._lock)
@@ -511,11 +522,17 @@ class AgentDelivery(Delivery):
         self._opened_event.set()
         receiver = threading.Thread(target=self._receive, name="tracelet-agent-receiver", daemon=True)
         receiver.start()
+        checked = 0.0
         while True:
             self._wake_event.wait(SHIP_INTERVAL)
             self._wake_event.clear()
             if self._state in (State.LOST, State.DETACHED, State.CLOSED):
                 return
+            now = time.monotonic()
+            self._arrivals.mark(self._queue.sent.value, now)
+            if now - checked >= LAG_CHECK_EVERY:
+                checked = now
+                self._lag_watch.check(self.health())
             self._ship()
             while self._controls and not self._lost():
                 if self._queue.holds_any():
@@ -596,6 +613,10 @@ class AgentDelivery(Delivery):
                 continue  # a late message of an earlier run this agent served
             elif isinstance(message, protocol.Ack):
                 self._acknowledge(message.progress)
+            elif isinstance(message, protocol.SystemSamples):
+                with self._lock:  # a stop sets STOPPING under it: nothing is put behind its Stop
+                    if self._state is State.RUNNING:
+                        self._queue.put_many_locked(message.items)
             elif isinstance(message, (protocol.Reply, protocol.Final)):
                 with self._reply_ready:
                     self._replies[message.token] = message
@@ -604,11 +625,12 @@ class AgentDelivery(Delivery):
                     return
 
     def _base_acked(self) -> int:
-        return min((p[2] for p in self._progress.values()), default=self._shipped)
+        return min((p.durable for p in self._progress.values()), default=self._shipped)
 
-    def _acknowledge(self, progress: dict[str, tuple[int, int, int, int]]) -> None:
+    def _acknowledge(self, progress: protocol.Progress) -> None:
         with self._lock:
             self._progress.update(progress)
+            self._arrivals.forget(min(p.settled for p in self._progress.values()))
             low = self._base_acked()
             while self._unacked and self._base + len(self._unacked[0]) <= low:
                 self._base += len(self._unacked.popleft())
@@ -647,7 +669,7 @@ class AgentDelivery(Delivery):
         shipped = [item for batch in self._unacked for item in batch]
         runs = self._run_ids()
         for name, options in self._request.backends:
-            durable = self._progress[name][2]
+            durable = self._progress[name].durable
             tail = shipped[max(0, durable - self._base) :]
             self._held[name] = len(tail)
             if tail:
@@ -784,7 +806,8 @@ class AgentDelivery(Delivery):
         runs = self._run_ids()
         out: dict[str, BackendReport] = {}
         for name in self._names:
-            delivered, failed, _, retries = self._progress[name]
+            progress = self._progress[name]
+            delivered, failed, retries = progress.delivered, progress.failed, progress.retries
             base = agent_reports.get(name)
             if base is not None:
                 delivered, failed, retries = base.delivered, base.failed, base.retries
@@ -812,6 +835,26 @@ class AgentDelivery(Delivery):
             if pending and base is None and not self._lost_reason:
                 log.error("tracelet: no report from the delivery agent for %s", name)
         return out
+
+    def health(self) -> DeliveryHealth:
+        """From the last acknowledgement and this side's counts; no round trip to the agent."""
+        now = time.monotonic()
+        accepted = self._queue.sent.value
+        overflow = self._overflow.unread if self._overflow is not None else 0
+        return DeliveryHealth(
+            {
+                name: backend_health(
+                    name,
+                    accepted,
+                    self._progress[name],
+                    overflow + self._held.get(name, 0),
+                    self._dropped[name],
+                    self._arrivals,
+                    now,
+                )
+                for name in self._names
+            }
+        )
 
     def delivering(self) -> bool:
         """False once the agent is lost (what is put goes to the spool for ``tracelet sync``) or closed."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tracelet.backends.base import Backend, PartialWriteError
+from tracelet.delivery.health import Progress
 from tracelet.delivery.spill import SpillQueue
 from tracelet.events import Event, from_raw
 from tracelet.redaction import strip_url_userinfo
@@ -124,6 +125,8 @@ class BackendWriter:
         self._in_flight: list[Event] = []
         self._in_flight_spooled = 0
         self.errors: list[str] = []
+        #: the latest error, transient ones included (``Experiment.health`` shows it)
+        self.last_error: str | None = None
         self._stopping = False
         self._abandoned = False
         self._final_status: str | None = None
@@ -177,6 +180,22 @@ class BackendWriter:
         """
         with self._lock:
             return self.sent - len(self._queue.items) - len(self._in_flight)
+
+    def progress(self) -> Progress:
+        """The counts :meth:`Experiment.health` shows (the agent acknowledges them to the trainer)."""
+        with self._lock:
+            durable = self.sent - len(self._queue.items) - len(self._in_flight)
+            spooled = self.spool.unread
+        return Progress(
+            received=self.sent,
+            delivered=self.delivered,
+            failed=self.failed,
+            durable=durable,
+            retries=self.retries,
+            spooled=spooled,
+            dropped=self.dropped,
+            last_error=self.last_error,
+        )
 
     def idle(self) -> bool:
         return self.pending() == 0
@@ -332,6 +351,7 @@ class BackendWriter:
 
     def _backoff(self, attempt: int, error: BaseException) -> None:
         delay = backoff_delay(attempt)
+        self.last_error = strip_url_userinfo(f"{type(error).__name__}: {error}")
         if attempt == 0:
             log.warning("tracelet: %s: transient error, retrying: %r", self.backend.name, error)
         else:
@@ -392,8 +412,9 @@ class BackendWriter:
         )
 
     def _record_error(self, message: str) -> None:
+        self.last_error = strip_url_userinfo(message)
         if len(self.errors) < MAX_KEPT_ERRORS:
-            self.errors.append(strip_url_userinfo(message))
+            self.errors.append(self.last_error)
 
     def _run(self) -> None:
         while True:

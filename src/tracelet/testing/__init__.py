@@ -44,10 +44,11 @@ def read_run(backend: str, run_id: str, **options: Any) -> RunRecord:
     """Read ``run_id`` back from ``backend``'s store.
 
     Options: ``mlflow``: ``tracking_uri``; ``wandb``: ``wandb_dir``;
-    ``clearml``: ``offline_dir``; ``local``: ``root``.
+    ``clearml``: ``offline_dir``; ``local``: ``root``. The ``system/`` series tracelet
+    sampled are in ``record.system_metrics``, apart from what the workflow logged.
     """
     record: RunRecord = _reader(backend, "run")(run_id, **options)
-    return record
+    return record.set_aside_system_metrics()
 
 
 def read_artifact(backend: str, run_id: str, path: str, **options: Any) -> bytes:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracelet.validation import SYSTEM_PREFIX
+
 
 @dataclass(frozen=True)
 class ArtifactRecord:
@@ -32,8 +34,10 @@ class RunRecord:
     """What one backend holds for one run, read back through that backend's own client or files.
 
     ``metrics`` maps each key to its ``(step, value)`` points in the order the store
-    keeps them. ``params`` values are strings. ``tags`` are the user's tags;
-    ``system_tags`` are tracelet's own (``tracelet.*``).
+    keeps them: what the workflow logged. ``system_metrics`` holds the ``system/`` series
+    tracelet sampled (their values differ from run to run, so exact key-set checks and the
+    cross-store equivalence leave them out). ``params`` values are strings. ``tags`` are
+    the user's tags; ``system_tags`` are tracelet's own (``tracelet.*``).
     """
 
     backend: str
@@ -47,6 +51,13 @@ class RunRecord:
     system_tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     images: list[ImageRecord] = field(default_factory=list)
+    system_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def set_aside_system_metrics(self) -> RunRecord:
+        """Move the ``system/`` series from ``metrics`` to ``system_metrics`` (every reader's last step)."""
+        for name in [name for name in self.metrics if name.startswith(SYSTEM_PREFIX)]:
+            self.system_metrics[name] = self.metrics.pop(name)
+        return self
 
     def artifact(self, path: str) -> ArtifactRecord:
         """The artifact stored at ``path``; ``KeyError`` names what is there instead."""
