@@ -8,7 +8,6 @@ under ``system/``, apart from what the workflow logged.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,46 +18,50 @@ import pytest
 from tests.e2e.framework import e2e_framework
 from tests.e2e.params import environments
 
-#: burns one core for BURN_S seconds, and holds 300 MB from halfway on
+#: two runs in one trainer process: one with system metrics off, then one that burns one core for
+#: ``burn_s`` seconds and holds 300 MB from halfway on, sampled every second
 TRAINER = """
-import json, sys, time
+import json, os, sys, time
 import tracelet
 
 cfg = json.load(open(sys.argv[1]))
-exp = tracelet.start_logging(
-    exp_name=cfg["run_name"], project=cfg["project"], backend=cfg["backend"],
-    backend_options=cfg["backend_options"],
-)
-exp.log_metric("loss", 1.0, 0)
-begin = time.monotonic()
-held = None
-n = 0
-while time.monotonic() - begin < cfg["burn_s"]:
-    if held is None and time.monotonic() - begin >= cfg["burn_s"] / 2:
-        held = b"\\x01" * (300 << 20)  # written, so resident: 300 MB more RSS from here on
-    n += 1
-exp.log_metric("loss", 0.5, 1)
-report = tracelet.stop_logging(flush_timeout=120)
-json.dump({"runs": exp.runs, "ok": report.ok, "report": report.format(), "held": len(held or b"")},
-          open(cfg["out"], "w"))
+os.environ["TRACELET_SYSTEM_INTERVAL"] = "1"
+out = {}
+for name, sampled, seconds in (("quiet", "0", cfg["quiet_s"]), ("burn", "1", cfg["burn_s"])):
+    os.environ["TRACELET_SYSTEM_METRICS"] = sampled
+    exp = tracelet.start_logging(
+        exp_name=name, project=cfg["project"], backend=cfg["backend"], backend_options=cfg["backend_options"],
+    )
+    exp.log_metric("loss", 1.0, 0)
+    begin = time.monotonic()
+    held = None
+    while time.monotonic() - begin < seconds:
+        if sampled == "1" and held is None and time.monotonic() - begin >= seconds / 2:
+            held = b"\\x01" * (300 << 20)  # written, so resident: 300 MB more RSS from here on
+    exp.log_metric("loss", 0.5, 1)
+    report = tracelet.stop_logging(flush_timeout=120)
+    out[name] = {"runs": exp.runs, "ok": report.ok, "report": report.format()}
+    del held
+json.dump(out, open(cfg["out"], "w"))
 """
 
 BURN_S = 12.0
+QUIET_S = 2.5
 
 
-def _train(tmp_path: Path, config: Any, name: str, burn_s: float, env: dict[str, str]) -> dict[str, Any]:
+def _train(tmp_path: Path, config: Any) -> dict[str, Any]:
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
-    out = tmp_path / f"{name}.json"
-    settings = tmp_path / f"{name}-settings.json"
+    out = tmp_path / "runs.json"
+    settings = tmp_path / "settings.json"
     settings.write_text(
         json.dumps(
             {
-                "run_name": name,
                 "project": config.project,
                 "backend": config.backend,
                 "backend_options": config.backend_options,
-                "burn_s": burn_s,
+                "burn_s": BURN_S,
+                "quiet_s": QUIET_S,
                 "out": str(out),
             }
         )
@@ -66,7 +69,6 @@ def _train(tmp_path: Path, config: Any, name: str, burn_s: float, env: dict[str,
     done = subprocess.run(
         [sys.executable, str(script), str(settings)],
         cwd=tmp_path,
-        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -74,20 +76,25 @@ def _train(tmp_path: Path, config: Any, name: str, burn_s: float, env: dict[str,
     )
     assert done.returncode == 0, f"the trainer failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(out.read_text())
-    assert result["ok"], result["report"]
+    for run in result.values():
+        assert run["ok"], run["report"]
     return result
 
 
 @pytest.mark.framework_only("torch")  # store behaviour: once per store, not per framework set
 @pytest.mark.parametrize("environment", environments())
 def test_the_store_holds_what_the_trainer_used(environment: str, isolated_env: Path, tmp_path: Path) -> None:
-    """One core busy for 12 s and 300 MB from halfway: the store holds both, as ``system/`` series."""
+    """A core busy for 12 s and 300 MB from halfway land as ``system/`` series; switched off, none do."""
     with e2e_framework.backend_environment(environment, project="system-metrics") as config:
-        sampled = {"TRACELET_SYSTEM_METRICS": "1", "TRACELET_SYSTEM_INTERVAL": "1"}
-        result = _train(tmp_path, config, "burn", BURN_S, sampled)
-        record = config.read(result["runs"][config.backend_name])
-    assert record.metrics == {"loss": [(0, 1.0), (1, 0.5)]}  # what the workflow logged, and only that
-    system = record.system_metrics
+        result = _train(tmp_path, config)
+        burn = config.read(result["burn"]["runs"][config.backend_name])
+        quiet = config.read(result["quiet"]["runs"][config.backend_name])
+    # TRACELET_SYSTEM_METRICS=0: a run longer than two intervals holds no system/ key at all
+    assert quiet.system_metrics == {}
+    assert quiet.metrics == {"loss": [(0, 1.0), (1, 0.5)]}
+    # what the workflow logged, and only that, apart from the system/ series
+    assert burn.metrics == {"loss": [(0, 1.0), (1, 0.5)]}
+    system = burn.system_metrics
     cpu = [value for _, value in system["system/process/cpu_percent"]]
     rss = [value for _, value in system["system/process/rss_mb"]]
     assert len(cpu) >= BURN_S - 3, f"{len(cpu)} samples in {BURN_S:g} s at one a second"
@@ -99,15 +106,3 @@ def test_the_store_holds_what_the_trainer_used(environment: str, isolated_env: P
     for key in ("system/process/threads", "system/host/cpu_percent", "system/host/memory_used_mb"):
         assert system.get(key), f"{key} is missing; the store holds {sorted(system)}"
     assert not [key for key in system if key.startswith("system/gpu")]  # no GPU here
-
-
-@pytest.mark.framework_only("torch")
-@pytest.mark.parametrize("environment", environments())
-def test_system_metrics_off_records_none(environment: str, isolated_env: Path, tmp_path: Path) -> None:
-    with e2e_framework.backend_environment(environment, project="system-metrics") as config:
-        result = _train(
-            tmp_path, config, "quiet", 2.5, {"TRACELET_SYSTEM_METRICS": "0", "TRACELET_SYSTEM_INTERVAL": "1"}
-        )
-        record = config.read(result["runs"][config.backend_name])
-    assert record.system_metrics == {}
-    assert record.metrics == {"loss": [(0, 1.0), (1, 0.5)]}

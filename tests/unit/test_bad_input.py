@@ -286,6 +286,12 @@ CASES: list[Case] = [
     _bad_name("a/", ValueError, "invalid metric name", "`ValueError`: no trailing `/`"),
     _bad_name("a//b", ValueError, "invalid metric name", "`ValueError`: no empty segment"),
     _bad_name("tracelet/x", ValueError, "reserved", "`ValueError`: the prefix `tracelet` is tracelet's own"),
+    _bad_name(
+        "system/gpu0/power_w",
+        ValueError,
+        "reserved for the system metrics",
+        "`ValueError`: `system/` is the prefix of the system metrics tracelet samples",
+    ),
     _bad_name(5, TypeError, "metric name must be a str", "`TypeError`"),
     Case(
         "name-edge",

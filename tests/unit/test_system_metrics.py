@@ -180,14 +180,17 @@ def test_a_run_records_system_metrics_into_its_store(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TRACELET_SYSTEM_INTERVAL", "1")
     exp = tracelet.start_logging(backend="memory")
     exp.log_metric("loss", 0.5, 0)
-    time.sleep(3.4)
+
+    def sampled() -> int:
+        return sum(m.name == "system/process/cpu_percent" for m in run_view(exp.runs["memory"]).metrics)
+
+    wait_for(lambda: sampled() >= 2, what="two samples delivered")  # one a second (a busy machine: later)
     report = tracelet.stop_logging(flush_timeout=30)
     assert report.ok, report.format()
     metrics = run_view(exp.runs["memory"]).metrics
     cpu = [m for m in metrics if m.name == "system/process/cpu_percent"]
-    assert len(cpu) >= 2, [m.name for m in metrics]
     assert [m.step for m in cpu] == sorted({m.step for m in cpu})  # whole seconds, none twice
-    assert 1 <= cpu[0].step <= 2
+    assert 1 <= cpu[0].step <= 5  # one interval after the run began, give or take a slow start
     names = {m.name for m in metrics}
     assert {"system/process/rss_mb", "system/process/threads", "system/host/cpu_percent"} <= names
     assert next(m for m in metrics if not m.name.startswith("system/")).name == "loss"

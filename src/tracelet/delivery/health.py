@@ -63,33 +63,44 @@ class Arrivals:
     Event number ``i`` (from 0) was accepted no later than the first mark whose count is
     above ``i``. Marks no store needs any more are forgotten, so a store that keeps up
     keeps this list a few marks long.
+
+    One thread marks and forgets (the feeder, or thread mode's monitor); any thread may
+    ask :meth:`oldest` without a lock. So the writer appends a time before its count, and
+    replaces (never shortens) the lists a reader may hold: ``_marks`` is swapped whole.
     """
 
-    __slots__ = ("_counts", "_first", "_times")
+    __slots__ = ("_marks",)
 
     def __init__(self) -> None:
-        self._counts: list[int] = []
-        self._times: list[float] = []
-        self._first = 0  # marks before it are forgotten (sliced off in bulk)
+        #: (counts, times, index of the first mark still needed)
+        self._marks: tuple[list[int], list[float], int] = ([], [], 0)
 
     def mark(self, accepted: int, now: float) -> None:
-        """``accepted`` events had been accepted by ``now`` (monotonic)."""
-        if self._counts and (accepted == self._counts[-1] or now - self._times[-1] < MARK_EVERY):
-            return  # events accepted since the last mark are younger than MARK_EVERY
-        self._counts.append(accepted)
-        self._times.append(now)
+        """``accepted`` events had been accepted by ``now`` (monotonic). The marking thread only."""
+        counts, times, _ = self._marks
+        if counts and (accepted == counts[-1] or now - times[-1] < MARK_EVERY):
+            return  # the events since the last mark are dated by the next one
+        times.append(now)
+        counts.append(accepted)
 
     def oldest(self, settled: int) -> float | None:
         """When the oldest event after the first ``settled`` was accepted, at the latest; None: none waits."""
-        index = bisect.bisect_right(self._counts, settled, lo=self._first)
-        return self._times[index] if index < len(self._counts) else None
+        counts, times, first = self._marks
+        index = bisect.bisect_right(counts, settled, first)
+        return times[index] if index < len(counts) else None
 
     def forget(self, settled: int) -> None:
-        """Every store has settled the first ``settled`` events: their marks are not needed."""
-        self._first = bisect.bisect_right(self._counts, settled, lo=self._first)
-        if self._first > 64 and self._first * 2 > len(self._counts):
-            del self._counts[: self._first], self._times[: self._first]
-            self._first = 0
+        """Every store has settled the first ``settled`` events: their marks go (the marking thread only)."""
+        counts, times, first = self._marks
+        first = bisect.bisect_right(counts, settled, first)
+        if first > 64 and first * 2 > len(counts):
+            self._marks = (counts[first:], times[first:], 0)
+        else:
+            self._marks = (counts, times, first)
+
+    def __len__(self) -> int:
+        """Marks still kept (forgotten ones may wait to be sliced off in bulk)."""
+        return len(self._marks[0])
 
 
 class LagWatch:

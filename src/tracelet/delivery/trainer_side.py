@@ -530,6 +530,7 @@ class AgentDelivery(Delivery):
                 return
             now = time.monotonic()
             self._arrivals.mark(self._queue.sent.value, now)
+            self._arrivals.forget(min(p.settled for p in self._progress.values()))
             if now - checked >= LAG_CHECK_EVERY:
                 checked = now
                 self._lag_watch.check(self.health())
@@ -630,7 +631,6 @@ class AgentDelivery(Delivery):
     def _acknowledge(self, progress: protocol.Progress) -> None:
         with self._lock:
             self._progress.update(progress)
-            self._arrivals.forget(min(p.settled for p in self._progress.values()))
             low = self._base_acked()
             while self._unacked and self._base + len(self._unacked[0]) <= low:
                 self._base += len(self._unacked.popleft())
