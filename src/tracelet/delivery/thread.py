@@ -75,6 +75,8 @@ class ThreadDelivery(Delivery):
         #: when events were accepted (``health()``'s lag) and the lag's WARNING, on a monitor thread
         self._arrivals = Arrivals()
         self._lag_watch = LagWatch(lag_warn)
+        #: the health the monitor published at its last tick (what ``health()`` hands out while running)
+        self._published: DeliveryHealth | None = None
         self._closing = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="tracelet-monitor", daemon=True)
         self._monitor.start()
@@ -104,7 +106,8 @@ class ThreadDelivery(Delivery):
         checked = 0.0
         while not self._closing.wait(MARK_EVERY):
             now = time.monotonic()
-            health = self.health()
+            health = self._health_now(now)
+            self._published = health
             self._arrivals.mark(max((h.accepted for h in health.values()), default=0), now)
             self._arrivals.forget(
                 min((h.delivered + h.failed + h.dropped for h in health.values()), default=0)
@@ -114,7 +117,13 @@ class ThreadDelivery(Delivery):
                 self._lag_watch.check(health)
 
     def health(self) -> DeliveryHealth:
-        now = time.monotonic()
+        """As of the monitor's last tick (at most ``MARK_EVERY`` old) while the run goes on; else now."""
+        published = self._published
+        if published is not None and not self._closing.is_set():
+            return DeliveryHealth(published)
+        return self._health_now(time.monotonic())
+
+    def _health_now(self, now: float) -> DeliveryHealth:
         fanout = self._fanout
         if fanout is None:
             kept = self._kept.unread if self._kept is not None else 0

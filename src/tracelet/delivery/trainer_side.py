@@ -352,6 +352,8 @@ class AgentDelivery(Delivery):
         #: when events were accepted, coarsely (``health()``'s lag); marked by the feeder
         self._arrivals = Arrivals()
         self._lag_watch = LagWatch(lag_warn)
+        #: the health the feeder published at its last tick (what ``health()`` hands out while running)
+        self._published: DeliveryHealth | None = None
         self._controls: deque[protocol.Flush | protocol.Stop] = deque()
         self._replies: dict[int, Any] = {}
         self._reply_ready = threading.Condition(self._lock)
@@ -531,9 +533,10 @@ class AgentDelivery(Delivery):
             now = time.monotonic()
             self._arrivals.mark(self._queue.sent.value, now)
             self._arrivals.forget(min(p.settled for p in self._progress.values()))
+            self._published = self._health_now(now)
             if now - checked >= LAG_CHECK_EVERY:
                 checked = now
-                self._lag_watch.check(self.health())
+                self._lag_watch.check(self._published)
             self._ship()
             while self._controls and not self._lost():
                 if self._queue.holds_any():
@@ -837,8 +840,15 @@ class AgentDelivery(Delivery):
         return out
 
     def health(self) -> DeliveryHealth:
+        """As of the feeder's last tick (at most ``SHIP_INTERVAL`` old) while the run goes on: a copy of
+        what it published, so a training loop may ask every step; otherwise counted now."""
+        published = self._published
+        if published is not None and self._state is State.RUNNING:
+            return DeliveryHealth(published)
+        return self._health_now(time.monotonic())
+
+    def _health_now(self, now: float) -> DeliveryHealth:
         """From the last acknowledgement and this side's counts; no round trip to the agent."""
-        now = time.monotonic()
         accepted = self._queue.sent.value
         overflow = self._overflow.unread if self._overflow is not None else 0
         return DeliveryHealth(
