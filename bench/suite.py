@@ -53,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -806,6 +807,10 @@ def _measure_list(value: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (a `kill`, a CI timeout) unwinds the suite as Ctrl-C does, so `maybe_server`'s `with`
+    # stops the mlflow server: it runs in its own session, and SIGTERM's default action left it orphaned.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="smaller sizes, every measure (under 10 minutes)"

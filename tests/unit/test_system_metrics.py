@@ -174,12 +174,18 @@ def test_without_nvml_there_are_no_gpu_metrics(monkeypatch: pytest.MonkeyPatch) 
 
 
 # -- in a run, both delivery modes ---------------------------------------------------------------
-@pytest.mark.usefixtures("delivery_mode")
-def test_a_run_records_system_metrics_into_its_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "1")
+def _run_logging_loss(monkeypatch: pytest.MonkeyPatch, system_metrics: str) -> tracelet.Experiment:
+    """A run with system metrics on or off, sampled every second, that has logged one point."""
+    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", system_metrics)
     monkeypatch.setenv("TRACELET_SYSTEM_INTERVAL", "1")
     exp = tracelet.start_logging(backend="memory")
     exp.log_metric("loss", 0.5, 0)
+    return exp
+
+
+@pytest.mark.usefixtures("delivery_mode")
+def test_a_run_records_system_metrics_into_its_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = _run_logging_loss(monkeypatch, "1")
 
     def sampled() -> int:
         return sum(m.name == "system/process/cpu_percent" for m in run_view(exp.runs["memory"]).metrics)
@@ -199,10 +205,7 @@ def test_a_run_records_system_metrics_into_its_store(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.usefixtures("delivery_mode")
 def test_system_metrics_off_records_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "0")
-    monkeypatch.setenv("TRACELET_SYSTEM_INTERVAL", "1")
-    exp = tracelet.start_logging(backend="memory")
-    exp.log_metric("loss", 0.5, 0)
+    exp = _run_logging_loss(monkeypatch, "0")
     time.sleep(2.2)
     tracelet.stop_logging(flush_timeout=30)
     assert [m.name for m in run_view(exp.runs["memory"]).metrics] == ["loss"]

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,15 +299,23 @@ def metric_tuples(values: dict[str, float], step: int, timestamp: float) -> list
     return [("metric", name, value, step, timestamp) for name, value in values.items()]
 
 
-def is_system(name: str) -> bool:
-    """A system metric's key (the readers keep these apart from what the workflow logged)."""
-    return name.startswith(PREFIX)
+def start_sampler(
+    trainer_pid: int,
+    interval: float | None,
+    started: float,
+    emit: Callable[[list[tuple[Any, ...]]], None],
+    exclude_pid: int | None = None,
+) -> SystemSampler | None:
+    """A running sampler; ``None`` when system metrics are off (``interval=None``) or cannot start.
 
-
-def split_system(names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """``(logged, system)``: the keys a workflow logged, and the ``system/`` keys."""
-    logged: list[str] = []
-    system: list[str] = []
-    for name in names:
-        (system if is_system(name) else logged).append(name)
-    return logged, system
+    A sampler that cannot start is one WARNING: the run goes on without system metrics.
+    """
+    if interval is None:
+        return None
+    try:
+        return SystemSampler(
+            trainer_pid, interval=interval, started=started, emit=emit, exclude_pid=exclude_pid
+        ).start()
+    except Exception as exc:
+        log.warning("tracelet: no system metrics for this run: %r", exc)
+        return None

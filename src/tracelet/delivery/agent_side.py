@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from tracelet import config
 from tracelet.backends.base import KILLED
-from tracelet.collectors.system_metrics import SystemSampler
+from tracelet.collectors.system_metrics import SystemSampler, start_sampler
 from tracelet.delivery import OpenRequest, protocol
 from tracelet.delivery.fanout import Fanout
 
@@ -161,23 +161,13 @@ class Agent:
 
     def _start_sampler(self, run: int, request: OpenRequest) -> SystemSampler | None:
         """The trainer's system metrics, sampled here, from outside it; sent to the trainer to log."""
-        if request.system_interval is None:
-            return None
 
         def emit(items: list[tuple[Any, ...]]) -> None:
             self.send(protocol.encode(protocol.SystemSamples(run, items)))
 
-        try:
-            return SystemSampler(
-                self.trainer_pid,
-                interval=request.system_interval,
-                started=request.started_at,
-                emit=emit,
-                exclude_pid=os.getpid(),
-            ).start()
-        except Exception as exc:
-            log.warning("tracelet: no system metrics for this run: %r", exc)
-            return None
+        return start_sampler(
+            self.trainer_pid, request.system_interval, request.started_at, emit, exclude_pid=os.getpid()
+        )
 
     def _stop_sampler(self) -> None:
         sampler, self.sampler = self.sampler, None

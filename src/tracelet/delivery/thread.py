@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.backends.base import FAILED
-from tracelet.collectors.system_metrics import SystemSampler
+from tracelet.collectors.system_metrics import SystemSampler, start_sampler
 from tracelet.delivery import Delivery, Opened, OpenRequest, discard
 from tracelet.delivery.fanout import Fanout
 from tracelet.delivery.health import LAG_CHECK_EVERY, MARK_EVERY, Arrivals, LagWatch, Progress, backend_health
@@ -84,23 +84,13 @@ class ThreadDelivery(Delivery):
 
     def _start_sampler(self) -> SystemSampler | None:
         """No agent to sample from outside: a daemon thread of this process samples it."""
-        if self._request.system_interval is None:
-            return None
 
         def emit(items: list[tuple[Any, ...]]) -> None:
             for item in items:
                 self.put(item)
 
-        try:
-            return SystemSampler(
-                os.getpid(),
-                interval=self._request.system_interval,
-                started=self._request.started_at,
-                emit=emit,
-            ).start()
-        except Exception as exc:
-            log.warning("tracelet: no system metrics for this run: %r", exc)
-            return None
+        request = self._request
+        return start_sampler(os.getpid(), request.system_interval, request.started_at, emit)
 
     def _watch(self) -> None:
         checked = 0.0

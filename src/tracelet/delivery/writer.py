@@ -172,17 +172,13 @@ class BackendWriter:
         with self._lock:
             return len(self._queue.items) + len(self._in_flight) + self.spool.unread
 
-    def durable(self) -> int:
-        """How many of the events sent so far are delivered, dead-lettered or on disk in the spool.
-
-        The delivery agent acknowledges this count to the trainer, which may then
-        forget those events: nothing it acknowledged can be lost by the agent dying.
-        """
-        with self._lock:
-            return self.sent - len(self._queue.items) - len(self._in_flight)
-
     def progress(self) -> Progress:
-        """The counts :meth:`Experiment.health` shows (the agent acknowledges them to the trainer)."""
+        """The counts the agent acknowledges to the trainer, and :meth:`Experiment.health` shows.
+
+        ``durable``: how many of the events sent so far are delivered, dead-lettered or on disk
+        in the spool. The trainer may forget those: nothing acknowledged as durable can be lost
+        by the agent dying.
+        """
         with self._lock:
             durable = self.sent - len(self._queue.items) - len(self._in_flight)
             spooled = self.spool.unread
