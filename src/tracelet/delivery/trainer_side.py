@@ -354,6 +354,7 @@ class AgentDelivery(Delivery):
         self._lag_watch = LagWatch(lag_warn)
         #: the health the feeder published at its last tick (what ``health()`` hands out while running)
         self._published: DeliveryHealth | None = None
+        self._published_at = 0.0
         self._controls: deque[protocol.Flush | protocol.Stop] = deque()
         self._replies: dict[int, Any] = {}
         self._reply_ready = threading.Condition(self._lock)
@@ -533,7 +534,7 @@ class AgentDelivery(Delivery):
             now = time.monotonic()
             self._arrivals.mark(self._queue.sent.value, now)
             self._arrivals.forget(min(p.settled for p in self._progress.values()))
-            self._published = self._health_now(now)
+            self._published, self._published_at = self._health_now(now), now
             if now - checked >= LAG_CHECK_EVERY:
                 checked = now
                 self._lag_watch.check(self._published)
@@ -841,9 +842,20 @@ class AgentDelivery(Delivery):
 
     def health(self) -> DeliveryHealth:
         """As of the feeder's last tick (at most ``SHIP_INTERVAL`` old) while the run goes on: a copy of
-        what it published, so a training loop may ask every step; otherwise counted now."""
-        published = self._published
-        if published is not None and self._state is State.RUNNING:
+        what it published, so a training loop may ask every step; otherwise counted now.
+
+        While the agent starts (seconds, when it must import a store's client) the feeder waits
+        for it and publishes nothing: the caller publishes instead, at most once a ``SHIP_INTERVAL``,
+        so asking every step costs the same then (counting on every call cost 4-6 us).
+        """
+        state, published = self._state, self._published
+        if state is State.RUNNING and published is not None:
+            return DeliveryHealth(published)
+        if state is State.CONNECTING:
+            now = time.monotonic()
+            if published is None or now - self._published_at >= SHIP_INTERVAL:
+                published = self._health_now(now)
+                self._published, self._published_at = published, now
             return DeliveryHealth(published)
         return self._health_now(time.monotonic())
 
