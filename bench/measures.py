@@ -628,6 +628,77 @@ def measure_kill(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- copy: tracelet copy against doing it by hand ------------------------------------------------------
+
+
+def _copy_address(store: str, root: Path, run_id: str | None) -> str:
+    """The ``tracelet copy`` address of the bench's store under ``root`` (a run's, with ``run_id``)."""
+    options = _reader_options(store, root, None)
+    if store == "mlflow":
+        return f"mlflow:{options['tracking_uri']}" + (f"#{run_id}" if run_id else "")
+    if store == "wandb":
+        if run_id is None:
+            return f"wandb:{options['wandb_dir']}"
+        (folder,) = {p.parent for p in Path(options["wandb_dir"]).rglob(f"run-{run_id}.wandb")}
+        return f"wandb:{folder}"
+    raise ValueError(f"the copy measure copies between mlflow and wandb, not {store!r}")
+
+
+def measure_copy(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run of ``points`` points over 10 keys, logged to ``source`` (not timed), then moved to ``target``.
+
+    ``tracelet``: ``copy_run(..., verify=False)``, then its verification timed apart. ``byhand``: what
+    a user would write without it: ``read_run`` of the source, then every point through
+    ``log_metric`` to a tracelet run on the target, step by step (keys of a step side by side, as
+    a W&B row wants them), and ``stop_logging()``. Both are timed from the caller's side.
+    """
+    import tracelet
+    from tracelet.testing import read_run
+
+    root, points, keys = Path(spec["root"]), int(spec["points"]), 10
+    source, target = spec["source"], spec["target"]
+    src_root, dst_root = root / "src", root / "dst"
+    backend, options = tracelet_backend(source, src_root)
+    exp = tracelet.start_logging(
+        exp_name=spec["run_name"], project=PROJECT, backend=backend, backend_options=options
+    )
+    names = _names(keys)
+    for i in range(points):
+        exp.log_metric(names[i % keys], math.sin(0.001 * i), i // keys)
+    assert tracelet.stop_logging(flush_timeout=spec["flush_timeout"]).ok
+    run_id = exp.runs[backend]
+    assert run_id is not None
+    result: dict[str, Any] = {"points": points, "source": source, "target": target}
+    t0 = time.perf_counter()
+    if spec["kind"] == "tracelet":
+        from tracelet.copying import copy_run
+        from tracelet.testing.equivalence import compare
+
+        copied = copy_run(
+            _copy_address(source, src_root, run_id), _copy_address(target, dst_root, None), verify=False
+        )
+        result["copy_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        original = read_run(source, run_id, **_reader_options(source, src_root, None))
+        held = read_run(target, copied.target.rpartition("#")[2], **_reader_options(target, dst_root, None))
+        result["verify_s"] = time.perf_counter() - t1
+        result["landed"] = copied.new_points == points and compare(original, held) == []
+        return result
+    record = read_run(source, run_id, **_reader_options(source, src_root, None))
+    to_backend, to_options = tracelet_backend(target, dst_root)
+    copy = tracelet.start_logging(
+        exp_name=record.run_name, project=record.project, backend=to_backend, backend_options=to_options
+    )
+    log = copy.log_metric
+    for points_of_a_step in zip(*record.metrics.values(), strict=True):
+        for name, (step, value) in zip(record.metrics, points_of_a_step, strict=True):
+            log(name, value, step)
+    report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
+    result["copy_s"] = time.perf_counter() - t0
+    result["landed"] = report.ok and backend_counts(report, to_backend)["delivered"] >= points  # + system/ samples
+    return result
+
+
 MEASURES = {
     "bulk": measure_bulk,
     "percall": measure_percall,
@@ -635,6 +706,7 @@ MEASURES = {
     "artifacts": measure_artifacts,
     "sweep": measure_sweep,
     "kill": measure_kill,
+    "copy": measure_copy,
 }
 
 

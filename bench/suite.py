@@ -69,9 +69,21 @@ MEASURES_SCRIPT = BENCH / "measures.py"
 OVERHEAD_SCRIPT = BENCH / "overhead.py"
 STORES = ("mlflow", "mlflow_server", "wandb", "clearml", "local")
 #: what ``--measures`` chooses from: the figures' measures (one child may serve several)
-MEASURES = ("throughput", "overhead", "latency", "artifacts", "memory", "scalability", "sweep", "kill")
+MEASURES = (
+    "throughput",
+    "overhead",
+    "latency",
+    "artifacts",
+    "memory",
+    "scalability",
+    "sweep",
+    "kill",
+    "copy",
+)
 #: what a results.json written before ``--measures`` existed measured
-EARLIER_MEASURES = tuple(m for m in MEASURES if m not in ("sweep", "kill"))
+EARLIER_MEASURES = tuple(m for m in MEASURES if m not in ("sweep", "kill", "copy"))
+#: ``tracelet copy`` is measured both ways between these two stores (source, target)
+COPY_PAIRS = (("mlflow", "wandb"), ("wandb", "mlflow"))
 SAMPLE_EVERY_S = 0.05
 
 
@@ -112,6 +124,8 @@ class Plan:
     sweep_points: int
     #: artifacts: label -> (bytes per file, files)
     artifacts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: copy: points (over 10 keys) of the run copied between MLflow and W&B
+    copy_points: int = 100_000
 
 
 PLANS: dict[str, Plan] = {
@@ -159,6 +173,7 @@ PLANS: dict[str, Plan] = {
         sweep_runs=8,
         sweep_points=1_000,
         artifacts={"1MB": (1_000_000, 1), "10MB": (10_000_000, 1), "50 files": (4_096, 50)},
+        copy_points=10_000,
     ),
 }
 
@@ -277,6 +292,20 @@ def jobs_for(
         for job_measure, loop, steps in _loops(plan):
             spec = {"kind": "none", "store": "-", "loop": loop, "steps": steps, "flush_timeout": 60.0}
             jobs.append(Job(job_measure, "none", "-", spec, script=OVERHEAD_SCRIPT))
+    if "copy" in wanted:  # filed under the target store: "into W&B" is the copy from MLflow
+        for source, target in COPY_PAIRS:
+            if source in stores and target in stores:
+                for kind in ("tracelet", "byhand"):
+                    spec = {
+                        "kind": kind,
+                        "store": target,
+                        "source": source,
+                        "target": target,
+                        "points": plan.copy_points,
+                        "measure": "copy",
+                        "flush_timeout": 1800.0,
+                    }
+                    jobs.append(Job("copy", kind, target, spec))
     return jobs
 
 
@@ -658,6 +687,26 @@ def build_figures(
         per_run = [r["total_s"] / len(r["runs"]) * 1e3 for r in sweep["tracelet"] if r["runs"]]
         add(_fig("sweep", store, "tracelet whole sweep per run", "us", "ms", per_run))
         add(_fig("sweep", store, "native total", "seconds", "s", totals_s["native"]))
+        # copy: into this store from the other of COPY_PAIRS, against read_run + log_metric by hand
+        copies = {k: _per_rep(runs, "copy", k, store) for k in ("tracelet", "byhand")}
+        rates = {k: [r["points"] / r["copy_s"] for r in copies[k]] for k in copies}
+        add(_fig("copy", store, "tracelet copy points/s", "rate", "points/s", rates["tracelet"]))
+        add(_fig("copy", store, "by hand points/s", "rate", "points/s", rates["byhand"]))
+        add(
+            _fig(
+                "copy",
+                store,
+                "tracelet copy ÷ by hand",
+                "ratio",
+                "×",
+                _paired(rates["tracelet"], rates["byhand"], lambda a, b: a / b),
+            )
+        )
+        add(
+            _fig(
+                "copy", store, "tracelet verify", "seconds", "s", [r["verify_s"] for r in copies["tracelet"]]
+            )
+        )
         # kill: what a SIGKILL of the trainer loses (tracelet only)
         kills = _per_rep(runs, "kill", "tracelet", store)
         add(_fig("kill", store, "tracelet SIGKILL window", "us", "ms", [r["window_ms"] for r in kills]))

@@ -86,6 +86,14 @@ TARGETS: tuple[Target, ...] = (
         unit="ms",
     ),
     Target("kill", "points lost before the window", "SIGKILL: points lost before that", at_most=0.0),
+    Target(
+        "copy",
+        "tracelet copy ÷ by hand",
+        "`tracelet copy` into this store (from the other) ÷ read_run + log_metric by hand",
+        at_least=0.9,
+        stores=("mlflow", "wandb"),
+        unit="×",
+    ),
     Target("sweep", "tracelet start_logging p50", "sweep: `start_logging` p50", at_most=20.0, unit="ms"),
     Target("sweep", "tracelet start_logging p99", "sweep: `start_logging` p99", at_most=50.0, unit="ms"),
     Target(

@@ -1,17 +1,23 @@
-"""The ``tracelet`` command: ``doctor`` (what is installed), ``sync`` (replay a spool), ``show``."""
+"""The ``tracelet`` command: ``doctor`` (what is installed), ``sync`` (replay a spool), ``show``, ``copy``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracelet.backends.registry import available_backends, get_backend_class
+
+if TYPE_CHECKING:
+    from tracelet.copying import CopyResult
 
 INTEGRATIONS = ("torch", "lightning", "pytorch_lightning", "torchvision", "tensorboard", "matplotlib")
 
@@ -63,6 +69,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="reader option, e.g. tracking_uri=sqlite:///mlflow.db",
     )
+    p_copy = commands.add_parser(
+        "copy",
+        help="copy a run (or every run of a project) from one store to another, verified",
+        description="SRC: local:<root>#<run id>, mlflow:<tracking uri>#<run id>, wandb:<offline run folder>, "
+        "clearml:<offline session folder>; without a run id, with --project, every run of that project. "
+        "DST: local:<root>, mlflow:<tracking uri>, wandb:<dir>, clearml:<dir> (offline runs).",
+    )
+    p_copy.add_argument("source", metavar="SRC")
+    p_copy.add_argument("target", metavar="DST")
+    p_copy.add_argument(
+        "--project", help="the target's project (a source store without a run id: the project to copy)"
+    )
+    p_copy.add_argument("--name", help="the target run's name (default: the source run's)")
+    p_copy.add_argument("--json", action="store_true", help="one JSON object per copied run on stdout")
+    p_copy.add_argument("--no-verify", action="store_true", help="skip reading the target back and comparing")
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
@@ -106,7 +127,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = read_run(args.backend, args.run_id, **options)
         sys.stdout.write(json.dumps(asdict(record), indent=2) + "\n")
         return 0
+    if args.command == "copy":
+        return _copy(args)
     return 2  # pragma: no cover - argparse enforces a command
+
+
+def _copy(args: argparse.Namespace) -> int:
+    """``tracelet copy``: 0 when every run copied (and verified), 1 when one failed, 2 on bad input."""
+    from tracelet.copying import CopyError, summary_table
+
+    try:
+        with _stdout_to_stderr():  # a store's client may print (ClearML does): stdout is the JSON's
+            results, failed = _copy_runs(args)
+    except ValueError as exc:
+        sys.stderr.write(f"tracelet copy: {exc}\n")
+        return 2
+    except CopyError as exc:
+        sys.stderr.write(f"tracelet copy: {exc}\n")
+        return 1
+    if args.json:
+        for result in results:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+    sys.stderr.write(summary_table(results, failed) + "\n")
+    return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout meanwhile (by Python, or a process started now) to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _copy_runs(args: argparse.Namespace) -> tuple[list[CopyResult], dict[str, str]]:
+    """One run (a source with a run id), or every run of ``--project``; the copies, and what failed."""
+    from tracelet.copying import Address, copy_project, copy_run
+
+    source = Address.parse(args.source, role="source")
+    target = Address.parse(args.target, role="target")
+    verify = not args.no_verify
+    if source.run_id is not None:
+        sys.stderr.write(f"copying {source.public()} -> {target.public()}\n")
+        return [copy_run(source, target, project=args.project, name=args.name, verify=verify)], {}
+    if not args.project:
+        raise ValueError(f"source {source.public()!r} names no run: add '#<run id>', or --project NAME")
+    sys.stderr.write(f"copying project {args.project!r} of {source.public()} -> {target.public()}\n")
+    return copy_project(source, target, args.project, name=args.name, verify=verify)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the store and the spool wrote, and everything logged, is searched for each secre
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,66 @@ def test_secrets_land_nowhere(
     assert [s for s in secrets if s in logged] == [], [
         line for line in logged.splitlines() if any(s in line for s in secrets)
     ]
+
+
+@pytest.mark.framework_only("torch")  # store behaviour: once per store, not per framework set
+@pytest.mark.parametrize("environment", environments(["mlflow", "mlflow_server"]))
+def test_a_copied_run_carries_no_secret(
+    environment: str, isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run MLflow's own client wrote with a token in a param and a URL with credentials in a tag,
+    copied (from a tracking URI with credentials, for the server) to local: neither lands, nor is logged."""
+    import subprocess
+    import sys
+
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from tests.e2e.environments import child_env
+    from tracelet.testing import read_run
+
+    secrets = [SECRETS["api_key"], SECRETS["url_token"], SECRETS["uri_password"]]
+    with e2e_framework.backend_environment(environment, project="secrets") as config:
+        uri = config.store.reader_options()["tracking_uri"]
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("secrets") or client.get_experiment(
+            client.create_experiment("secrets")
+        )
+        run = client.create_run(experiment.experiment_id, run_name="native-secrets")
+        client.log_batch(
+            run.info.run_id,
+            params=[Param("api_key", SECRETS["api_key"]), Param("lr", "0.01")],
+            tags=[RunTag("endpoint", f"https://bot:{SECRETS['url_token']}@git.example.invalid/org/repo")],
+        )
+        client.log_metric(run.info.run_id, "loss", 0.5, step=0)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        if environment == "mlflow_server":  # the source named with credentials, as a user might
+            uri = uri.replace("http://", f"http://ci-user:{SECRETS['uri_password']}@")
+        target = tmp_path / "copied"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tracelet",
+                "copy",
+                f"mlflow:{uri}#{run.info.run_id}",
+                f"local:{target}",
+                "--json",
+            ],
+            cwd=tmp_path,
+            env=child_env(TRACELET_LOG_LEVEL="DEBUG"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        copied_id = json.loads(done.stdout)["target"].rpartition("#")[2]
+        copied = read_run("local", copied_id, root=target)
+        at_rest = files_holding(secrets, [target, tmp_path / "spool"])
+    assert copied.params == {"api_key": "***", "lr": "0.01"}
+    assert copied.tags == {"endpoint": "https://git.example.invalid/org/repo"}
+    assert SECRETS["uri_password"] not in copied.system_tags["tracelet.copied_from"]
+    assert at_rest == {}
+    logged = done.stdout + done.stderr
+    assert [s for s in secrets if s in logged] == [], logged

@@ -77,6 +77,7 @@ class LocalBackend(Backend):
         matches = [p for p in root.glob(f"*/{run_id}") if (p / "run.json").is_file()]
         if not matches:
             raise FileNotFoundError(f"no local run {run_id!r} under {root}")
+        _drop_a_cut_line(matches[0] / "events.jsonl")
         self._open(matches[0])
         self._meta = json.loads((matches[0] / "run.json").read_text())
         self.run_id = run_id
@@ -128,3 +129,20 @@ class LocalBackend(Backend):
         self._events.close()
         self._meta.update(status=status, end_time=time.time())
         write_json_atomic(self._dir / "run.json", self._meta)
+
+
+def _drop_a_cut_line(events: Path) -> None:
+    """Cut a last line a killed writer left short, so what is appended starts a line of its own."""
+    try:
+        with open(events, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            f.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+    except FileNotFoundError:
+        return

@@ -20,7 +20,15 @@ from typing import Any
 
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
-__all__ = ["ArtifactRecord", "ImageRecord", "RunRecord", "read_artifact", "read_artifact_tree", "read_run"]
+__all__ = [
+    "ArtifactRecord",
+    "ImageRecord",
+    "RunRecord",
+    "read_artifact",
+    "read_artifact_tree",
+    "read_images",
+    "read_run",
+]
 
 
 #: backend -> the module holding its ``read_<backend>_run`` and ``read_<backend>_artifact``;
@@ -75,3 +83,16 @@ def read_artifact_tree(
     if not _reader(backend, "tree")(run_id, path.strip("/"), target, **options):
         raise FileNotFoundError(f"{backend} run {run_id!r} holds no artifact at or under {path!r}")
     return target
+
+
+def read_images(
+    backend: str, run_id: str, dest: str | os.PathLike[str], **options: Any
+) -> list[tuple[ImageRecord, Path]]:
+    """Each image the run holds and a PNG file of it (fetched into ``dest`` where the store is not a
+    local folder, else where the store keeps it; read it, never change it). The options are
+    :func:`read_run`'s.
+    """
+    target = Path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    found: list[tuple[ImageRecord, Path]] = _reader(backend, "images")(run_id, target, **options)
+    return sorted(found, key=lambda item: (item[0].name, item[0].step))

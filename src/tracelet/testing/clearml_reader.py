@@ -247,12 +247,14 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
             artifacts.append(ArtifactRecord(path=path, size=size, sha256=sha256))
 
         metrics: dict[str, list[tuple[int, float]]] = {}
+        timestamps: dict[str, list[float]] = {}
         images: list[ImageRecord] = []
         for event in _events(session):
             kind = event.get("type")
             if kind == "training_stats_scalar":
                 name = join_clearml(event["metric"], event["variant"])
                 metrics.setdefault(name, []).append((int(event["iter"]), float(event["value"])))
+                timestamps.setdefault(name, []).append(float(event.get("timestamp") or 0) / 1000)
             elif kind == "training_debug_image":
                 relative = _relative_data_path(event["url"], offline_folder, event.get("key"))
                 width, height = png_size(session.read(relative))
@@ -272,9 +274,35 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
             system_tags=system_tags,
             artifacts=artifacts,
             images=images,
+            timestamps=timestamps,
         )
     finally:
         session.close()
+
+
+def read_clearml_images(
+    task_id: str, dest: Path, offline_dir: str | os.PathLike[str] | None = None
+) -> list[tuple[ImageRecord, Path]]:
+    """Each debug image of the offline session and its PNG, written into ``dest``."""
+    session = _Session(_locate(task_id, offline_dir))
+    found: list[tuple[ImageRecord, Path]] = []
+    try:
+        task = json.loads(session.read("task.json").decode("utf-8"))
+        offline_folder = str(task.get("offline_folder") or "")
+        for event in _events(session):
+            if event.get("type") != "training_debug_image":
+                continue
+            data = session.read(_relative_data_path(event["url"], offline_folder, event.get("key")))
+            width, height = png_size(data)
+            image = ImageRecord(
+                join_clearml(event["metric"], event["variant"]), int(event["iter"]), width, height
+            )
+            out = dest / f"{len(found)}.png"
+            out.write_bytes(data)
+            found.append((image, out))
+    finally:
+        session.close()
+    return found
 
 
 __all__ = ["STATUS_FROM_CLEARML", "default_offline_root", "read_clearml_run"]

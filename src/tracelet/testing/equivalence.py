@@ -144,6 +144,7 @@ def compare(reference: RunRecord, other: RunRecord, *, limit: int = 20) -> list[
 def record_to_json(record: RunRecord) -> dict[str, Any]:
     """A JSON-ready dict (NaN and ±inf as the strings ``"nan"``, ``"inf"``, ``"-inf"``)."""
     data = asdict(record)
+    del data["timestamps"]  # when each point was logged: a per-run fact, never compared
     data["metrics"] = {
         key: [[step, value if math.isfinite(value) else repr(value)] for step, value in points]
         for key, points in record.metrics.items()

@@ -22,10 +22,12 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     run = client.get_run(run_id)
     experiment = client.get_experiment(run.info.experiment_id)
-    metrics = {
-        key: [(int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)]
-        for key in sorted(run.data.metrics)
-    }
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    timestamps: dict[str, list[float]] = {}
+    for key in sorted(run.data.metrics):
+        history = client.get_metric_history(run_id, key)
+        metrics[key] = [(int(m.step), float(m.value)) for m in history]
+        timestamps[key] = [m.timestamp / 1000 for m in history]
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", SYSTEM_TAG_PREFIX))}
     system_tags = {k: v for k, v in run.data.tags.items() if k.startswith(SYSTEM_TAG_PREFIX)}
     artifacts: list[ArtifactRecord] = []
@@ -57,7 +59,27 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
         system_tags=system_tags,
         artifacts=sorted(artifacts, key=lambda a: a.path),
         images=sorted(images, key=lambda i: (i.name, i.step)),
+        timestamps=timestamps,
     )
+
+
+def read_mlflow_images(
+    run_id: str, dest: Path, tracking_uri: str | None = None
+) -> list[tuple[ImageRecord, Path]]:
+    """Each image of the run (tracelet keeps them in ``tracelet-images/``), its PNG fetched into ``dest``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    if not any(item.path == IMAGE_DIR for item in client.list_artifacts(run_id)):
+        return []
+    root = Path(client.download_artifacts(run_id, IMAGE_DIR, str(dest)))
+    found = []
+    for local in sorted(p for p in root.rglob("*.png") if p.is_file()):
+        name, _, filename = local.relative_to(root).as_posix().rpartition("/")
+        with open(local, "rb") as f:
+            width, height = png_size(f.read(64))
+        found.append((ImageRecord(name, int(filename.removesuffix(".png")), width, height), local))
+    return found
 
 
 def read_mlflow_artifact(run_id: str, path: str, tracking_uri: str | None = None) -> bytes:

@@ -37,7 +37,10 @@ class RunRecord:
     keeps them: what the workflow logged. ``system_metrics`` holds the ``system/`` series
     tracelet sampled (their values differ from run to run, so exact key-set checks and the
     cross-store equivalence leave them out). ``params`` values are strings. ``tags`` are
-    the user's tags; ``system_tags`` are tracelet's own (``tracelet.*``).
+    the user's tags; ``system_tags`` are tracelet's own (``tracelet.*``). ``timestamps`` holds,
+    per key of ``metrics`` and point for point, when the point was logged (seconds since the
+    epoch) where the store keeps it (W&B keeps one per history row); ``tracelet copy`` carries
+    them over, the equivalence leaves them out.
     """
 
     backend: str
@@ -52,6 +55,7 @@ class RunRecord:
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     images: list[ImageRecord] = field(default_factory=list)
     system_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    timestamps: dict[str, list[float]] = field(default_factory=dict)
 
     def set_aside_system_metrics(self) -> RunRecord:
         """Move the ``system/`` series from ``metrics`` to ``system_metrics`` (every reader's last step)."""

@@ -36,6 +36,11 @@ def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None)
     the folder holding run folders are all accepted. A resumed run has one folder per
     session; they are read oldest first, as one run.
     """
+    return _replay(run_id, wandb_dir).to_record()
+
+
+def _replay(run_id: str, wandb_dir: str | os.PathLike[str] | None, only: str | None = None) -> _State:
+    """The run's records applied in order, every session's (``only``: records of that type alone)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     state = _State(run_id)
@@ -45,8 +50,17 @@ def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None)
         for payload in iter_log_records(path.read_bytes(), 0, str(path)):
             record = pb.Record()  # type: ignore[attr-defined]  # protobuf classes are made at runtime
             record.ParseFromString(payload)
-            state.apply(record)
-    return state.to_record()
+            if only is None or record.WhichOneof("record_type") == only:
+                state.apply(record)
+    return state
+
+
+def read_wandb_images(
+    run_id: str, dest: Path, wandb_dir: str | os.PathLike[str] | None = None
+) -> list[tuple[ImageRecord, Path]]:
+    """Each image of the offline run and its file in the run folder's ``media/`` (read in place)."""
+    state = _replay(run_id, wandb_dir, only="history")
+    return [(image, file) for image, file in state.image_files if file.is_file()]
 
 
 def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str] | None = None) -> bytes:
@@ -121,8 +135,10 @@ class _State:
         self.system_fields: dict[str, str] = {}
         self.params: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.timestamps: dict[str, list[float]] = {}
         self.images: list[ImageRecord] = []
         self.image_paths: set[str] = set()
+        self.image_files: list[tuple[ImageRecord, Path]] = []
         self.files: dict[str, Path] = {}
 
     def apply(self, record: Any) -> None:
@@ -176,16 +192,23 @@ class _State:
         if step_value is None:
             return
         step = int(step_value)
+        stamp = scalars.get("_timestamp")  # the row's wall time, seconds: every point in it shares it
+        when = float(stamp) if isinstance(stamp, (int, float)) else 0.0
         for key, value in scalars.items():
             if key == STEP_KEY or key.startswith("_"):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.metrics.setdefault(key, []).append((step, float(value)))
+                self.timestamps.setdefault(key, []).append(when)
         for key, fields in nested.items():
             if fields.get("_type") == "image-file":
-                self.images.append(ImageRecord(key, step, int(fields["width"]), int(fields["height"])))
-                if isinstance(fields.get("path"), str):
+                image = ImageRecord(key, step, int(fields["width"]), int(fields["height"]))
+                self.images.append(image)
+                if isinstance(fields.get("path"), str) and self.run_dir is not None:
                     self.image_paths.add(fields["path"])
+                    self.image_files.append(
+                        (image, self.run_dir.joinpath("files", *fields["path"].split("/")))
+                    )
 
     def to_record(self) -> RunRecord:
         if not self.seen_run:
@@ -216,6 +239,7 @@ class _State:
             system_tags=system_tags,
             artifacts=artifacts,
             images=self.images,
+            timestamps=self.timestamps,
         )
 
 
