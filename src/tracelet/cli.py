@@ -9,7 +9,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,13 +175,46 @@ def _copy_runs(args: argparse.Namespace) -> tuple[list[CopyResult], dict[str, st
     source = Address.parse(args.source, role="source")
     target = Address.parse(args.target, role="target")
     verify = not args.no_verify
-    if source.run_id is not None:
-        sys.stderr.write(f"copying {source.public()} -> {target.public()}\n")
-        return [copy_run(source, target, project=args.project, name=args.name, verify=verify)], {}
-    if not args.project:
+    if source.run_id is None and not args.project:
         raise ValueError(f"source {source.public()!r} names no run: add '#<run id>', or --project NAME")
-    sys.stderr.write(f"copying project {args.project!r} of {source.public()} -> {target.public()}\n")
-    return copy_project(source, target, args.project, name=args.name, verify=verify)
+    with _progress() as progress:
+        if source.run_id is not None:
+            sys.stderr.write(f"copying {source.public()} -> {target.public()}\n")
+            copied = copy_run(
+                source, target, project=args.project, name=args.name, verify=verify, progress=progress
+            )
+            return [copied], {}
+        sys.stderr.write(f"copying project {args.project!r} of {source.public()} -> {target.public()}\n")
+        return copy_project(source, target, args.project, name=args.name, verify=verify, progress=progress)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[int, int], None]]:
+    """Points sent so far: a ``rich`` bar on a terminal when rich is installed, else a plain line
+    at most every half second (and the first at once, so a log shows the copy began)."""
+    if sys.stderr.isatty() and importlib.util.find_spec("rich") is not None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("copying points", total=None)
+
+            def show(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield show
+        return
+    last = 0.0
+
+    def line(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 0.5 or done == total:
+            last = now
+            sys.stderr.write(f"copied {done}/{total} points\n")
+            sys.stderr.flush()
+
+    yield line
 
 
 if __name__ == "__main__":

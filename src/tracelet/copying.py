@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +58,14 @@ OFFLINE_ONLY = {"wandb": "`wandb sync`", "clearml": "`Task.import_offline_sessio
 
 #: metric points per ``Backend.write``: MLflow's ``log_batch`` takes at most 1,000 metrics a call
 CHUNK = 1_000
+
+
+#: called as points are sent: (points the target holds now, points of the run)
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(done: int, total: int) -> None:
+    """No one is watching."""
 
 
 class CopyError(Exception):
@@ -194,10 +202,12 @@ def copy_run(
     project: str | None = None,
     name: str | None = None,
     verify: bool = True,
+    progress: Progress | None = None,
 ) -> CopyResult:
     """Copy one run from ``source`` (a run's address) to ``target`` (a store's address).
 
-    The run keeps its project and name unless ``project``/``name`` say otherwise. Raises
+    The run keeps its project and name unless ``project``/``name`` say otherwise. ``progress`` is
+    called with the points sent so far and the run's total, as they are sent. Raises
     ``ValueError`` for bad input (before anything is written) and :class:`CopyError` when the
     copy does not verify (the message lists what differs), or when the target already holds a
     finished copy that differs from the source (it is left alone: it may hold a user's edits).
@@ -253,6 +263,7 @@ def copy_run(
             RunInfo(project, run_name, {**record.system_tags, COPIED_FROM: origin}),
             redactor,
             resume,
+            progress or _no_progress,
         )
         verified = False
         if verify:
@@ -399,6 +410,7 @@ def _write(
     info: RunInfo,
     redactor: Redactor,
     resume: RunRecord | None,
+    progress: Progress,
 ) -> _Written:
     """Open the target run (or reopen ``resume``, an unfinished copy), send what it lacks, close it
     with the source's status."""
@@ -426,6 +438,8 @@ def _write(
         # go on after what it holds
         clock = MetricClock({k: round(t[-1] * 1000) for k, t in held.timestamps.items() if t})
         skip = {key: len(points) for key, points in (*held.metrics.items(), *held.system_metrics.items())}
+        total = sum(len(series) for series in (*record.metrics.values(), *record.system_metrics.values()))
+        done = sum(skip.values())
         chunk: list[Event] = []
         for key, step, value, when in _ordered_points(record):
             if skip.get(key):
@@ -436,10 +450,12 @@ def _write(
             if len(chunk) >= CHUNK:
                 backend.write(chunk)
                 sent_points += len(chunk)
+                progress(done + sent_points, total)
                 chunk = []
         if chunk:
             backend.write(chunk)
             sent_points += len(chunk)
+            progress(done + sent_points, total)
         assert src.run_id is not None
         have_images = set(held.images)
         if set(record.images) - have_images:
@@ -569,6 +585,7 @@ def copy_project(
     *,
     name: str | None = None,
     verify: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[list[CopyResult], dict[str, str]]:
     """Copy every run of ``project`` in the source store; one that fails does not stop the others.
 
@@ -583,7 +600,7 @@ def copy_project(
         raise ValueError(f"source {src.public()}: no run of project {project!r}")
     for run_id in run_ids:
         try:
-            results.append(copy_run(src.with_run(run_id), dst, name=name, verify=verify))
+            results.append(copy_run(src.with_run(run_id), dst, name=name, verify=verify, progress=progress))
         except (CopyError, ValueError, OSError, RuntimeError) as exc:
             failed[str(src.with_run(run_id).public())] = str(exc)
     return results, failed

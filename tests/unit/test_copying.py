@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,3 +272,43 @@ def test_the_docs_copy_table_is_this_table() -> None:
 
 if __name__ == "__main__":
     print(copy_markdown())
+
+
+def test_a_second_copier_of_the_same_pair_waits_for_the_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first copier is held mid-copy (its progress callback waits): the second waits, then finds the
+    first one's finished copy and adds nothing."""
+    import threading
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    run_id = _source(src, tmp_path, points=1500)  # 3,000 points: three batches, so a progress call mid-way
+    release, began = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def hold(done: int, total: int) -> None:
+        began.set()
+        assert release.wait(30)
+
+    def first() -> None:
+        results["first"] = copy_run(f"local:{src}#{run_id}", f"local:{dst}", progress=hold)
+
+    def second() -> None:
+        results["second"] = copy_run(f"local:{src}#{run_id}", f"local:{dst}")
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert began.wait(30)
+    with caplog.at_level(logging.WARNING, logger="tracelet"):
+        two = threading.Thread(target=second)
+        two.start()
+        two.join(1.0)
+        assert two.is_alive(), "the second copier did not wait for the first"
+        release.set()
+        one.join(30)
+        two.join(30)
+    assert "another copy of" in caplog.text
+    assert results["first"].new_points == 3000
+    assert results["second"].new_points == 0
+    assert results["second"].target == results["first"].target
+    assert len(_runs(dst)) == 1
