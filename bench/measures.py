@@ -695,7 +695,9 @@ def measure_copy(spec: dict[str, Any]) -> dict[str, Any]:
             log(name, value, step)
     report = tracelet.stop_logging(flush_timeout=spec["flush_timeout"])
     result["copy_s"] = time.perf_counter() - t0
-    result["landed"] = report.ok and backend_counts(report, to_backend)["delivered"] >= points  # + system/ samples
+    result["landed"] = (
+        report.ok and backend_counts(report, to_backend)["delivered"] >= points
+    )  # + system/ samples
     return result
 
 

@@ -688,25 +688,15 @@ def build_figures(
         add(_fig("sweep", store, "tracelet whole sweep per run", "us", "ms", per_run))
         add(_fig("sweep", store, "native total", "seconds", "s", totals_s["native"]))
         # copy: into this store from the other of COPY_PAIRS, against read_run + log_metric by hand
-        copies = {k: _per_rep(runs, "copy", k, store) for k in ("tracelet", "byhand")}
-        rates = {k: [r["points"] / r["copy_s"] for r in copies[k]] for k in copies}
-        add(_fig("copy", store, "tracelet copy points/s", "rate", "points/s", rates["tracelet"]))
-        add(_fig("copy", store, "by hand points/s", "rate", "points/s", rates["byhand"]))
-        add(
-            _fig(
-                "copy",
-                store,
-                "tracelet copy ÷ by hand",
-                "ratio",
-                "×",
-                _paired(rates["tracelet"], rates["byhand"], lambda a, b: a / b),
-            )
-        )
-        add(
-            _fig(
-                "copy", store, "tracelet verify", "seconds", "s", [r["verify_s"] for r in copies["tracelet"]]
-            )
-        )
+        if store in {target for _, target in COPY_PAIRS}:
+            copies = {k: _per_rep(runs, "copy", k, store) for k in ("tracelet", "byhand")}
+            rates = {k: [r["points"] / r["copy_s"] for r in copies[k]] for k in copies}
+            verify = [r["verify_s"] for r in copies["tracelet"]]
+            add(_fig("copy", store, "tracelet copy points/s", "rate", "points/s", rates["tracelet"]))
+            add(_fig("copy", store, "by hand points/s", "rate", "points/s", rates["byhand"]))
+            ratio = _paired(rates["tracelet"], rates["byhand"], lambda a, b: a / b)
+            add(_fig("copy", store, "tracelet copy ÷ by hand", "ratio", "×", ratio))
+            add(_fig("copy", store, "tracelet verify", "seconds", "s", verify))
         # kill: what a SIGKILL of the trainer loses (tracelet only)
         kills = _per_rep(runs, "kill", "tracelet", store)
         add(_fig("kill", store, "tracelet SIGKILL window", "us", "ms", [r["window_ms"] for r in kills]))
