@@ -40,7 +40,7 @@ from tracelet.backends.base import STATUSES, Backend, RunInfo
 from tracelet.backends.registry import get_backend_class
 from tracelet.events import Artifact, Event, Image, Metric, MetricClock, Params, Tags
 from tracelet.redaction import Redactor, strip_url_userinfo
-from tracelet.testing import read_artifact_tree, read_images, read_run
+from tracelet.testing import read_artifact_tree, read_images, read_run, read_system_tags
 from tracelet.testing.equivalence import compare
 from tracelet.testing.record import RunRecord
 from tracelet.validation import check_name, safe_name
@@ -235,9 +235,17 @@ def copy_run(
     with _one_copier(origin, dst), _target_environment(dst):
         resume: RunRecord | None = None
         for run_id in _find_copies(dst, origin, project):
-            held = read_run(dst.store, run_id, **dst.reader_options())
+            try:
+                held = read_run(dst.store, run_id, **dst.reader_options())
+            except Exception as exc:  # a run the journal names, cut too short to read: removed
+                log.warning(
+                    "tracelet copy: an unfinished copy of %s (run %s) is removed: %r", origin, run_id, exc
+                )
+                _remove(dst, run_id)
+                continue
             if not _differences(expected, held):
                 log.info("tracelet copy: %s is already in %s as run %s", origin, dst.public(), run_id)
+                _journal(dst).finished(origin)
                 target_address = dst.with_run(run_id).public()
                 return CopyResult(
                     origin, target_address, points, len(record.artifacts), 0, True, time.monotonic() - began
@@ -275,6 +283,7 @@ def copy_run(
                     f"the copy of {origin} to {dst.with_run(written.run_id).public()} differs:\n{table}"
                 )
             verified = True
+        _journal(dst).finished(origin)
     return CopyResult(
         origin,
         dst.with_run(written.run_id).public(),
@@ -419,11 +428,18 @@ def _write(
     backend: Backend = backend_cls(dst.backend_options())
     if resume is None:
         run_id = backend.start(info)
+        _journal(dst).opened(info.system_tags[COPIED_FROM], run_id)
         held = RunRecord(dst.store, run_id, info.project, info.run_name, "running")
     else:
         backend.attach(resume.run_id)
         run_id, held = resume.run_id, resume
-    not_copied: list[str] = []
+    not_copied = [f"{what}: {count}" for what, count in record.not_read.items()]
+    if not_copied:
+        log.warning(
+            "tracelet copy: %s holds what no reader carries, not copied: %s",
+            src.public(),
+            "; ".join(not_copied),
+        )
     sent_bytes = sent_points = 0
     with tempfile.TemporaryDirectory(prefix="tracelet-copy-") as staging:
         head: list[Event] = []
@@ -512,17 +528,72 @@ def _target_environment(dst: Address) -> Iterator[None]:
 
 
 def _find_copies(dst: Address, origin: str, project: str) -> list[str]:
-    """The runs of ``project`` in the target that say they are copies of ``origin``."""
-    found = []
+    """The runs of ``project`` in the target that say they are copies of ``origin``, and any run an
+    earlier copier of it opened and did not finish (the journal's: it may be too short to read).
+
+    Only the runs' system tags are read (MLflow: one search by tag), never their points or files.
+    """
+    found = list(_journal(dst).pending(origin))
+    if dst.store == "mlflow" and "'" not in origin:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(dst.location)
+        experiment = client.get_experiment_by_name(project)
+        if experiment is None:
+            return found
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{COPIED_FROM}` = '{origin}'", max_results=1000
+        )
+        return found + [run.info.run_id for run in runs if run.info.run_id not in found]
     for run_id in _run_ids(dst, project):
+        if run_id in found:
+            continue
         try:
-            record = read_run(dst.store, run_id, **dst.reader_options())
+            tags = read_system_tags(dst.store, run_id, **dst.reader_options())
         except Exception as exc:  # an unreadable run (cut short): not one of ours to judge
             log.debug("tracelet copy: cannot read %s run %s: %r", dst.store, run_id, exc)
             continue
-        if record.system_tags.get(COPIED_FROM) == origin:
+        if tags.get(COPIED_FROM) == origin:
             found.append(run_id)
     return found
+
+
+class _Journal:
+    """The runs a copier opened in an offline-folder target (W&B, ClearML) and has not finished.
+
+    A copier killed right after opening a W&B run may leave a run folder too short to read, and so
+    without a readable ``tracelet.copied_from``: the journal (``<target>/.tracelet-copies/``) names
+    it, so the next copy removes it instead of leaving it beside the new one.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def _file(self, origin: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / f"{hashlib.sha256(origin.encode()).hexdigest()[:32]}.json"
+
+    def pending(self, origin: str) -> list[str]:
+        file = self._file(origin)
+        if file is None or not file.is_file():
+            return []
+        return [str(json.loads(file.read_text(encoding="utf-8"))["run_id"])]
+
+    def opened(self, origin: str, run_id: str) -> None:
+        file = self._file(origin)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps({"origin": origin, "run_id": run_id}), encoding="utf-8")
+
+    def finished(self, origin: str) -> None:
+        file = self._file(origin)
+        if file is not None:
+            file.unlink(missing_ok=True)
+
+
+def _journal(dst: Address) -> _Journal:
+    return _Journal(Path(dst.location) / ".tracelet-copies" if dst.store in OFFLINE_ONLY else None)
 
 
 def _run_ids(address: Address, project: str | None) -> list[str]:

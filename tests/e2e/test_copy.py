@@ -196,6 +196,11 @@ def _native_mlflow_run(env: BackendEnvironment, tmp_path: Path) -> str:
     model.write_bytes(b"\x00\x01" * 5000)
     client.log_artifact(run.info.run_id, str(model), "weights")
     client.set_terminated(run.info.run_id, "FINISHED")
+    # a nested run: no reader carries it, so the copy must say it is left behind
+    child = client.create_run(
+        experiment.experiment_id, run_name="child", tags={"mlflow.parentRunId": run.info.run_id}
+    )
+    client.set_terminated(child.info.run_id, "FINISHED")
     return str(run.info.run_id)
 
 
@@ -214,6 +219,8 @@ def _native_wandb_run(env: BackendEnvironment, tmp_path: Path) -> str:
     )
     for i in range(300):
         run.log({"loss": 1 / (i + 1), **({"eval/acc": i / 300} if i % 10 == 0 else {})}, step=i)
+    # a table: no reader carries it, so the copy must say it is left behind
+    run.log({"preds": wandb.Table(columns=["x", "y"], data=[[1, 2], [3, 4]])}, step=300)
     model = Path(run.dir) / "model.bin"
     model.write_bytes(b"\x00\x01" * 5000)
     run.save(str(model), base_path=run.dir, policy="now")
@@ -242,6 +249,12 @@ def test_a_run_of_the_stores_own_client_copies_to_local_and_back(
         local = tmp_path / "local"
         code, lines, stderr = _copy(_source_address(store, run_id), f"local:{local}", tmp_path)
         assert code == 0, stderr
+        left_behind = {
+            "mlflow": "MLflow nested runs (runs whose parent is this one): 1",
+            "wandb": "W&B table-file values ('preds'): 1",
+        }[environment]
+        assert lines[0]["not_copied"] == [left_behind], lines[0]
+        assert left_behind in stderr  # said, not only in --json
         copied = read_run("local", lines[0]["target"].rpartition("#")[2], root=local)
         assert compare(native, copied) == []
         if environment == "mlflow":  # MLflow keeps each point's time: so does the copy

@@ -28,6 +28,7 @@ __all__ = [
     "read_artifact_tree",
     "read_images",
     "read_run",
+    "read_system_tags",
 ]
 
 
@@ -96,3 +97,11 @@ def read_images(
     target.mkdir(parents=True, exist_ok=True)
     found: list[tuple[ImageRecord, Path]] = _reader(backend, "images")(run_id, target, **options)
     return sorted(found, key=lambda item: (item[0].name, item[0].step))
+
+
+def read_system_tags(backend: str, run_id: str, **options: Any) -> dict[str, str]:
+    """tracelet's own ``tracelet.*`` tags of ``run_id``, read without its points or files (cheap:
+    what ``tracelet copy`` reads of every run of a target project to find its earlier copies).
+    The options are :func:`read_run`'s."""
+    tags: dict[str, str] = _reader(backend, "system_tags")(run_id, **options)
+    return tags

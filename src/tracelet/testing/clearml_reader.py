@@ -249,8 +249,12 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
         metrics: dict[str, list[tuple[int, float]]] = {}
         timestamps: dict[str, list[float]] = {}
         images: list[ImageRecord] = []
+        not_read: dict[str, int] = {}
         for event in _events(session):
             kind = event.get("type")
+            if kind not in ("training_stats_scalar", "training_debug_image"):
+                what = f"ClearML {kind or 'untyped'} events"
+                not_read[what] = not_read.get(what, 0) + 1
             if kind == "training_stats_scalar":
                 name = join_clearml(event["metric"], event["variant"])
                 metrics.setdefault(name, []).append((int(event["iter"]), float(event["value"])))
@@ -275,9 +279,31 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
             artifacts=artifacts,
             images=images,
             timestamps=timestamps,
+            not_read=not_read,
         )
     finally:
         session.close()
+
+
+def read_clearml_system_tags(
+    task_id: str, offline_dir: str | os.PathLike[str] | None = None
+) -> dict[str, str]:
+    """The task's ``tracelet.*`` properties and tags, from its ``task.json`` alone."""
+    session = _Session(_locate(task_id, offline_dir))
+    try:
+        task = json.loads(session.read("task.json").decode("utf-8"))
+    finally:
+        session.close()
+    tags = {
+        name: str(item.get("value") or "")
+        for name, item in (task.get("hyperparams") or {}).get(PROPERTIES_SECTION, {}).items()
+        if name.startswith(SYSTEM_TAG_PREFIX)
+    }
+    for label in task.get("tags") or []:
+        key, value = label_to_tag(label)
+        if key.startswith(SYSTEM_TAG_PREFIX):
+            tags[key] = value
+    return tags
 
 
 def read_clearml_images(

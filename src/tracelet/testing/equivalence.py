@@ -145,6 +145,7 @@ def record_to_json(record: RunRecord) -> dict[str, Any]:
     """A JSON-ready dict (NaN and ±inf as the strings ``"nan"``, ``"inf"``, ``"-inf"``)."""
     data = asdict(record)
     del data["timestamps"]  # when each point was logged: a per-run fact, never compared
+    del data["not_read"]  # what the reader left unread: said by `tracelet copy`, never compared
     data["metrics"] = {
         key: [[step, value if math.isfinite(value) else repr(value)] for step, value in points]
         for key, points in record.metrics.items()

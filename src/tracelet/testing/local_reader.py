@@ -88,6 +88,18 @@ def read_local_images(
     return found
 
 
+def read_local_system_tags(run_id: str, root: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The run's ``tracelet.*`` tags; only its tag lines are parsed."""
+    tags: dict[str, str] = {}
+    with open(_run_dir(run_id, root) / "events.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if '"kind": "tags"' in line and line.endswith("\n"):
+                event = json.loads(line)
+                if event["system"]:
+                    tags.update(event["values"])
+    return tags
+
+
 def _events(run_dir: Path) -> Iterator[dict[str, Any]]:
     """The run's events in order; a last line cut short (a writer killed mid-line) is not one."""
     with open(run_dir / "events.jsonl", encoding="utf-8") as f:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX
 from tracelet.images import png_size
@@ -48,6 +50,7 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
             else:
                 artifacts.append(ArtifactRecord(path, local.stat().st_size, sha256_of(local)))
     return RunRecord(
+        not_read=_not_read(client, run),
         backend="mlflow",
         run_id=run_id,
         project=experiment.name,
@@ -61,6 +64,36 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
         images=sorted(images, key=lambda i: (i.name, i.step)),
         timestamps=timestamps,
     )
+
+
+def read_mlflow_system_tags(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """The run's ``tracelet.*`` tags (one ``get_run``: no history, no files)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    tags = client.get_run(run_id).data.tags
+    return {k: v for k, v in tags.items() if k.startswith(SYSTEM_TAG_PREFIX)}
+
+
+def _not_read(client: Any, run: Any) -> dict[str, int]:
+    """What MLflow holds for the run beyond metrics, params, tags and files: nested runs, logged
+    models' entries (their files are artifacts, read as such), dataset inputs."""
+    found: dict[str, int] = {}
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        max_results=1000,
+    )
+    if children:
+        found["MLflow nested runs (runs whose parent is this one)"] = len(children)
+    models = run.data.tags.get("mlflow.log-model.history")
+    if models:
+        found["MLflow logged-model entries (their files are read as artifacts)"] = len(json.loads(models))
+    inputs = getattr(run, "inputs", None)
+    datasets = list(getattr(inputs, "dataset_inputs", None) or [])
+    if datasets:
+        found["MLflow dataset inputs"] = len(datasets)
+    return found
 
 
 def read_mlflow_images(

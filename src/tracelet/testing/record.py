@@ -56,6 +56,9 @@ class RunRecord:
     images: list[ImageRecord] = field(default_factory=list)
     system_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     timestamps: dict[str, list[float]] = field(default_factory=dict)
+    #: what the store holds for the run that the reader does not carry (W&B tables, MLflow nested
+    #: runs, ...): a description -> how many; ``tracelet copy`` lists them as not copied
+    not_read: dict[str, int] = field(default_factory=dict)
 
     def set_aside_system_metrics(self) -> RunRecord:
         """Move the ``system/`` series from ``metrics`` to ``system_metrics`` (every reader's last step)."""

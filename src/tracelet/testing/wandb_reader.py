@@ -39,8 +39,10 @@ def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None)
     return _replay(run_id, wandb_dir).to_record()
 
 
-def _replay(run_id: str, wandb_dir: str | os.PathLike[str] | None, only: str | None = None) -> _State:
-    """The run's records applied in order, every session's (``only``: records of that type alone)."""
+def _replay(
+    run_id: str, wandb_dir: str | os.PathLike[str] | None, only: tuple[str, ...] | None = None
+) -> _State:
+    """The run's records applied in order, every session's (``only``: records of those types alone)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     state = _State(run_id)
@@ -50,7 +52,7 @@ def _replay(run_id: str, wandb_dir: str | os.PathLike[str] | None, only: str | N
         for payload in iter_log_records(path.read_bytes(), 0, str(path)):
             record = pb.Record()  # type: ignore[attr-defined]  # protobuf classes are made at runtime
             record.ParseFromString(payload)
-            if only is None or record.WhichOneof("record_type") == only:
+            if only is None or record.WhichOneof("record_type") in only:
                 state.apply(record)
     return state
 
@@ -59,8 +61,19 @@ def read_wandb_images(
     run_id: str, dest: Path, wandb_dir: str | os.PathLike[str] | None = None
 ) -> list[tuple[ImageRecord, Path]]:
     """Each image of the offline run and its file in the run folder's ``media/`` (read in place)."""
-    state = _replay(run_id, wandb_dir, only="history")
+    state = _replay(run_id, wandb_dir, only=("history",))
     return [(image, file) for image, file in state.image_files if file.is_file()]
+
+
+def read_wandb_system_tags(run_id: str, wandb_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The run's ``tracelet.*`` fields (config and tags); its history rows are not applied."""
+    state = _replay(run_id, wandb_dir, only=("run", "config"))
+    tags = dict(state.system_fields)
+    for label in state.labels:
+        key, value = label_to_tag(label)
+        if key.startswith(SYSTEM_TAG_PREFIX):
+            tags[key] = value
+    return tags
 
 
 def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str] | None = None) -> bytes:
@@ -139,6 +152,7 @@ class _State:
         self.images: list[ImageRecord] = []
         self.image_paths: set[str] = set()
         self.image_files: list[tuple[ImageRecord, Path]] = []
+        self.not_read: dict[str, int] = {}
         self.files: dict[str, Path] = {}
 
     def apply(self, record: Any) -> None:
@@ -200,7 +214,13 @@ class _State:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.metrics.setdefault(key, []).append((step, float(value)))
                 self.timestamps.setdefault(key, []).append(when)
+            elif isinstance(value, dict) and value.get("_type"):  # a media object kept whole
+                self._unread(f"W&B {value['_type']} values ({key!r})")
+            elif value is not None:
+                self._unread(f"W&B history values that are not numbers ({key!r})")
         for key, fields in nested.items():
+            if fields.get("_type") != "image-file":
+                self._unread(f"W&B {fields.get('_type') or 'nested'} values ({key!r})")
             if fields.get("_type") == "image-file":
                 image = ImageRecord(key, step, int(fields["width"]), int(fields["height"]))
                 self.images.append(image)
@@ -209,6 +229,9 @@ class _State:
                     self.image_files.append(
                         (image, self.run_dir.joinpath("files", *fields["path"].split("/")))
                     )
+
+    def _unread(self, what: str) -> None:
+        self.not_read[what] = self.not_read.get(what, 0) + 1
 
     def to_record(self) -> RunRecord:
         if not self.seen_run:
@@ -240,6 +263,7 @@ class _State:
             artifacts=artifacts,
             images=self.images,
             timestamps=self.timestamps,
+            not_read=self.not_read,
         )
 
 
