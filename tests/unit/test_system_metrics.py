@@ -61,6 +61,27 @@ def test_a_busy_child_counts_as_the_training_process(children: list[subprocess.P
     assert all(name.startswith("system/") for name in values)
 
 
+def test_a_child_that_ends_during_the_scan_is_skipped(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child listed by the scan and gone before it is opened (a DataLoader worker at an epoch's end):
+    the sample leaves it out, and neither the sampler's start nor the sample fails (the start did)."""
+    gone = _spawn(children, SLEEP)
+    sampler = _sampler()
+    opened = sampler._process
+
+    def vanishing(pid: int) -> Any:
+        if pid == gone.pid:
+            raise psutil.NoSuchProcess(pid)
+        return opened(pid)
+
+    monkeypatch.setattr(sampler, "_process", vanishing)
+    tree = {p.pid for p in sampler.training_tree()}
+    assert os.getpid() in tree
+    assert gone.pid not in tree
+    assert sampler.sample()["system/process/rss_mb"] > 0
+
+
 def test_the_agents_tree_and_wandb_core_are_left_out(
     children: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:

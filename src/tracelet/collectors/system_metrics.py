@@ -182,7 +182,10 @@ class SystemSampler:
         tree = [self.trainer]
         for child in descendants:
             if not left_out(child.pid):
-                tree.append(self._process(child.pid))
+                try:
+                    tree.append(self._process(child.pid))
+                except psutil.Error:  # it ended since the scan (a DataLoader worker at an epoch's end)
+                    continue
         live = {p.pid for p in tree}
         for pid in [pid for pid in self._processes if pid not in live]:
             del self._processes[pid]
