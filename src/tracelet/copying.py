@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +229,8 @@ def copy_run(
     project = project or record.project
     run_name = name or record.run_name
     _check_names(record, dst, origin)
-    redactor = Redactor.from_env()
-    expected = _expected(record, redactor)
-    points = sum(len(series) for series in (*record.metrics.values(), *record.system_metrics.values()))
+    expected = _redacted(record, Redactor.from_env())  # what is written, and what the target must hold
+    points = _point_count(record)
     with _one_copier(origin, dst), _target_environment(dst):
         resume: RunRecord | None = None
         for run_id in _find_copies(dst, origin, project):
@@ -243,7 +242,7 @@ def copy_run(
                 )
                 _remove(dst, run_id)
                 continue
-            if not _differences(expected, held):
+            if not compare(expected, held):
                 log.info("tracelet copy: %s is already in %s as run %s", origin, dst.public(), run_id)
                 _journal(dst).finished(origin)
                 target_address = dst.with_run(run_id).public()
@@ -251,7 +250,7 @@ def copy_run(
                     origin, target_address, points, len(record.artifacts), 0, True, time.monotonic() - began
                 )
             if held.status in STATUSES:
-                differences = "\n".join(f"  - {p}" for p in _differences(expected, held))
+                differences = "\n".join(f"  - {p}" for p in compare(expected, held))
                 raise CopyError(
                     f"{dst.with_run(run_id).public()} is a finished copy of {origin} that differs from it "
                     f"(left alone):\n{differences}"
@@ -265,18 +264,17 @@ def copy_run(
             )
             _remove(dst, run_id)
         written = _write(
-            record,
+            expected,
             src,
             dst,
             RunInfo(project, run_name, {**record.system_tags, COPIED_FROM: origin}),
-            redactor,
             resume,
             progress or _no_progress,
         )
         verified = False
         if verify:
             held = read_run(dst.store, written.run_id, **dst.reader_options())
-            problems = _differences(expected, held)
+            problems = compare(expected, held)
             if problems:
                 table = "\n".join(f"  - {p}" for p in problems)
                 raise CopyError(
@@ -363,26 +361,17 @@ def _one_copier(origin: str, dst: Address) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _expected(record: RunRecord, redactor: Redactor) -> RunRecord:
-    """What the target must hold: the source, with what tracelet redacts on the way in redacted."""
-    expected = RunRecord(
-        backend=record.backend,
-        run_id=record.run_id,
-        project=record.project,
-        run_name=record.run_name,
-        status=record.status,
+def _redacted(record: RunRecord, redactor: Redactor) -> RunRecord:
+    """The source as the target gets it: params and tags through the redaction ``log_params`` applies."""
+    return replace(
+        record,
         params={k: str(redactor.value(k, v)) for k, v in record.params.items()},
-        metrics=record.metrics,
         tags={k: str(redactor.value(k, v)) for k, v in record.tags.items()},
-        system_tags=record.system_tags,
-        artifacts=record.artifacts,
-        images=record.images,
     )
-    return expected
 
 
-def _differences(expected: RunRecord, held: RunRecord) -> list[str]:
-    return compare(expected, held)
+def _point_count(record: RunRecord) -> int:
+    return sum(len(series) for series in (*record.metrics.values(), *record.system_metrics.values()))
 
 
 def _ordered_points(record: RunRecord) -> Iterator[tuple[str, int, float, float]]:
@@ -417,12 +406,11 @@ def _write(
     src: Address,
     dst: Address,
     info: RunInfo,
-    redactor: Redactor,
     resume: RunRecord | None,
     progress: Progress,
 ) -> _Written:
-    """Open the target run (or reopen ``resume``, an unfinished copy), send what it lacks, close it
-    with the source's status."""
+    """Open the target run (or reopen ``resume``, an unfinished copy), send what ``record`` (the
+    source, redacted) holds and it lacks, close it with the source's status."""
     backend_cls = get_backend_class(dst.store)
     backend_cls.ensure_installed()
     backend: Backend = backend_cls(dst.backend_options())
@@ -444,9 +432,9 @@ def _write(
     with tempfile.TemporaryDirectory(prefix="tracelet-copy-") as staging:
         head: list[Event] = []
         if record.params:
-            head.append(Params({k: str(redactor.value(k, v)) for k, v in record.params.items()}))
+            head.append(Params(dict(record.params)))
         if record.tags:
-            head.append(Tags({k: str(redactor.value(k, v)) for k, v in record.tags.items()}))
+            head.append(Tags(dict(record.tags)))
         if head:
             backend.write(head)
         # the source's times, made strictly increasing per key to the millisecond (MLflow keeps one
@@ -454,7 +442,7 @@ def _write(
         # go on after what it holds
         clock = MetricClock({k: round(t[-1] * 1000) for k, t in held.timestamps.items() if t})
         skip = {key: len(points) for key, points in (*held.metrics.items(), *held.system_metrics.items())}
-        total = sum(len(series) for series in (*record.metrics.values(), *record.system_metrics.values()))
+        total = _point_count(record)
         done = sum(skip.values())
         chunk: list[Event] = []
         for key, step, value, when in _ordered_points(record):
@@ -673,7 +661,7 @@ def copy_project(
         try:
             results.append(copy_run(src.with_run(run_id), dst, name=name, verify=verify, progress=progress))
         except (CopyError, ValueError, OSError, RuntimeError) as exc:
-            failed[str(src.with_run(run_id).public())] = str(exc)
+            failed[src.with_run(run_id).public()] = str(exc)
     return results, failed
 
 

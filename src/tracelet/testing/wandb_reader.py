@@ -221,7 +221,7 @@ class _State:
         for key, fields in nested.items():
             if fields.get("_type") != "image-file":
                 self._unread(f"W&B {fields.get('_type') or 'nested'} values ({key!r})")
-            if fields.get("_type") == "image-file":
+            else:
                 image = ImageRecord(key, step, int(fields["width"]), int(fields["height"]))
                 self.images.append(image)
                 if isinstance(fields.get("path"), str) and self.run_dir is not None:
