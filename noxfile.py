@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nox
@@ -72,6 +75,31 @@ PROVIDES: dict[str, tuple[str, ...]] = {
     "pytorch_lightning": ("torch", "pytorch_lightning", "tensorboard"),
     "vision": ("torch", "torchvision"),
 }
+
+# -- the version ranges: floors and newest (not in the default run) -----------------------------
+#: ``e2e-<backend>-torch-oldest`` (tag ``oldest``): the backend at its floor, the lowest version its
+#: extra allows, pinned in OLDEST_CONSTRAINTS; today's pins for everything else, except what the
+#: floor cannot run with (FLOOR_HOLDS). ``nox -t oldest`` runs these cells and ``unit-oldest``.
+FLOOR_BACKENDS: tuple[str, ...] = ("mlflow", "wandb", "clearml")
+OLDEST_CONSTRAINTS = "requirements/constraints-oldest.txt"
+#: what a floor cannot run with at today's pin, and its own metadata does not forbid: these take
+#: their pins from OLDEST_CONSTRAINTS too (each with a comment there saying why), and are installed
+FLOOR_HOLDS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("numpy", "tensorboard", "sqlalchemy", "setuptools"),
+    "wandb": ("tensorboard",),
+    "clearml": (),
+}
+#: ``unit-oldest``: the unit suite on the oldest Python, tracelet's own dependencies at their floors
+UNIT_FLOORS: tuple[str, ...] = ("numpy", "psutil")
+OLDEST_PYTHON = UNIT_PYTHONS[0]
+#: ``e2e-<backend>-torch-latest`` (tag ``latest``): the backend's newest release the registry can
+#: install, unpinned, with the newest of everything it pulls in; only these keep today's pin
+LATEST_BACKENDS: tuple[str, ...] = ("mlflow", "wandb", "clearml")
+LATEST_KEEP_PINNED: tuple[str, ...] = ("torch",)
+#: the framework set of the floor and newest cells, and the part of the suite they run: what a
+#: store's version can break (basic workflows, lifecycle, read-back of every record, faults, secrets)
+VERSION_CELL_FRAMEWORK = "torch"
+VERSION_CELL_ARGS: tuple[str, ...] = ("-m", "e2e_floor")
 # ---------------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).parent
@@ -141,9 +169,103 @@ def bytecode_env(session: nox.Session) -> dict[str, str]:
     }
 
 
-def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
-    """Install one backend and one framework set, run the E2E suite, and record the session."""
-    name = f"e2e-{backend}-{framework}"
+def cell_name(backend: str, framework: str, versions: str = "pinned") -> str:
+    """``e2e-<backend>-<framework>``, with ``-oldest`` or ``-latest`` for the version cells."""
+    return f"e2e-{backend}-{framework}" + ("" if versions == "pinned" else f"-{versions}")
+
+
+def _requirement_name(line: str) -> str:
+    """The normalised project name a requirement or pin line is about ("" for a comment)."""
+    text = line.split("#", 1)[0].strip()
+    for i, char in enumerate(text):
+        if not (char.isalnum() or char in "-_."):
+            text = text[:i]
+            break
+    return text.lower().replace("_", "-").replace(".", "-")
+
+
+def _pins(path: str | Path) -> dict[str, str]:
+    """A constraints file's pins, by normalised name (comments dropped)."""
+    lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+    return {
+        _requirement_name(line): line.split("#", 1)[0].strip() for line in lines if _requirement_name(line)
+    }
+
+
+def composed_constraints(session: nox.Session, today: str, floors: Sequence[str]) -> Path:
+    """Today's pins, with the packages in ``floors`` pinned from OLDEST_CONSTRAINTS instead.
+
+    Written into the session's virtualenv: the checkout stays clean.
+    """
+    oldest = _pins(OLDEST_CONSTRAINTS)
+    missing = [name for name in floors if name not in oldest]
+    if missing:
+        session.error(f"{OLDEST_CONSTRAINTS} pins no version of {', '.join(missing)}")
+    pins = {name: pin for name, pin in _pins(today).items() if name not in floors}
+    pins.update({name: oldest[name] for name in floors})
+    path = Path(session.virtualenv.location) / "constraints-composed.txt"
+    path.write_text("\n".join(pins.values()) + "\n", encoding="utf-8")
+    return path
+
+
+def _uv() -> list[str]:
+    found = shutil.which("uv")
+    return [found] if found else [sys.executable, "-m", "uv"]
+
+
+def newest_release(session: nox.Session, package: str) -> str | None:
+    """The newest release of ``package`` the registry offers for the session's Python (None: none)."""
+    python = str(
+        Path(session.virtualenv.location) / ("Scripts" if sys.platform == "win32" else "bin") / "python"
+    )
+    found = subprocess.run(
+        [*_uv(), "pip", "compile", "--no-deps", "--no-header", "--no-annotate", "--python", python, "-"],
+        input=package,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in found.stdout.splitlines():
+        if _requirement_name(line) == package and "==" in line:
+            return line.split("==", 1)[1].strip()
+    session.warn(f"no release of {package} found: {found.stderr.strip()[-500:]}")
+    return None
+
+
+def _install_latest(session: nox.Session, backend: str, framework: str) -> str | None:
+    """Install the backend's newest release; the reason when the registry's newest cannot be installed."""
+    (package,) = BACKENDS[backend]
+    newest = newest_release(session, package)
+    if newest is None:
+        return f"the registry offers no release of {package} for this Python"
+    today = _pins(FRAMEWORKS[framework][1])
+    constraints = Path(session.virtualenv.location) / "constraints-latest.txt"
+    constraints.write_text("\n".join(today[name] for name in LATEST_KEEP_PINNED) + "\n", encoding="utf-8")
+    requirements = ["-c", str(constraints), f".[{','.join(_extras(backend, framework))}]"]
+    requirements += ["-r", TEST_REQUIREMENTS, f"{package}=={newest}"]
+    # resolve first, without installing: a newest release that cannot be installed is reported, not failed
+    env = {**os.environ, "VIRTUAL_ENV": session.virtualenv.location}
+    trial = subprocess.run(
+        [*_uv(), "pip", "install", "--dry-run", *requirements],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if trial.returncode != 0:
+        reason = " ".join(trial.stderr.split())[-600:]
+        return f"{package} {newest} (the newest release) cannot be installed here: {reason}"
+    session.install(*requirements)
+    return None
+
+
+def run_e2e(session: nox.Session, backend: str, framework: str, versions: str = "pinned") -> None:
+    """Install one backend and one framework set, run the E2E suite, and record the session.
+
+    ``versions``: ``pinned`` (today's pins, the matrix), ``oldest`` (the backend at its floor) or
+    ``latest`` (its newest release); the version cells run the ``e2e_floor`` part of the suite.
+    """
+    name = cell_name(backend, framework, versions)
     out = REPORTS / name
     if out.exists():
         for old in out.iterdir():
@@ -154,20 +276,32 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
     declared = declared_set(backend, framework)
     started = time.monotonic()
     status = "failed"
+    notes: list[str] = []
     try:
         constraints = FRAMEWORKS[framework][1]
-        session.install(
-            "-c", constraints, f".[{','.join(_extras(backend, framework))}]", "-r", TEST_REQUIREMENTS
-        )
+        project = f".[{','.join(_extras(backend, framework))}]"
+        if versions == "oldest":
+            floors = (*BACKENDS[backend], *FLOOR_HOLDS[backend])
+            composed = composed_constraints(session, constraints, floors)
+            session.install("-c", str(composed), project, "-r", TEST_REQUIREMENTS, *FLOOR_HOLDS[backend])
+            _check_floors(session, floors)
+        elif versions == "latest":
+            refused = _install_latest(session, backend, framework)
+            if refused:
+                status, notes = "not installable", [refused]
+                session.warn(refused)
+                session.skip(refused)
+        else:
+            session.install("-c", constraints, project, "-r", TEST_REQUIREMENTS)
         env = {
             **QUIET_ENV,
             **bytecode_env(session),
             "TRACELET_E2E_INSTALL_SET": ",".join(declared),
             "TRACELET_E2E_AUDIT_FILE": str(out / "audit.json"),
             "COVERAGE_FILE": str(out / ".coverage"),
-            # what each store returned for the fixed-seed workflows: the summary compares them
-            "TRACELET_E2E_RECORDS_DIR": str(out / "records"),
         }
+        if versions == "pinned":  # what each store returned for the fixed-seed workflows: compared
+            env["TRACELET_E2E_RECORDS_DIR"] = str(out / "records")  # by the summary, across the matrix
         pytest_args = [
             "tests/e2e",
             "-n",
@@ -178,7 +312,10 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
             f"--junitxml={out / 'junit.xml'}",
         ]
         pytest_args += ["-o", f"junit_suite_name={name}", "-o", "junit_family=xunit1"]
-        pytest_args += [*PYTEST_ARGS.get(backend, ()), *session.posargs]
+        pytest_args += [*PYTEST_ARGS.get(backend, ())]
+        if versions != "pinned":
+            pytest_args += VERSION_CELL_ARGS
+        pytest_args += session.posargs
         # pytest-cov measures the controller, every xdist worker and (through coverage's own
         # ``patch = subprocess`` in pyproject.toml) every child process, and combines them into
         # COVERAGE_FILE; the summary merges the sessions' files.
@@ -186,77 +323,119 @@ def run_e2e(session: nox.Session, backend: str, framework: str) -> None:
         session.run("pytest", *coverage, *pytest_args, env=env)
         status = "passed"
     finally:
-        _write_meta(session, out, name, backend, framework, declared, status, time.monotonic() - started)
+        meta = CellMeta(
+            name, backend, framework, versions, declared, status, time.monotonic() - started, notes
+        )
+        _write_meta(session, out, meta)
 
 
-def _write_meta(
-    session: nox.Session,
-    out: Path,
-    name: str,
-    backend: str,
-    framework: str,
-    declared: list[str],
-    status: str,
-    duration: float,
-) -> None:
+def _installed(session: nox.Session, names: Sequence[str]) -> dict[str, object]:
+    """What the session's virtualenv has: versions by distribution name, the Python, the platform."""
+    printed = session.run("python", "-c", _VERSIONS_SCRIPT.format(names=list(names)), silent=True, log=False)
+    if isinstance(printed, str) and printed.strip():
+        facts = json.loads(printed.strip().splitlines()[-1])
+        if isinstance(facts, dict):
+            return facts
+    return {"installed": {}, "python": None, "platform": sys.platform}
+
+
+def _check_floors(session: nox.Session, floors: Sequence[str]) -> None:
+    """Fail the session unless every floor package is installed at exactly its pin: the floor ran."""
+    oldest = _pins(OLDEST_CONSTRAINTS)
+    installed = _installed(session, floors)["installed"]
+    assert isinstance(installed, dict)
+    for name in floors:
+        pinned = oldest[name].split("==", 1)[1].strip()
+        if installed.get(name) != pinned:
+            session.error(
+                f"{name}: the floor is {pinned}, but {installed.get(name) or 'nothing'} was installed"
+            )
+
+
+#: the packages whose versions every cell records (the summary's versions table)
+VERSION_NAMES: tuple[str, ...] = (
+    "tracelet",
+    "mlflow",
+    "wandb",
+    "clearml",
+    "torch",
+    "lightning",
+    "pytorch-lightning",
+    "torchvision",
+    "tensorboard",
+    "numpy",
+    "protobuf",
+    "sqlalchemy",
+    "pillow",
+    "psutil",
+)
+
+
+@dataclass(frozen=True)
+class CellMeta:
+    """What a cell's ``meta.json`` says besides the installed versions and the skip audit."""
+
+    session: str
+    backend: str
+    framework: str
+    versions: str
+    declared: list[str]
+    status: str
+    duration: float
+    notes: list[str]
+
+
+def _write_meta(session: nox.Session, out: Path, cell: CellMeta) -> None:
     """``reports/<session>/meta.json``: what the summary reads (never nox's own --report)."""
-    names = [
-        "tracelet",
-        "mlflow",
-        "wandb",
-        "clearml",
-        "torch",
-        "lightning",
-        "pytorch-lightning",
-        "torchvision",
-        "tensorboard",
-        "pillow",
-    ]
     facts: dict[str, object] = {"installed": {}, "python": None, "platform": sys.platform}
     try:
-        printed = session.run("python", "-c", _VERSIONS_SCRIPT.format(names=names), silent=True, log=False)
-        if isinstance(printed, str) and printed.strip():
-            facts = json.loads(printed.strip().splitlines()[-1])
+        facts = _installed(session, VERSION_NAMES)
     except Exception as exc:  # the venv may not exist when the install itself failed
         session.warn(f"could not read installed versions: {exc}")
     audit_file = out / "audit.json"
     audit = json.loads(audit_file.read_text()) if audit_file.is_file() else {"verdict": "missing"}
     meta = {
-        "session": name,
-        "backend": backend,
-        "framework": framework,
-        "declared": declared,
+        "session": cell.session,
+        "backend": cell.backend,
+        "framework": cell.framework,
+        "versions": cell.versions,
+        "declared": cell.declared,
         **facts,
-        "duration_s": round(duration, 2),
-        "status": status,
+        "duration_s": round(cell.duration, 2),
+        "status": cell.status,
+        "notes": cell.notes,
         "audit": audit,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _make_e2e(backend: str, framework: str) -> None:
+def _make_e2e(backend: str, framework: str, versions: str = "pinned") -> None:
     def session_fn(session: nox.Session) -> None:
-        run_e2e(session, backend, framework)
+        run_e2e(session, backend, framework, versions)
 
     extras = "+".join(_extras(backend, framework))
-    session_fn.__doc__ = (
-        f"E2E suite with exactly [{extras}] installed ({', '.join(declared_set(backend, framework))})."
-    )
-    nox.session(
-        name=f"e2e-{backend}-{framework}",
-        python=E2E_PYTHON,
-        tags=["e2e", backend, framework],
-    )(session_fn)
+    provides = ", ".join(declared_set(backend, framework))
+    doc = {
+        "pinned": f"E2E suite with exactly [{extras}] installed ({provides}).",
+        "oldest": f"The e2e_floor tests with {backend} at its floor ({OLDEST_CONSTRAINTS}) and [{extras}].",
+        "latest": f"The e2e_floor tests with {backend}'s newest release and [{extras}] (torch pinned).",
+    }
+    session_fn.__doc__ = doc[versions]
+    # the version cells carry no "e2e" tag: CI's OS x Python fan-out lists the sessions tagged "e2e"
+    tags = ["e2e", backend, framework] if versions == "pinned" else [versions, backend]
+    nox.session(name=cell_name(backend, framework, versions), python=E2E_PYTHON, tags=tags)(session_fn)
 
 
 for _backend, _framework in CELLS:
     _make_e2e(_backend, _framework)
+for _backend in FLOOR_BACKENDS:
+    _make_e2e(_backend, VERSION_CELL_FRAMEWORK, "oldest")
+for _backend in LATEST_BACKENDS:
+    _make_e2e(_backend, VERSION_CELL_FRAMEWORK, "latest")
 
 
-@nox.session(python=UNIT_PYTHONS)
-def unit(session: nox.Session) -> None:
-    """Unit tests: no optional package installed, fakes and subprocesses only."""
-    session.install(".", "-r", TEST_REQUIREMENTS)
+def run_unit(session: nox.Session) -> None:
+    """The unit suite, in parallel, with the session's own bytecode cache."""
     session.run(
         "pytest",
         "tests/unit",
@@ -267,6 +446,22 @@ def unit(session: nox.Session) -> None:
         *session.posargs,
         env={**QUIET_ENV, **bytecode_env(session)},
     )
+
+
+@nox.session(python=UNIT_PYTHONS)
+def unit(session: nox.Session) -> None:
+    """Unit tests: no optional package installed, fakes and subprocesses only."""
+    session.install(".", "-r", TEST_REQUIREMENTS)
+    run_unit(session)
+
+
+@nox.session(name="unit-oldest", python=OLDEST_PYTHON, tags=["oldest"])
+def unit_oldest(session: nox.Session) -> None:
+    """Unit tests on the oldest Python with tracelet's own dependencies (UNIT_FLOORS) at their floors."""
+    composed = composed_constraints(session, "requirements/constraints.txt", UNIT_FLOORS)
+    session.install("-c", str(composed), ".", "-r", TEST_REQUIREMENTS)
+    _check_floors(session, UNIT_FLOORS)
+    run_unit(session)
 
 
 @nox.session(python=E2E_PYTHON)

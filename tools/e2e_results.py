@@ -75,6 +75,11 @@ class SessionResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def versions(self) -> str:
+        """``pinned`` (a cell of the matrix), ``oldest`` (a floor cell) or ``latest`` (a newest cell)."""
+        return str(self.meta.get("versions") or "pinned")
+
+    @property
     def label(self) -> str:
         """Variant label ("linux/py3.12") that tells repeated runs of one session apart."""
         return f"{self.platform}/py{_short_python(self.python)}"

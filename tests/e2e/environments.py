@@ -132,6 +132,10 @@ class BackendEnvironment(ABC):
         """Delete a run through the backend's own API; False where the offline store has none."""
         return False
 
+    def shows_open_runs(self) -> bool:
+        """Whether a run can be read back while it is still open (every store, W&B from 0.31)."""
+        return True
+
     def stored_roots(self) -> list[Path]:
         """Every directory the store writes into (searched by the tests that look for leaks)."""
         return [self.root]
@@ -272,6 +276,14 @@ class WandbEnvironment(BackendEnvironment):
 
     def run_ids(self) -> list[str]:
         return sorted({p.stem.removeprefix("run-") for p in self.root.rglob("run-*.wandb")})
+
+    def shows_open_runs(self) -> bool:
+        """wandb-core before 0.31 keeps an open offline run's transaction log in memory: the run
+        is on disk once it ends (seen with 0.19.10 to 0.30: nothing readable after 90 s)."""
+        from importlib.metadata import version
+
+        major, minor = (int(part) for part in version("wandb").split(".")[:2])
+        return (major, minor) >= (0, 31)
 
 
 class ClearMLEnvironment(BackendEnvironment):

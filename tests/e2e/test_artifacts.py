@@ -65,6 +65,7 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")  # store behaviour: once per store, not per framework set
 @pytest.mark.platform_only(*POSIX)  # SIGSTOP holds the agent
 @pytest.mark.e2e_basic
@@ -100,6 +101,7 @@ def test_what_lands_is_the_file_as_logged_and_copy_false_reads_it_when_delivered
         assert (tmp_path / "final.pt").read_bytes() == final  # the caller's own file is left as it was
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")
 @pytest.mark.platform_only(*POSIX)
 @pytest.mark.e2e_basic
@@ -146,6 +148,7 @@ def test_the_staged_bytes_bound_holds_the_caller_until_the_store_takes_them(
         assert not exp.spool_dir.exists()  # every snapshot deleted once stored, and the spool with them
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")
 @pytest.mark.e2e_basic
 @pytest.mark.parametrize("environment", environments())
@@ -210,6 +213,7 @@ def _start_on(server: MLflowServer, name: str) -> tracelet.Experiment:
     return exp
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.slow
 @pytest.mark.framework_only("torch")
 @pytest.mark.e2e_basic
@@ -227,6 +231,7 @@ def test_a_200_mb_checkpoint_lands_whole(environment: str, isolated_env: Path, t
         assert [(a.path, a.size, a.sha256) for a in record.artifacts] == [("checkpoints/model.pt", size, sha)]
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")
 @pytest.mark.platform_only(*POSIX)
 @pytest.mark.e2e_faults

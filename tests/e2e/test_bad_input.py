@@ -16,7 +16,7 @@ from tests.e2e.framework import e2e_framework
 from tests.e2e.params import environments
 from tests.unit.test_bad_input import CASES, Case
 
-pytestmark = [pytest.mark.e2e_basic, pytest.mark.framework_only("torch")]
+pytestmark = [pytest.mark.e2e_basic, pytest.mark.e2e_floor, pytest.mark.framework_only("torch")]
 
 #: What each landing row leaves in the store: metric -> [(step, value)].
 READ_BACK = {"numpy-float": {"v": [(0, 0.5)]}, "step-numpy": {"v": [(3, 1.0)]}}

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.framework import WorkflowResult, e2e_framework, save_record, verify_landed
 from tests.e2e.params import WITH_ALL_BACKENDS, environments, workflow
 
-pytestmark = pytest.mark.e2e_basic
+pytestmark = [pytest.mark.e2e_basic, pytest.mark.e2e_floor]
 
 
 def run_and_verify(workflow_name: str, environment: str) -> WorkflowResult:

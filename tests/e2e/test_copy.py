@@ -155,6 +155,7 @@ def test_a_run_copies_between_every_pair_of_stores_exactly_once(
         assert compare(original, dst.read(new_id)) == []
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")  # store behaviour: once per store, not per framework set
 @pytest.mark.parametrize("environment", environments(BACKEND_ENVIRONMENTS))
 def test_local_to_this_store_and_back(environment: str, isolated_env: Path, tmp_path: Path) -> None:
@@ -234,6 +235,7 @@ def _native_wandb_run(env: BackendEnvironment, tmp_path: Path) -> str:
     return str(run.id)
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")
 @pytest.mark.parametrize("environment", environments(["mlflow", "wandb"]))
 def test_a_run_of_the_stores_own_client_copies_to_local_and_back(

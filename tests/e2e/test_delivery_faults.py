@@ -217,6 +217,7 @@ def _check_landed(
     return problems
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.e2e_faults
 @pytest.mark.slow
 @pytest.mark.requires("mlflow")
@@ -422,6 +423,7 @@ def _check_health_through_the_outage(
     assert len(caught_up) == 1, f"expected one caught-up WARNING, got {caught_up}"
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.e2e_faults
 @pytest.mark.slow
 @pytest.mark.requires("mlflow")

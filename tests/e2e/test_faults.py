@@ -103,6 +103,7 @@ def _final_status(read: Any, run_id: str, timeout: float) -> RunRecord:
     return record
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.parametrize("ending", list(ENDINGS))
 @pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
 def test_every_way_a_trainer_ends(
@@ -189,6 +190,7 @@ def _lines(path: Path) -> int:
 # -- 2. failing backends beside a real one -------------------------------------------------------
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.parametrize("environment", environments(FAULT_ENVIRONMENTS))
 def test_raising_and_hanging_backends_beside_a_real_one(
     environment: str, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, record_property: Any
@@ -239,6 +241,7 @@ def test_raising_and_hanging_backends_beside_a_real_one(
 # -- 3. an outage that outlasts stop_logging -----------------------------------------------------
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.slow
 @pytest.mark.requires("mlflow")
 def test_outage_at_stop_is_spooled_and_synced_exactly_once(

@@ -19,7 +19,7 @@ import tracelet
 from tests.e2e.framework import e2e_framework, files_holding
 from tests.e2e.params import environments
 
-pytestmark = pytest.mark.e2e_advanced
+pytestmark = [pytest.mark.e2e_advanced, pytest.mark.e2e_floor]
 
 SECRETS = {
     "api_key": "sk-live-4f9a0c21",

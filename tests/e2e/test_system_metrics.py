@@ -81,6 +81,7 @@ def _train(tmp_path: Path, config: Any) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.e2e_floor
 @pytest.mark.framework_only("torch")  # store behaviour: once per store, not per framework set
 @pytest.mark.parametrize("environment", environments())
 def test_the_store_holds_what_the_trainer_used(environment: str, isolated_env: Path, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from tests.e2e.environments import REPO, child_env
 from tests.e2e.params import POSIX
 from tracelet.testing import read_run
 
-pytestmark = pytest.mark.framework_only("torch")
+pytestmark = [pytest.mark.framework_only("torch"), pytest.mark.e2e_floor]
 
 
 def _uri(path: Path) -> str:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "ci.yml"
+NEWEST = WORKFLOW.with_name("newest.yml")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_e2e_uses_the_pytorch_cpu_index_off_macos(jobs: dict[str, Any]) -> None:
 def test_summary_always_runs_after_e2e(jobs: dict[str, Any]) -> None:
     job = jobs["summary"]
     assert job["if"] == "always()"
-    assert "e2e" in _needs(job)
+    assert {"e2e", "oldest"} <= set(_needs(job))
     (download,) = _uses(job, "actions/download-artifact@v4")
     assert download["with"]["pattern"] == "reports-*"
     assert download["with"]["path"] == "reports"
@@ -151,9 +152,57 @@ def test_summary_always_runs_after_e2e(jobs: dict[str, Any]) -> None:
 
 
 def test_only_github_and_pytorch_hosts_are_named() -> None:
-    text = WORKFLOW.read_text(encoding="utf-8")
-    hosts = set(re.findall(r"https?://([^/\s\"']+)", text))
-    assert hosts <= {"download.pytorch.org", "github.com"}
+    for workflow in (WORKFLOW, NEWEST):
+        text = workflow.read_text(encoding="utf-8")
+        hosts = set(re.findall(r"https?://([^/\s\"']+)", text))
+        assert hosts <= {"download.pytorch.org", "github.com"}
+
+
+def test_the_floors_run_on_every_push_as_one_linux_job_whose_reports_join_the_summary(
+    jobs: dict[str, Any],
+) -> None:
+    """Issue 23: `nox -t oldest` on Linux, Python 3.11 (and 3.10 for unit-oldest), outside the fan-out."""
+    job = jobs["oldest"]
+    assert job["runs-on"] == "ubuntu-latest"
+    assert "strategy" not in job
+    assert "if" not in job
+    (setup,) = _uses(job, "actions/setup-python@v5")
+    pythons = str(setup["with"]["python-version"]).split()
+    assert pythons[-1] == "3.11"
+    assert "3.10" in pythons
+    runs = _runs(job)
+    assert "nox -t oldest" in runs
+    assert any("download.pytorch.org/whl/cpu" in r for r in runs)
+    (upload,) = _uses(job, "actions/upload-artifact@v4")
+    assert upload["if"] == "always()"
+    assert upload["with"]["name"].startswith("reports-")  # the summary job downloads pattern reports-*
+    assert upload["with"]["path"] == "reports/e2e-*-oldest"
+    assert upload["with"]["include-hidden-files"] is True
+
+
+def test_the_floor_and_newest_cells_stay_out_of_the_os_python_fan_out() -> None:
+    """The list job keeps sessions tagged "e2e"; the version cells carry "oldest" or "latest" instead."""
+    from tools.summary_tables.base import noxfile_literals
+
+    data = noxfile_literals(("FLOOR_BACKENDS", "LATEST_BACKENDS", "VERSION_CELL_FRAMEWORK"))
+    assert set(data["FLOOR_BACKENDS"]) == set(data["LATEST_BACKENDS"]) == {"mlflow", "wandb", "clearml"}
+    noxfile = (WORKFLOW.parents[2] / "noxfile.py").read_text(encoding="utf-8")
+    assert 'tags = ["e2e", backend, framework] if versions == "pinned" else [versions, backend]' in noxfile
+
+
+def test_the_newest_releases_run_weekly_and_on_demand_into_their_run_summary() -> None:
+    newest = yaml.safe_load(NEWEST.read_text(encoding="utf-8"))
+    triggers = newest.get("on", newest.get(True))
+    assert set(triggers) == {"schedule", "workflow_dispatch"}  # never on a push: not a contributor's red
+    (cron,) = [entry["cron"] for entry in triggers["schedule"]]
+    _minute, _hour, day, month, weekday = cron.split()
+    assert (day, month) == ("*", "*")
+    assert weekday.isdigit()
+    (job,) = newest["jobs"].values()
+    runs = _runs(job)
+    assert runs.index("nox -t latest") < next(i for i, r in enumerate(runs) if r.startswith("nox -s summary"))
+    (summary,) = [s for s in job["steps"] if str(s.get("run", "")).startswith("nox -s summary")]
+    assert summary["if"] == "always()"  # a red newest cell is summarised too
 
 
 @pytest.mark.parametrize("name", ["unit", "e2e"])

@@ -96,16 +96,19 @@ def write_session(
     problems: Sequence[str] = (),
     folder: Path | None = None,
     with_session_key: bool = True,
+    versions: str | None = None,
+    installed: dict[str, str] | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write one session report folder the way the e2e nox sessions do."""
     directory = folder if folder is not None else root / session
     directory.mkdir(parents=True, exist_ok=True)
-    _, backend, framework = session.split("-", 2)
-    meta = {
+    _, backend, framework = session.split("-")[:3]
+    meta: dict[str, object] = {
         "backend": backend,
         "framework": framework,
         "declared": [backend, framework],
-        "installed": {framework: "1.0"},
+        "installed": installed if installed is not None else {framework: "1.0"},
         "python": python,
         "platform": platform,
         "duration_s": duration,
@@ -119,6 +122,9 @@ def write_session(
     }
     if with_session_key:
         meta["session"] = session
+    if versions is not None:
+        meta["versions"] = versions
+        meta["notes"] = list(notes)
     (directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     if junit:
         (directory / "junit.xml").write_text(_junit(session, cases, hostname=platform), encoding="utf-8")
@@ -456,9 +462,53 @@ def test_every_section_is_built_once_for_both_files(tmp_path: Path, monkeypatch:
         monkeypatch.setattr(table, "build", counted)
     assert run_main(tmp_path) == 0
     assert builds == dict.fromkeys(builds, 1)
-    assert len(builds) == 8  # matrix, workflows, equivalence, faults, bench, audit, coverage, failures
+    # matrix, versions, workflows, equivalence, faults, bench, audit, coverage, failures
+    assert len(builds) == 9
     data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     assert {"cells", "workflows", "equivalence", "faults", "coverage", "failures"} <= set(data)
+
+
+def test_the_versions_table_shows_every_cell_and_fails_strict_on_a_red_floor(tmp_path: Path) -> None:
+    """Floor and newest cells: in the versions table with what they ran, never in the matrix."""
+    full_matrix(tmp_path)
+    write_session(tmp_path, "e2e-mlflow-torch-oldest", versions="oldest", installed={"mlflow": "2.12.0"})
+    write_session(
+        tmp_path,
+        "e2e-wandb-torch-latest",
+        versions="latest",
+        status="not installable",
+        junit=False,
+        notes=["wandb 9.9.9 (the newest release) cannot be installed here: no wheel"],
+    )
+    assert run_main(tmp_path, "--strict") == 0
+    markdown = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "all 12 cells passed" in markdown
+    assert "Sessions outside the matrix" not in markdown
+    versions = markdown.split("## Versions", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split(" | ")[0].strip("| "): line for line in versions.splitlines() if line.startswith("| e2e-")
+    }
+    header = next(line for line in versions.splitlines() if line.startswith("| session |"))
+    assert header.endswith("| mlflow |")  # the packages the cells recorded, in the order recorded
+    assert rows["e2e-mlflow-torch-oldest"].startswith(
+        "| e2e-mlflow-torch-oldest | oldest | linux/py3.11: ✅ 2/0/1"
+    )
+    assert rows["e2e-mlflow-torch-oldest"].endswith("| 2.12.0 |")
+    assert rows["e2e-wandb-torch-latest"].startswith(
+        "| e2e-wandb-torch-latest | latest | linux/py3.11: not installable"
+    )
+    assert rows["e2e-mlflow-torch"].endswith("| — |")  # a pinned cell of this test recorded no mlflow
+    assert "wandb 9.9.9 (the newest release) cannot be installed here: no wheel" in versions
+    data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert {v["session"]: v["versions"] for v in data["versions"]}["e2e-mlflow-torch-oldest"] == "oldest"
+
+    red: list[Case] = [("test_a", "failed", "simple_pytorch", "mlflow", "mlflow 2.12 broke it")]
+    write_session(tmp_path, "e2e-mlflow-torch-oldest", versions="oldest", status="failed", cases=red)
+    assert run_main(tmp_path) == 0
+    assert run_main(tmp_path, "--strict") == 1
+    data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert "e2e-mlflow-torch-oldest (linux/py3.11): failed" in data["problems"]
+    assert not any("e2e-wandb-torch-latest" in p for p in data["problems"])
 
 
 def test_the_matrix_axes_are_the_noxfiles() -> None:

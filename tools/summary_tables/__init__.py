@@ -12,10 +12,12 @@ from tools.summary_tables.equivalence import EquivalenceTable
 from tools.summary_tables.failures import FailuresTable
 from tools.summary_tables.faults import FaultsTable
 from tools.summary_tables.matrix import MatrixTable
+from tools.summary_tables.versions import VersionsTable
 from tools.summary_tables.workflows import WorkflowsTable
 
 TABLES: tuple[SummaryTable[Any], ...] = (
     MatrixTable(),
+    VersionsTable(),
     WorkflowsTable(),
     EquivalenceTable(),
     FaultsTable(),

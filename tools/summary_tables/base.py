@@ -31,10 +31,10 @@ class MatrixAxes:
     cells: tuple[str, ...]
 
 
-def noxfile_axes(noxfile: Path = PROJECT_ROOT / "noxfile.py") -> MatrixAxes:
-    """The matrix data at the top of ``noxfile.py`` (``BACKENDS``, ``FRAMEWORKS``, ``ONLY_WITH``).
+def noxfile_literals(names: Sequence[str], noxfile: Path = PROJECT_ROOT / "noxfile.py") -> dict[str, Any]:
+    """The values of the data named ``names`` at the top of ``noxfile.py`` (those that are literals).
 
-    Read as literals from the file's syntax tree, so the summary needs neither nox nor a copy of the axes.
+    Read from the file's syntax tree, so a reader needs neither nox nor a copy of the data.
     """
     values: dict[str, Any] = {}
     for node in ast.parse(noxfile.read_text(encoding="utf-8")).body:
@@ -45,8 +45,14 @@ def noxfile_axes(noxfile: Path = PROJECT_ROOT / "noxfile.py") -> MatrixAxes:
             target, value = node.targets[0], node.value
         else:
             continue
-        if isinstance(target, ast.Name) and target.id in ("BACKENDS", "FRAMEWORKS", "ONLY_WITH"):
+        if isinstance(target, ast.Name) and target.id in names:
             values[target.id] = ast.literal_eval(value)
+    return values
+
+
+def noxfile_axes(noxfile: Path = PROJECT_ROOT / "noxfile.py") -> MatrixAxes:
+    """The matrix data at the top of ``noxfile.py`` (``BACKENDS``, ``FRAMEWORKS``, ``ONLY_WITH``)."""
+    values = noxfile_literals(("BACKENDS", "FRAMEWORKS", "ONLY_WITH"), noxfile)
     backends, frameworks = tuple(values["BACKENDS"]), tuple(values["FRAMEWORKS"])
     only_with: dict[str, Sequence[str]] = values.get("ONLY_WITH", {})
     cells = tuple(f"e2e-{b}-{f}" for b in backends for f in frameworks if f in only_with.get(b, frameworks))

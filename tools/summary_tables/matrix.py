@@ -62,7 +62,9 @@ def build_matrix(results: Sequence[SessionResult], axes: MatrixAxes) -> Matrix:
         for b in axes.backends
     ]
     names = {session_name(b, f) for b in axes.backends for f in axes.frameworks} & set(axes.cells)
-    return Matrix(axes, rows, [r for r in results if r.session not in names])
+    # the floor and newest cells have a table of their own (tools.summary_tables.versions)
+    outside = [r for r in results if r.session not in names and r.versions == "pinned"]
+    return Matrix(axes, rows, outside)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -125,11 +127,17 @@ class MatrixTable:
     title = "Matrix"
     strict_only = True
 
-    def build(self, summary_input: SummaryInput) -> Matrix:
-        return build_matrix(summary_input.results, summary_input.axes)
+    def build(self, summary_input: SummaryInput) -> Matrix | None:
+        """The matrix; left out when only floor or newest cells ran (the weekly newest run)."""
+        results = summary_input.results
+        if results and all(r.versions != "pinned" for r in results):
+            return None
+        return build_matrix(results, summary_input.axes)
 
-    def headline(self, data: Matrix) -> str:
+    def headline(self, data: Matrix | None) -> str:
         """The summary's first line: all green, or how many cells failed and never ran."""
+        if data is None:
+            return "Only floor or newest cells ran: see **Versions**."
         n_failed = sum(1 for c in data.cells if c.state == "failed")
         n_missing = sum(1 for c in data.cells if c.state == "not_run")
         if n_failed or n_missing:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -80,6 +82,56 @@ def _credentials_to_env(uri: str | None) -> str | None:
     if parts.password is not None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password)
     return strip_url_userinfo(uri)
+
+
+def make_sqlite_folder(uri: str | None) -> None:
+    """Create the folder of a ``sqlite:///`` tracking database, as MLflow 3.7 and later do themselves.
+
+    Older MLflow retries a database it cannot open 15 times with doubling sleeps, about 55
+    minutes, before it raises: a missing folder, or a file where the folder should be, was an
+    hour's hang of the run's start instead of an error. Made here, the first is no problem, and
+    the second raises at once, naming the folder.
+    """
+    if not uri or not uri.startswith("sqlite:///"):
+        return
+    path = urllib.parse.unquote(uri[len("sqlite:///") :].split("?", 1)[0])
+    if not path or path == ":memory:":
+        return
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"tracking_uri {uri!r}: the folder of its database cannot be made: {exc}") from exc
+
+
+#: one artifact call at a time sets MLflow's global tracking URI (see proxied_artifacts_before_3_2)
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def proxied_artifacts_before_3_2(tracking_uri: str | None) -> Iterator[None]:
+    """Artifact calls of a client for ``tracking_uri``, on MLflow before 3.2 too.
+
+    A server's artifacts live at ``mlflow-artifacts:`` URIs, which MLflow resolves against a
+    tracking URI. Before 3.2 it takes the *global* one (``mlflow.set_tracking_uri`` or
+    ``MLFLOW_TRACKING_URI``), not the client's: a client given its server as an option failed
+    with "the configured tracking uri scheme: 'file' is invalid for use with the proxy
+    mlflow-artifact scheme". There the global URI is set for the call, then put back.
+    """
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    if not tracking_uri or "tracking_uri" in inspect.signature(MlflowArtifactsRepository.__init__).parameters:
+        yield
+        return
+    import mlflow
+
+    with _GLOBAL_URI_LOCK:
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 @contextlib.contextmanager
@@ -173,6 +225,7 @@ class MLflowBackend(Backend):
         from mlflow.tracking import MlflowClient
 
         uri = self.options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        make_sqlite_folder(uri)
         self._client = MlflowClient(tracking_uri=_credentials_to_env(uri))
         return self._client
 
@@ -349,7 +402,8 @@ class MLflowBackend(Backend):
                 self._placement.place(file, self._artifact_dir / file.artifact_path)
             return
         if event.tree:  # a folder: MLflow's own one call for it
-            self._client.log_artifacts(self.run_id, event.local_path, event.artifact_path or None)
+            with proxied_artifacts_before_3_2(self._client.tracking_uri):
+                self._client.log_artifacts(self.run_id, event.local_path, event.artifact_path or None)
             return
         check_source(event)
         self._upload(event.local_path, event.artifact_path)
@@ -360,13 +414,14 @@ class MLflowBackend(Backend):
     def _upload(self, local_path: str, artifact_path: str) -> None:
         """Upload one file so that it lands exactly at ``artifact_path``."""
         directory, _, filename = artifact_path.rpartition("/")
-        if os.path.basename(local_path) == filename:
-            self._client.log_artifact(self.run_id, local_path, directory or None)
-            return
-        with tempfile.TemporaryDirectory(prefix="tracelet-upload-") as tmp:
-            renamed = os.path.join(tmp, filename)
-            shutil.copyfile(local_path, renamed)
-            self._client.log_artifact(self.run_id, renamed, directory or None)
+        with proxied_artifacts_before_3_2(self._client.tracking_uri):
+            if os.path.basename(local_path) == filename:
+                self._client.log_artifact(self.run_id, local_path, directory or None)
+                return
+            with tempfile.TemporaryDirectory(prefix="tracelet-upload-") as tmp:
+                renamed = os.path.join(tmp, filename)
+                shutil.copyfile(local_path, renamed)
+                self._client.log_artifact(self.run_id, renamed, directory or None)
 
     def finish(self, status: str) -> None:
         late = self._late_run_tags()

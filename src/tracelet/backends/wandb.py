@@ -20,6 +20,8 @@ keep working because wandb reads them itself; ``backend_options["wandb"]`` overr
 
 from __future__ import annotations
 
+import glob
+import inspect
 import logging
 import os
 import time
@@ -255,7 +257,24 @@ class WandbBackend(Backend):
         relative = _safe_relative(event.artifact_path)
         target = files_dir.joinpath(*relative.parts)
         self._placement.place(event, target)
-        run.save(os.fspath(target), base_path=os.fspath(files_dir), policy="now", glob=False)
+        if _save_takes_glob(run):
+            run.save(os.fspath(target), base_path=os.fspath(files_dir), policy="now", glob=False)
+        else:
+            _save_before_0_29(run, target, files_dir)
+
+
+def _save_takes_glob(run: Any) -> bool:
+    """``run.save(..., glob=False)`` (wandb 0.29 and later) takes a path by its literal name."""
+    return "glob" in inspect.signature(run.save).parameters
+
+
+def _save_before_0_29(run: Any, target: Path, files_dir: Path) -> None:
+    """wandb 0.19.10 to 0.28: ``run.save`` reads its path as a glob; escaped, it names one file.
+
+    A checkpoint called ``epoch[3].pt`` would otherwise match nothing, or another file. The
+    base path is escaped too: those releases glob it as well.
+    """
+    run.save(glob.escape(os.fspath(target)), base_path=glob.escape(os.fspath(files_dir)), policy="now")
 
 
 def _name_problem(name: str) -> str | None:

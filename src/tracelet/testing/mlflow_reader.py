@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tracelet.backends.mlflow import proxied_artifacts_before_3_2
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX
 from tracelet.images import png_size
 from tracelet.snapshots import sha256_of
@@ -37,9 +38,12 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     with tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp:
         # one call for the whole tree (MLflow fetches a server's files in parallel), then hashed
         # in chunks: a checkpoint of gigabytes is never read whole
-        root = (
-            Path(client.download_artifacts(run_id, "", tmp)) if client.list_artifacts(run_id) else Path(tmp)
-        )
+        with proxied_artifacts_before_3_2(client.tracking_uri):
+            root = (
+                Path(client.download_artifacts(run_id, "", tmp))
+                if client.list_artifacts(run_id)
+                else Path(tmp)
+            )
         for local in sorted(p for p in root.rglob("*") if p.is_file()):
             path = local.relative_to(root).as_posix()
             if path.startswith(IMAGE_DIR + "/"):
@@ -103,9 +107,10 @@ def read_mlflow_images(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    if not any(item.path == IMAGE_DIR for item in client.list_artifacts(run_id)):
-        return []
-    root = Path(client.download_artifacts(run_id, IMAGE_DIR, str(dest)))
+    with proxied_artifacts_before_3_2(client.tracking_uri):
+        if not any(item.path == IMAGE_DIR for item in client.list_artifacts(run_id)):
+            return []
+        root = Path(client.download_artifacts(run_id, IMAGE_DIR, str(dest)))
     found = []
     for local in sorted(p for p in root.rglob("*.png") if p.is_file()):
         name, _, filename = local.relative_to(root).as_posix().rpartition("/")
@@ -120,7 +125,10 @@ def read_mlflow_artifact(run_id: str, path: str, tracking_uri: str | None = None
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    with tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="tracelet-read-") as tmp,
+        proxied_artifacts_before_3_2(client.tracking_uri),
+    ):
         local = client.download_artifacts(run_id, path, tmp)
         with open(local, "rb") as f:
             return f.read()
@@ -132,7 +140,9 @@ def read_mlflow_tree(run_id: str, path: str, dest: Path, tracking_uri: str | Non
 
     client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     with tempfile.TemporaryDirectory(prefix="tracelet-read-", dir=dest) as tmp:
-        return _move_into(Path(client.download_artifacts(run_id, path, tmp)), dest / path if path else dest)
+        with proxied_artifacts_before_3_2(client.tracking_uri):
+            downloaded = Path(client.download_artifacts(run_id, path, tmp))
+        return _move_into(downloaded, dest / path if path else dest)
 
 
 def _move_into(source: Path, target: Path) -> int:

@@ -117,6 +117,11 @@ class MLflowServer:
                 self.process.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
             os.killpg(self.process.pid, signal.SIGKILL)
+        # a killed worker runs until the kernel has torn it down: wait for that, so "stopped" means
+        # no process of the server is left (MLflow 2.x's gunicorn was still there a moment later)
+        deadline = time.monotonic() + 10
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._log.close()
 
     def crash(self, timeout: float = 10.0) -> None:

@@ -273,7 +273,12 @@ def _key(item: Any) -> str:
 
 
 def _history_value(item: Any) -> Any:
-    """A history cell: the typed ``value`` oneof when set, else the JSON text (``NaN`` included)."""
+    """A history cell: the typed ``value`` oneof when set, else the JSON text (``NaN`` included).
+
+    wandb before 0.31 writes the JSON text only: its ``HistoryItem`` has no ``value`` oneof.
+    """
+    if "value" not in item.DESCRIPTOR.oneofs_by_name:
+        return json.loads(item.value_json) if item.value_json else None
     which = item.WhichOneof("value")
     if which is None:
         return json.loads(item.value_json) if item.value_json else None
