@@ -23,10 +23,6 @@ def _notes(result: SessionResult) -> list[str]:
     return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
-def _result(result: SessionResult) -> str:
-    return "not installable" if result.status == "not installable" else format_result(result)
-
-
 class VersionsTable:
     key = "versions"
     title = "Versions"
@@ -54,7 +50,7 @@ class VersionsTable:
                 r
             )
         for (session, kind, versions), results in rows.items():
-            variants = "<br>".join(f"{r.label}: {_result(r)}" for r in results)
+            variants = "<br>".join(f"{r.label}: {format_result(r)}" for r in results)
             lines.append(f"| {session} | {kind} | {variants} | " + " | ".join(versions) + " |")
         noted = [(r, n) for r in data for n in _notes(r)]
         if noted:
@@ -80,8 +76,4 @@ class VersionsTable:
 
     def problems(self, data: Sequence[SessionResult]) -> list[str]:
         """A floor or newest cell that failed (a newest release that cannot be installed is a note)."""
-        return [
-            f"{r.session} ({r.label}): failed"
-            for r in data
-            if r.versions != "pinned" and r.status != "not installable" and not r.ok
-        ]
+        return [f"{r.session} ({r.label}): failed" for r in data if r.versions != "pinned" and not r.ok]
