@@ -491,14 +491,15 @@ def test_the_versions_table_shows_every_cell_and_fails_strict_on_a_red_floor(tmp
         line.split(" | ")[0].strip("| "): line for line in versions.splitlines() if line.startswith("| e2e-")
     }
     header = next(line for line in versions.splitlines() if line.startswith("| session |"))
-    assert header.endswith("| mlflow | wandb |")  # the packages the cells recorded, in the order recorded
+    # the stores first, then every other package the cells recorded, in the order recorded
+    assert header.endswith("| variant: result | mlflow | wandb | lightning | torch | vision |")
     assert rows["e2e-mlflow-torch-oldest"].startswith(
         "| e2e-mlflow-torch-oldest | oldest | linux/py3.11: ✅ 2/0/1"
     )
-    assert rows["e2e-mlflow-torch-oldest"].endswith("| 2.12.0 | — |")
+    assert rows["e2e-mlflow-torch-oldest"].endswith("| 2.12.0 | — | — | — | — |")
     assert rows["e2e-wandb-torch-latest"].startswith("| e2e-wandb-torch-latest | latest | linux/py3.11: ✅")
-    assert rows["e2e-wandb-torch-latest"].endswith("| — | 0.31.0 |")
-    assert rows["e2e-mlflow-torch"].endswith("| — | — |")  # a pinned cell of this test recorded no store
+    assert rows["e2e-wandb-torch-latest"].endswith("| — | 0.31.0 | — | — | — |")
+    assert rows["e2e-mlflow-torch"].endswith("| — | — | — | 1.0 | — |")  # this test's cells record torch
     assert "wandb 9.9.9, the newest release, cannot be installed here: no wheel" in versions
     assert "ran wandb 0.31.0, the newest release that can be installed here" in versions
     data = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))

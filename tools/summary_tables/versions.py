@@ -9,6 +9,8 @@ from tools.e2e_results import SessionResult
 from tools.summary_tables.base import SummaryInput
 from tools.summary_tables.matrix import format_result
 
+#: the columns shown first
+STORES = ("mlflow", "wandb", "clearml")
 #: the order of the kinds of cell
 KINDS = ("pinned", "oldest", "latest")
 
@@ -33,8 +35,9 @@ class VersionsTable:
         return results or None
 
     def markdown(self, data: Sequence[SessionResult]) -> list[str]:
-        # every package a cell recorded (the noxfile's VERSION_NAMES), in the order recorded
-        shown = list(dict.fromkeys(p for r in data for p in _installed(r) if p != "tracelet"))
+        # every package a cell recorded (the noxfile's VERSION_NAMES): the stores first, then the rest
+        recorded = dict.fromkeys(p for r in data for p in _installed(r) if p != "tracelet")
+        shown = [p for p in STORES if p in recorded] + [p for p in recorded if p not in STORES]
         lines = [
             "What each cell ran: `pinned` is the matrix (requirements/constraints*.txt), `oldest` a"
             " floor cell (requirements/constraints-oldest.txt), `latest` the newest releases.",
