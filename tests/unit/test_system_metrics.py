@@ -255,3 +255,14 @@ def test_a_bad_interval_names_the_variable(monkeypatch: pytest.MonkeyPatch, valu
     with pytest.raises(ValueError, match=error):
         tracelet.start_logging(backend="memory")
     assert tracelet.get_active_experiment() is None
+
+
+def test_a_fully_busy_host_is_at_most_100_percent() -> None:
+    """Counters whose rounding put a fully busy host above 100 % (the idle time did not move)."""
+    from tracelet.collectors.system_metrics import busy_percent
+
+    before, after, idle = 513218.55871960154, 513224.08388306526, 138199.22530525367
+    assert 100.0 * ((after - idle) - (before - idle)) / (after - before) > 100  # what rounding does
+    assert busy_percent((after - idle) - (before - idle), after - before) == 100.0
+    assert busy_percent(0.0, 2.0) == 0.0
+    assert busy_percent(1.0, 4.0) == 25.0

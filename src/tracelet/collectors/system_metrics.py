@@ -44,6 +44,15 @@ _MB = float(1 << 20)
 _NOT_TRAINING = ("wandb-core",)
 
 
+def busy_percent(busy: float, total: float) -> float:
+    """``busy`` as a percentage of ``total``, within 0..100.
+
+    Both are differences of large CPU-time counters (busy is total minus idle), and their rounding
+    can put a fully busy host a hair above 100 % (100.00000000024 was seen, with psutil 5.9).
+    """
+    return min(100.0, max(0.0, 100.0 * busy / total))
+
+
 @dataclass
 class _Counters:
     """What the previous sample read: the rates are differences against it."""
@@ -241,7 +250,7 @@ class SystemSampler:
         values[PREFIX + "process/threads"] = float(threads)
         host_total = now.host_total - last.host_total
         if host_total > 0:
-            values[PREFIX + "host/cpu_percent"] = 100.0 * (now.host_busy - last.host_busy) / host_total
+            values[PREFIX + "host/cpu_percent"] = busy_percent(now.host_busy - last.host_busy, host_total)
         values[PREFIX + "host/memory_used_mb"] = psutil.virtual_memory().used / _MB
         for prefix, new, old, names in (
             ("disk", now.disk, last.disk, ("read", "write")),
