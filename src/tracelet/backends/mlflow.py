@@ -16,6 +16,7 @@ store already holds lands once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import os
@@ -108,6 +109,17 @@ def make_sqlite_folder(uri: str | None) -> None:
 _GLOBAL_URI_LOCK = threading.Lock()
 
 
+@functools.cache
+def _artifacts_follow_the_client() -> bool:
+    """MLflow 3.2 and later resolve ``mlflow-artifacts:`` URIs against the client's tracking URI.
+
+    Asked once per process, not on every artifact call.
+    """
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    return "tracking_uri" in inspect.signature(MlflowArtifactsRepository.__init__).parameters
+
+
 @contextlib.contextmanager
 def proxied_artifacts_before_3_2(tracking_uri: str | None) -> Iterator[None]:
     """Artifact calls of a client for ``tracking_uri``, on MLflow before 3.2 too.
@@ -118,9 +130,7 @@ def proxied_artifacts_before_3_2(tracking_uri: str | None) -> Iterator[None]:
     with "the configured tracking uri scheme: 'file' is invalid for use with the proxy
     mlflow-artifact scheme". There the global URI is set for the call, then put back.
     """
-    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
-
-    if not tracking_uri or "tracking_uri" in inspect.signature(MlflowArtifactsRepository.__init__).parameters:
+    if not tracking_uri or _artifacts_follow_the_client():
         yield
         return
     import mlflow

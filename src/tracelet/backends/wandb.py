@@ -20,6 +20,7 @@ keep working because wandb reads them itself; ``backend_options["wandb"]`` overr
 
 from __future__ import annotations
 
+import functools
 import glob
 import inspect
 import logging
@@ -257,15 +258,21 @@ class WandbBackend(Backend):
         relative = _safe_relative(event.artifact_path)
         target = files_dir.joinpath(*relative.parts)
         self._placement.place(event, target)
-        if _save_takes_glob(run):
+        if _save_takes_glob():
             run.save(os.fspath(target), base_path=os.fspath(files_dir), policy="now", glob=False)
         else:
             _save_before_0_29(run, target, files_dir)
 
 
-def _save_takes_glob(run: Any) -> bool:
-    """``run.save(..., glob=False)`` (wandb 0.29 and later) takes a path by its literal name."""
-    return "glob" in inspect.signature(run.save).parameters
+@functools.cache
+def _save_takes_glob() -> bool:
+    """``run.save(..., glob=False)`` (wandb 0.29 and later) takes a path by its literal name.
+
+    Asked once per process: a folder of 1,000 files is 1,000 saves.
+    """
+    from wandb.sdk.wandb_run import Run
+
+    return "glob" in inspect.signature(Run.save).parameters
 
 
 def _save_before_0_29(run: Any, target: Path, files_dir: Path) -> None:
