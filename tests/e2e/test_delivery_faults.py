@@ -33,39 +33,13 @@ import tracelet
 from tests.e2e.environments import MLflowEnvironment
 from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX
+from tests.e2e.processes import descendants, process_table
 from tracelet.testing import read_run
 
 # -- processes -----------------------------------------------------------------------------------
 
 #: Set in the trainer's environment only; every process it starts (the agent) inherits it.
 MARKER_VAR = "TRACELET_E2E_FAULT_MARKER"
-
-
-def _process_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (ppid, stat, command) of every process, through ``ps`` (Linux and macOS alike)."""
-    listing = subprocess.run(
-        ["ps", "-A", "-ww", "-o", "pid=,ppid=,stat=,command="], capture_output=True, text=True, check=True
-    ).stdout
-    table: dict[int, tuple[int, str, str]] = {}
-    for line in listing.splitlines():
-        parts = line.split(None, 3)
-        if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
-            table[int(parts[0])] = (int(parts[1]), parts[2], parts[3] if len(parts) > 3 else "")
-    return table
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """Every live process below ``root`` (children, grandchildren...), pid -> command."""
-    table = _process_table()
-    found: dict[int, str] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, stat, command) in table.items():
-            if ppid == parent and pid not in found and not stat.startswith("Z"):
-                found[pid] = command
-                frontier.append(pid)
-    return found
 
 
 def _carrying_marker(marker: str) -> dict[int, str]:
@@ -96,13 +70,13 @@ class ProcessWatch:
 
     def snapshot(self, trainer_pid: int) -> None:
         """Remember the trainer's processes, apart from the trainer itself (which the test reaps)."""
-        self.seen.update(_descendants(trainer_pid))
+        self.seen.update(descendants(trainer_pid))
         self.seen.update(_carrying_marker(self.marker))
         self.seen.pop(trainer_pid, None)
 
     def survivors(self) -> dict[int, str]:
         """Those still running; a pid counts only while it runs the same command (no pid reuse)."""
-        table = _process_table()
+        table = process_table()
         alive = {
             pid: command
             for pid, command in self.seen.items()

@@ -238,6 +238,45 @@ def test_raising_and_hanging_backends_beside_a_real_one(
     assert len(lines) == 2001, f"{len(lines)} events in {spooled}"
 
 
+@pytest.mark.e2e_floor
+@pytest.mark.parametrize("environment", environments(["wandb"]))
+def test_an_event_the_store_refuses_mid_batch_is_kept_and_the_rest_lands_once(
+    environment: str, isolated_env: Path, record_property: Any
+) -> None:
+    """W&B refuses a tag of more than 64 characters: set amid 1,000 points, it is refused alone
+    (dead-lettered with W&B's reason) while every point lands exactly once.
+
+    The batch it arrives in is split to isolate it; each piece must start where the last left off
+    (a write that logged the batch's other points and then raised used to have them logged again).
+    """
+    with e2e_framework.backend_environment(environment, project="refused") as config:
+        exp = tracelet.start_logging(
+            exp_name="refused-mid-batch",
+            project="refused",
+            backend=config.backend_name,
+            backend_options=config.backend_options,
+        )
+        for step in range(1000):
+            exp.log_metric("loss", float(step), step)
+            if step == 500:
+                exp.set_tags({"note": "x" * 80})
+        report = tracelet.stop_logging(flush_timeout=60)
+        record = config.read(exp.runs[config.backend_name])
+
+    expected = [(step, float(step)) for step in range(1000)]
+    record_property("fault", "one event the store refuses, amid a batch")
+    record_property("lost", _lost(expected, record.metrics.get("loss", [])))
+    result = report[config.backend_name]
+    assert (result.failed, result.pending, result.dropped) == (1, 0, 0), report.format()
+    assert result.delivered == result.sent - 1, report.format()
+    assert record.metrics["loss"] == expected, "a point is missing or landed twice"
+    assert "note" not in record.tags
+    assert result.dead_letter_path is not None
+    (kept,) = [json.loads(line) for line in Path(result.dead_letter_path).read_text().splitlines()]
+    assert kept["kind"] == "tags", kept
+    assert "W&B tags must be 1 to 64 characters" in kept["reason"], kept
+
+
 # -- 3. an outage that outlasts stop_logging -----------------------------------------------------
 
 

@@ -28,6 +28,7 @@ import pytest
 import tracelet
 from tests.e2e.environments import REPO, child_env
 from tests.e2e.params import POSIX
+from tests.e2e.processes import descendants
 from tracelet.testing import read_run
 
 pytestmark = [pytest.mark.framework_only("torch"), pytest.mark.e2e_floor]
@@ -413,6 +414,71 @@ def test_a_wandb_sweep_lands_each_run_in_the_folder_its_environment_names(
         assert record.params["trial"] == str(n)
         assert record.metrics["loss"] == [(step, float(step + n)) for step in range(200)]
         assert record.status == "finished"
+
+
+OWN_WANDB_TRAINER = """
+import sys, time
+import wandb
+import tracelet
+
+# The trainer's own W&B run: its wandb-core exports its address (WANDB_SERVICE) to every child.
+own = wandb.init(project="own", mode="offline")
+own.log({"own": 1.0})
+exp = tracelet.start_logging(exp_name="beside-own", project="beside", backend="wandb")
+for step in range(int(sys.argv[1])):
+    exp.log_metric("loss", float(step), step)
+assert exp.flush(120)
+print(exp.runs["wandb"], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.requires("wandb")
+@pytest.mark.e2e_faults
+@pytest.mark.platform_only(*POSIX)
+def test_a_trainer_with_its_own_wandb_run_killed_leaves_tracelets_run_whole(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer that logs to W&B itself (its own ``wandb.init``) and through tracelet, SIGKILLed.
+
+    Its wandb-core ends with it. The agent's run must not be written by that core (the trainer's
+    ``WANDB_SERVICE`` reaches the agent with the trainer's environment): the agent has a core of its
+    own, delivers what it holds and closes the run ``killed``, with every point.
+    """
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(isolated_env))
+    script = isolated_env / "trainer.py"
+    script.write_text(textwrap.dedent(OWN_WANDB_TRAINER))
+    points = 3000
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(points)],
+        env=child_env(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().strip()
+    assert run_id, proc.stderr.read() if proc.stderr else ""
+    below = descendants(proc.pid)
+    (agent,) = [pid for pid, command in below.items() if "tracelet.delivery" in command]
+    own = [command for command in descendants(agent).values() if "wandb-core" in command]
+    assert own, f"the agent has no wandb-core of its own: {below}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its own wandb-core; the agent has its own session
+    proc.wait(10)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            record = read_run("wandb", run_id, wandb_dir=str(isolated_env))
+        except (FileNotFoundError, ValueError):
+            record = None
+        if (record is not None and record.status != "running") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert record is not None, f"no W&B run {run_id} under {isolated_env}"
+    assert record.status == "killed", json.dumps({"status": record.status})
+    assert record.metrics["loss"] == [(step, float(step)) for step in range(points)]
 
 
 @pytest.mark.requires("mlflow")

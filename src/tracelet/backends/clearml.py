@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, RunInfo
+from tracelet.backends.base import FAILED, FINISHED, KILLED, STATUSES, Backend, PartialWriteError, RunInfo
 from tracelet.backends.files import check_source
 from tracelet.backends.naming import label_to_tag, split_clearml, tag_to_label
 from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
@@ -278,29 +278,43 @@ class ClearMLBackend(Backend):
             task_cls.set_offline(offline_mode=offline)
 
     def write(self, events: Sequence[Event]) -> None:
-        """Deliver events in order with ClearML's own calls (it has no bulk scalar API)."""
+        """Deliver events in order with ClearML's own calls (it has no bulk scalar API).
+
+        A call that fails stops the batch: the events before it landed and are reported as
+        such (:class:`PartialWriteError`), so the writer's retry starts at the failed one and
+        no scalar is reported twice.
+        """
         task = self._require_task()
         clearml_logger = task.get_logger()
-        for event in events:
-            if isinstance(event, Metric):
-                title, series = split_clearml(event.name)
-                clearml_logger.report_scalar(title, series, value=event.value, iteration=event.step)
-            elif isinstance(event, Params):
-                if event.values:
-                    task.update_parameters({f"{PARAMS_SECTION}/{k}": v for k, v in event.values.items()})
-            elif isinstance(event, Tags):
-                self._set_tags(task, event.values)
-            elif isinstance(event, Artifact):
-                if event.tree:
-                    self._upload_folder(task, event)
-                else:
-                    self._upload_artifact(task, event)
-            elif isinstance(event, Image):
-                self._report_image(clearml_logger, event)
-            elif isinstance(event, Status):
-                self._show_status(task, event.status)
-            else:  # pragma: no cover - the Event union is closed
-                raise TypeError(f"unknown event type {type(event).__name__}")
+        for index, event in enumerate(events):
+            try:
+                self._write_one(task, clearml_logger, event)
+            except Exception as exc:
+                if index:
+                    raise PartialWriteError(index, exc) from exc
+                raise
+
+    def _write_one(self, task: Any, clearml_logger: Any, event: Event) -> None:
+        """One event, with the ClearML call its kind takes."""
+        if isinstance(event, Metric):
+            title, series = split_clearml(event.name)
+            clearml_logger.report_scalar(title, series, value=event.value, iteration=event.step)
+        elif isinstance(event, Params):
+            if event.values:
+                task.update_parameters({f"{PARAMS_SECTION}/{k}": v for k, v in event.values.items()})
+        elif isinstance(event, Tags):
+            self._set_tags(task, event.values)
+        elif isinstance(event, Artifact):
+            if event.tree:
+                self._upload_folder(task, event)
+            else:
+                self._upload_artifact(task, event)
+        elif isinstance(event, Image):
+            self._report_image(clearml_logger, event)
+        elif isinstance(event, Status):
+            self._show_status(task, event.status)
+        else:  # pragma: no cover - the Event union is closed
+            raise TypeError(f"unknown event type {type(event).__name__}")
 
     def shares_process(self) -> bool:
         """Offline, yes: ``Task.init`` after ``close()`` opens a new session, in the run's own

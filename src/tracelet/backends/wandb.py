@@ -25,16 +25,17 @@ import glob
 import inspect
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tracelet.backends.base import Backend, RunInfo
+from tracelet.backends.base import Backend, PartialWriteError, RunInfo
 from tracelet.backends.files import Placement, tree_files
 from tracelet.backends.naming import EXIT_CODES, label_to_tag, tag_to_label
 from tracelet.backends.wandb_log import LOG_BLOCK_SIZE, iter_log_records
-from tracelet.events import Artifact, Event, Image, Metric, Params, Status, Tags
+from tracelet.events import Artifact, Event, Image, Metric, Params, Tags
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,27 @@ def _session_for_this_environment(wandb: Any) -> None:
         log.debug("tracelet: the WANDB_* variables changed since the last run; a new W&B session")
         wandb.teardown()
     _session_environment = current
+
+
+#: ``WANDB_SERVICE``: ``<protocol version>-<pid of the process that started wandb-core>-<address>``.
+_SERVICE_OWNER = re.compile(r"\d+-(\d+)-")
+
+
+def _leave_the_parents_service() -> None:
+    """Run in a wandb-core of our own, never in the one the process that started us runs.
+
+    A process that calls ``wandb.init`` starts a wandb-core and exports its address as
+    ``WANDB_SERVICE``; its children inherit it, and wandb connects them to that core. The
+    delivery agent gets its trainer's environment, so a trainer that also logs to W&B itself
+    (its own ``wandb.init``, Lightning's ``WandbLogger``) would have the agent's runs written by
+    the trainer's core. That core exits with the trainer, and the agent outlives the trainer to
+    deliver what it holds (a trainer killed mid-run): its runs would be cut short. A core
+    shared on purpose (``wandb beta core start``) was started by another process, and is kept.
+    """
+    match = _SERVICE_OWNER.match(os.environ.get("WANDB_SERVICE", ""))
+    if match and int(match.group(1)) == os.getppid():
+        log.debug("tracelet: a W&B run of its own, not in the wandb-core of process %d", os.getppid())
+        del os.environ["WANDB_SERVICE"]
 
 
 #: The history column that holds tracelet's step (W&B's ``_step`` only counts rows).
@@ -110,6 +132,7 @@ class WandbBackend(Backend):
         """Open the run and make ``tracelet/step`` the x-axis of every metric."""
         import wandb
 
+        _leave_the_parents_service()
         _session_for_this_environment(wandb)
         settings = dict(DEFAULT_SETTINGS)
         settings.update(self.options.get("settings") or {})
@@ -136,67 +159,78 @@ class WandbBackend(Backend):
         return self.run_id
 
     def write(self, events: Sequence[Event]) -> None:
-        """Deliver events in order; every event that can land does, then raise if any could not.
+        """Deliver events in order; stop at the first one W&B cannot take, and say how many landed.
 
         Consecutive metrics with the same step share one history row; a new row starts
-        when the step changes or a key would repeat, so no point is merged or reordered.
-        An event W&B cannot take (a reserved name, an unsafe path, an over-long tag) is
-        skipped and reported in the exception raised at the end.
+        when the step changes, a key would repeat, or another kind of event comes, so no
+        point is merged or reordered. The events before a failure landed and are reported
+        as such (:class:`PartialWriteError`): the writer retries, or splits to isolate a
+        refused event (a reserved name, an unsafe path, an over-long tag), from there on, so
+        nothing W&B already holds is logged twice.
         """
         run = self._require_run()
         row: dict[str, Any] = {}
         row_step: int | None = None
-        problems: list[str] = []
+        #: the events before this index are in W&B (or in the history row being built)
+        landed = 0
 
-        def flush() -> None:
-            nonlocal row, row_step
+        def flush(upto: int) -> None:
+            nonlocal row, row_step, landed
             if row:
                 row[STEP_KEY] = row_step
                 run.log(row)
-            row, row_step = {}, None
+                row, row_step = {}, None
+            landed = upto
 
-        def add(name: str, value: Any, step: int) -> None:
-            nonlocal row_step
-            if row and (step != row_step or name in row):
-                flush()
-            row[name] = value
-            row_step = step
+        try:
+            for index, event in enumerate(events):
+                if isinstance(event, (Metric, Image)):
+                    kind = "metric" if isinstance(event, Metric) else "image"
+                    problem = _name_problem(event.name)
+                    if problem:
+                        flush(index)
+                        raise ValueError(f"W&B cannot take {kind} {event.name!r}: {problem}")
+                    if row and (event.step != row_step or event.name in row):
+                        flush(index)
+                    if isinstance(event, Metric):
+                        row[event.name] = event.value
+                    else:
+                        try:
+                            row[event.name] = self._image(event)
+                        except Exception as exc:  # e.g. Pillow missing: wandb.Image needs it
+                            flush(index)
+                            raise ValueError(f"W&B cannot take image {event.name!r}: {exc!r}") from exc
+                    row_step = event.step
+                    continue
+                flush(index)
+                if isinstance(event, Params):
+                    if event.values:
+                        run.config.update(dict(event.values), allow_val_change=True)
+                elif isinstance(event, Tags):
+                    problems = self._add_tags(event.values)
+                    if problems:
+                        raise ValueError(f"W&B cannot take {'; '.join(problems)}")
+                elif isinstance(event, Artifact):
+                    self._save_artifact(event)
+                # Status: a W&B run shows "running" until it finishes; its state is the exit code
+                landed = index + 1
+            flush(len(events))
+        except Exception as exc:
+            if landed:
+                raise PartialWriteError(landed, exc) from exc
+            raise
 
-        for event in events:
-            if isinstance(event, Metric):
-                problem = _name_problem(event.name)
-                if problem:
-                    problems.append(f"metric {event.name!r}: {problem}")
-                    continue
-                add(event.name, event.value, event.step)
-            elif isinstance(event, Image):
-                problem = _name_problem(event.name)
-                if problem:
-                    problems.append(f"image {event.name!r}: {problem}")
-                    continue
-                try:
-                    image = self._image(event)
-                except Exception as exc:  # e.g. Pillow missing: wandb.Image needs it
-                    problems.append(f"image {event.name!r}: {exc!r}")
-                    continue
-                add(event.name, image, event.step)
-            elif isinstance(event, Params):
-                if event.values:
-                    run.config.update(dict(event.values), allow_val_change=True)
-            elif isinstance(event, Tags):
-                problems.extend(self._add_tags(event.values))
-            elif isinstance(event, Status):
-                pass  # a W&B run shows "running" until it finishes: its state is the exit code at finish
-            elif isinstance(event, Artifact):
-                for file in tree_files(event):  # a folder: each file linked into files/, saved
-                    try:
-                        self._save_file(file)
-                    except (OSError, ValueError) as exc:
-                        problems.append(f"artifact {file.artifact_path!r}: {exc}")
-        flush()
+    def _save_artifact(self, event: Artifact) -> None:
+        """Each file (a folder: every file in it) linked into ``files/`` and saved; raises if any failed."""
+        problems = []
+        for file in tree_files(event):
+            try:
+                self._save_file(file)
+            except (OSError, ValueError) as exc:
+                problems.append(f"artifact {file.artifact_path!r}: {exc}")
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise ValueError(f"W&B could not take {len(problems)} event(s): {'; '.join(problems[:3])}{more}")
+            raise ValueError(f"W&B could not take {'; '.join(problems[:3])}{more}")
 
     def notes(self) -> list[str]:
         return self._placement.notes()
