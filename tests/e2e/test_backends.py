@@ -222,6 +222,7 @@ def test_failing_backend_next_to_mlflow(isolated_env: Path, monkeypatch: pytest.
     """A backend whose every write raises: training finishes, mlflow holds everything, failures counted."""
     from tests.e2e.agent_backends import extra_backends_env
 
+    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "0")  # the counts below are of what this test logs
     monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", extra_backends_env())
     with e2e_framework.backend_environment("mlflow", project="failing") as config:
         expected = Expected(project="failing", run_name="with-broken")

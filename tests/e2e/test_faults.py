@@ -201,6 +201,7 @@ def test_raising_and_hanging_backends_beside_a_real_one(
     ``flush_timeout``; the raising backend's events are dead-lettered and the hung backend's are in
     the spool, for ``tracelet sync``.
     """
+    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "0")  # the counts below are of what this test logs
     monkeypatch.setenv("TRACELET_EXTRA_BACKENDS", extra_backends_env())
     monkeypatch.setenv("TRACELET_LOCAL_DIR", str(isolated_env / "side-runs"))  # the broken one's own dir
     with e2e_framework.backend_environment(environment, project="beside") as config:
@@ -290,6 +291,7 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
     goes to the spool; after the server is back, ``tracelet sync`` replays it once, and a second sync
     replays nothing."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "0")  # the counts below are of what this test logs
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     root = tmp_path / "server"
     root.mkdir()
