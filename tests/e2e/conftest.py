@@ -312,6 +312,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
             monkeypatch.delenv(key)
     monkeypatch.setenv("TRACELET_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setenv("TRACELET_LOCAL_DIR", str(tmp_path / "runs"))
+    # A test that ran W&B's own client in this worker left its wandb-core's address here
+    # (wandb exports it for child processes): the next test's children would write through it.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     yield tmp_path
     import tracelet
 
