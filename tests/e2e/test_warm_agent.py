@@ -149,15 +149,12 @@ while True:
 """
 
 
-@pytest.mark.requires("mlflow")
-@pytest.mark.e2e_faults
-@pytest.mark.platform_only(*POSIX)
-def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
-    uri = _uri(isolated_env / "killed.db")
-    script = isolated_env / "trainer.py"
-    script.write_text(textwrap.dedent(TRAINER))
+def _start_trainer(folder: Path, source: str, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``source`` run as a trainer in its own session (killed as a group); returns it and its first line."""
+    script = folder / "trainer.py"
+    script.write_text(textwrap.dedent(source))
     proc = subprocess.Popen(
-        [sys.executable, str(script), uri],
+        [sys.executable, str(script), *args],
         env=child_env(REPO),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -165,8 +162,18 @@ def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
         start_new_session=True,
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+    line = proc.stdout.readline().strip()
+    assert line, proc.stderr.read() if proc.stderr else ""
+    return proc, line
+
+
+@pytest.mark.requires("mlflow")
+@pytest.mark.e2e_faults
+@pytest.mark.platform_only(*POSIX)
+def test_a_trainer_killed_during_its_second_run(isolated_env: Path) -> None:
+    uri = _uri(isolated_env / "killed.db")
+    proc, line = _start_trainer(isolated_env, TRAINER, uri)
+    assert line == "READY", (line, proc.stderr.read() if proc.stderr else "")
     time.sleep(1.0)  # what was logged more than the feeder's interval ago has reached the agent
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -447,20 +454,8 @@ def test_a_trainer_with_its_own_wandb_run_killed_leaves_tracelets_run_whole(
     """
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(isolated_env))
-    script = isolated_env / "trainer.py"
-    script.write_text(textwrap.dedent(OWN_WANDB_TRAINER))
     points = 3000
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(points)],
-        env=child_env(REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    run_id = proc.stdout.readline().strip()
-    assert run_id, proc.stderr.read() if proc.stderr else ""
+    proc, run_id = _start_trainer(isolated_env, OWN_WANDB_TRAINER, str(points))
     below = descendants(proc.pid)
     (agent,) = [pid for pid, command in below.items() if "tracelet.delivery" in command]
     own = [command for command in descendants(agent).values() if "wandb-core" in command]

@@ -185,10 +185,10 @@ class WandbBackend(Backend):
         try:
             for index, event in enumerate(events):
                 if isinstance(event, (Metric, Image)):
-                    kind = "metric" if isinstance(event, Metric) else "image"
                     problem = _name_problem(event.name)
                     if problem:
                         flush(index)
+                        kind = "metric" if isinstance(event, Metric) else "image"
                         raise ValueError(f"W&B cannot take {kind} {event.name!r}: {problem}")
                     if row and (event.step != row_step or event.name in row):
                         flush(index)
