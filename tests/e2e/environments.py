@@ -245,7 +245,7 @@ class MLflowServerEnvironment(MLflowEnvironment):
     def shared_server(cls) -> MLflowServer:
         if cls.server is None:
             cls._server_root = Path(tempfile.mkdtemp(prefix="tracelet-e2e-mlflow-server-"))
-            cls.server = MLflowServer(cls._server_root)
+            cls.server = MLflowServer(cls._server_root, database=empty_mlflow_db())
         return cls.server
 
     @classmethod
@@ -261,6 +261,9 @@ class MLflowServerEnvironment(MLflowEnvironment):
             shutil.rmtree(cls._server_root, ignore_errors=True)
             cls._server_root = None
         return problems
+
+    def setup(self) -> None:  # the server holds the database: no file of its own here
+        self._setenv(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_TRACKING_URI=self.tracking_uri)
 
     @property
     def tracking_uri(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests.e2e.environments import empty_mlflow_db
 from tests.e2e.framework import BackendConfig, MLflowServer, e2e_framework
 from tests.e2e.params import POSIX, environments
 from tracelet.testing import read_artifact_tree, read_run
@@ -199,7 +200,7 @@ def _write_random(path: Path, size: int) -> str:
 def _mlflow_server(tmp_path: Path) -> MLflowServer:
     root = tmp_path / "server"
     root.mkdir()
-    return MLflowServer(root)
+    return MLflowServer(root, database=empty_mlflow_db())
 
 
 def _start_on(server: MLflowServer, name: str) -> tracelet.Experiment:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.e2e.environments import MLflowEnvironment
+from tests.e2e.environments import MLflowEnvironment, empty_mlflow_db
 from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX
 from tests.e2e.processes import descendants, process_table
@@ -424,7 +424,7 @@ def test_mlflow_server_outage_is_bridged_by_retries(
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     root = tmp_path / "server"
     root.mkdir()
-    server = MLflowServer(root)
+    server = MLflowServer(root, database=empty_mlflow_db())
     timeline: dict[str, float] = {}
     failure: list[BaseException] = []
     try:
@@ -552,7 +552,7 @@ def test_a_full_spool_disk_while_the_server_is_down(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
     root = tmp_path / "server"
     root.mkdir()
-    server = MLflowServer(root)
+    server = MLflowServer(root, database=empty_mlflow_db())
     try:
         monkeypatch.setenv("TRACELET_SPOOL_DIR", str(small))
         exp = tracelet.start_logging(

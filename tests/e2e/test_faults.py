@@ -25,6 +25,7 @@ import pytest
 import tracelet
 from tests.children import INTERACTIVE_SIGINT
 from tests.e2e.agent_backends import extra_backends_env
+from tests.e2e.environments import empty_mlflow_db
 from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX, environments
 from tests.e2e.test_delivery_faults import (
@@ -295,7 +296,7 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     root = tmp_path / "server"
     root.mkdir()
-    server = MLflowServer(root)
+    server = MLflowServer(root, database=empty_mlflow_db())
     try:
         expected = Expected(project="outage-at-stop", run_name="outage-at-stop")
         exp = tracelet.start_logging(
