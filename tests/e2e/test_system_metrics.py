@@ -22,8 +22,8 @@ from tests.e2e.params import environments
 #: ``burn_s`` seconds and holds 300 MB from halfway on, sampled every second. "Burns one core" is the
 #: premise, and on a 2-core machine shared with another pytest worker a busy loop does not always get
 #: one: the trainer measures the share of a core it got each second (its own CPU time over wall time)
-#: and goes on burning, up to ``cap_s``, until it has had a whole core for ``full_s`` seconds in a row,
-#: long enough for a 1-second sample of the agent to fall inside. The test checks that premise first.
+#: and goes on burning, up to ``cap_s``, until it has had most of a core (``core_share``) for
+#: ``full_s`` seconds in a row, long enough for a 1-second sample of the agent to fall inside.
 TRAINER = """
 import json, os, sys, time
 import tracelet
@@ -50,7 +50,7 @@ for name, sampled, seconds in (("quiet", "0", cfg["quiet_s"]), ("burn", "1", cfg
         if now - window >= 1.0:
             cpu = time.process_time()
             shares.append(round((cpu - cpu_at) / (now - window), 3))
-            in_a_row = in_a_row + 1 if shares[-1] >= 0.9 else 0
+            in_a_row = in_a_row + 1 if shares[-1] >= cfg["core_share"] else 0
             had_a_core = had_a_core or in_a_row >= cfg["full_s"]
             window, cpu_at = now, cpu
     exp.log_metric("loss", 0.5, 1)
@@ -63,8 +63,10 @@ json.dump(out, open(cfg["out"], "w"))
 
 BURN_S = 12.0
 QUIET_S = 2.5
-#: seconds in a row the trainer must have had a whole core (>= 90% of one, by its own CPU time)
+#: seconds in a row the trainer burns with at least CORE_SHARE of a core (by its own CPU time): the
+#: store's maximum must then reach 60, with a margin for the agent's sampling
 FULL_S = 3
+CORE_SHARE = 0.75
 #: the longest the trainer burns while waiting for that core
 CAP_S = 90.0
 
@@ -83,6 +85,7 @@ def _train(tmp_path: Path, config: Any) -> dict[str, Any]:
                 "burn_s": BURN_S,
                 "quiet_s": QUIET_S,
                 "full_s": FULL_S,
+                "core_share": CORE_SHARE,
                 "cap_s": CAP_S,
                 "out": str(out),
             }
@@ -117,15 +120,16 @@ def test_the_store_holds_what_the_trainer_used(environment: str, isolated_env: P
     assert quiet.metrics == {"loss": [(0, 1.0), (1, 0.5)]}
     # what the workflow logged, and only that, apart from the system/ series
     assert burn.metrics == {"loss": [(0, 1.0), (1, 0.5)]}
-    # the premise: the trainer had a whole core for FULL_S seconds in a row (else the machine was too
-    # busy to show what a busy trainer looks like, and that is a failure of the run, not a pass)
-    burned = result["burn"]
-    assert burned["had_a_core"], f"the trainer never had a core for {FULL_S} s: its shares {burned['shares']}"
     system = burn.system_metrics
     cpu = [value for _, value in system["system/process/cpu_percent"]]
     rss = [value for _, value in system["system/process/rss_mb"]]
     assert len(cpu) >= BURN_S - 3, f"{len(cpu)} samples in {BURN_S:g} s at one a second"
-    assert max(cpu) >= 60, f"the trainer burned a core; the store says at most {max(cpu):.0f}%: {cpu}"
+    burned = result["burn"]
+    assert max(cpu) >= 60, (
+        f"the trainer burned a core; the store says at most {max(cpu):.0f}%: {cpu}; the trainer's own "
+        f"share of a core each second: {burned['shares']} (it had {CORE_SHARE:g} of one for {FULL_S} s "
+        f"in a row: {burned['had_a_core']})"
+    )
     assert max(rss) - rss[0] >= 250, f"300 MB were allocated halfway; rss_mb went {rss}"
     steps = [step for step, _ in system["system/process/cpu_percent"]]
     assert steps == sorted(set(steps)), f"a step twice, or out of order: {steps}"
