@@ -188,6 +188,14 @@ def empty_mlflow_db() -> Path:
     return _empty_mlflow_db
 
 
+def own_mlflow_server(tmp_path: Path) -> MLflowServer:
+    """A test's own ``mlflow server`` (one it may crash or stop), in ``tmp_path / "server"``.
+
+    It starts from a copy of :func:`empty_mlflow_db`, as every MLflow store of the suite does.
+    """
+    return MLflowServer(tmp_path / "server", database=empty_mlflow_db())
+
+
 class MLflowEnvironment(BackendEnvironment):
     """MLflow with a sqlite store and an artifact directory in a temp dir."""
 

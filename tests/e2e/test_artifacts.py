@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.e2e.environments import empty_mlflow_db
+from tests.e2e.environments import own_mlflow_server
 from tests.e2e.framework import BackendConfig, MLflowServer, e2e_framework
 from tests.e2e.params import POSIX, environments
 from tracelet.testing import read_artifact_tree, read_run
@@ -197,12 +197,6 @@ def _write_random(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def _mlflow_server(tmp_path: Path) -> MLflowServer:
-    root = tmp_path / "server"
-    root.mkdir()
-    return MLflowServer(root, database=empty_mlflow_db())
-
-
 def _start_on(server: MLflowServer, name: str) -> tracelet.Experiment:
     """A run on the real ``mlflow server``, open (the agent waits for what is logged)."""
     exp = tracelet.start_logging(
@@ -246,7 +240,7 @@ def test_an_mlflow_server_outage_during_an_upload_lands_the_artifact_after_it_on
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     size = 300 << 20
     sha = _write_random(tmp_path / "model.pt", size)
-    with _mlflow_server(tmp_path) as server:
+    with own_mlflow_server(tmp_path) as server:
         exp = _start_on(server, "outage")
         exp.log_artifact(tmp_path / "model.pt", "checkpoints")
         time.sleep(0.3)  # the agent has begun to stream the file
@@ -279,7 +273,7 @@ def test_a_2_gb_checkpoint_to_an_mlflow_server_holds_memory_bounded(
     """Trainer and agent RSS grow by less than 64 MB while 2 GB stream to a real ``mlflow server``."""
     size = 2 << 30
     sha = _write_random(tmp_path / "model.pt", size)
-    with _mlflow_server(tmp_path) as server:
+    with own_mlflow_server(tmp_path) as server:
         exp = _start_on(server, "memory")
         exp.log_metric("warm", 1.0)
         assert exp.flush(60)  # the agent's client has done its first request: its baseline is warm

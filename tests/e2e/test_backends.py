@@ -15,11 +15,10 @@ import pytest
 
 import tracelet
 from tests.e2e.audit import OPTIONAL_PACKAGES
-from tests.e2e.environments import MLflowEnvironment, empty_mlflow_db
+from tests.e2e.environments import MLflowEnvironment, own_mlflow_server
 from tests.e2e.framework import (
     BackendConfig,
     Expected,
-    MLflowServer,
     assert_run_matches,
     e2e_framework,
     files_holding,
@@ -335,7 +334,7 @@ def test_clearml_private_settings_still_exist() -> None:
 @pytest.mark.requires("mlflow")
 @pytest.mark.platform_only("linux", "darwin")
 def test_mlflow_server_leaves_no_process(tmp_path: Path) -> None:
-    server = MLflowServer(tmp_path, database=empty_mlflow_db())
+    server = own_mlflow_server(tmp_path)
     assert server.group_alive()
     server.stop()
     assert not server.group_alive()

@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.e2e.environments import MLflowEnvironment, empty_mlflow_db
-from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
+from tests.e2e.environments import MLflowEnvironment, own_mlflow_server
+from tests.e2e.framework import Expected, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX
 from tests.e2e.processes import descendants, process_table
 from tracelet.testing import read_run
@@ -422,9 +422,7 @@ def test_mlflow_server_outage_is_bridged_by_retries(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MLflowServer(root, database=empty_mlflow_db())
+    server = own_mlflow_server(tmp_path)
     timeline: dict[str, float] = {}
     failure: list[BaseException] = []
     try:
@@ -550,9 +548,7 @@ def test_a_full_spool_disk_while_the_server_is_down(
     small = tmp_path / "small-disk"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MLflowServer(root, database=empty_mlflow_db())
+    server = own_mlflow_server(tmp_path)
     try:
         monkeypatch.setenv("TRACELET_SPOOL_DIR", str(small))
         exp = tracelet.start_logging(

@@ -25,8 +25,8 @@ import pytest
 import tracelet
 from tests.children import INTERACTIVE_SIGINT
 from tests.e2e.agent_backends import extra_backends_env
-from tests.e2e.environments import empty_mlflow_db
-from tests.e2e.framework import Expected, MLflowServer, assert_run_matches, e2e_framework
+from tests.e2e.environments import own_mlflow_server
+from tests.e2e.framework import Expected, assert_run_matches, e2e_framework
 from tests.e2e.params import POSIX, environments
 from tests.e2e.test_delivery_faults import (
     GRACE_S,
@@ -294,9 +294,7 @@ def test_outage_at_stop_is_spooled_and_synced_exactly_once(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("TRACELET_SYSTEM_METRICS", "0")  # the counts below are of what this test logs
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MLflowServer(root, database=empty_mlflow_db())
+    server = own_mlflow_server(tmp_path)
     try:
         expected = Expected(project="outage-at-stop", run_name="outage-at-stop")
         exp = tracelet.start_logging(
