@@ -316,6 +316,23 @@ class WandbEnvironment(BackendEnvironment):
     def run_ids(self) -> list[str]:
         return sorted({p.stem.removeprefix("run-") for p in self.root.rglob("run-*.wandb")})
 
+    def logged_artifacts(self, run_id: str) -> list[WandbArtifactLogged]:
+        """The W&B Artifacts the run logged, read from its own ``run-<id>.wandb`` log."""
+        from wandb.proto import wandb_internal_pb2 as pb
+
+        from tracelet.backends.wandb_log import iter_log_records
+
+        logged = []
+        for log in sorted(self.root.rglob(f"run-{run_id}.wandb")):
+            for payload in iter_log_records(log.read_bytes(), 0, str(log)):
+                record = pb.Record()
+                record.ParseFromString(payload)
+                if record.WhichOneof("record_type") == "artifact":
+                    artifact = record.artifact
+                    paths = [entry.path for entry in artifact.manifest.contents]
+                    logged.append(WandbArtifactLogged(artifact.name, artifact.type, paths))
+        return logged
+
     def shows_open_runs(self) -> bool:
         """wandb-core before 0.31 keeps an open offline run's transaction log in memory: the run
         is on disk once it ends (seen with 0.19.10 to 0.30: nothing readable after 90 s)."""
@@ -323,6 +340,15 @@ class WandbEnvironment(BackendEnvironment):
 
         major, minor = (int(part) for part in version("wandb").split(".")[:2])
         return (major, minor) >= (0, 31)
+
+
+@dataclass(frozen=True)
+class WandbArtifactLogged:
+    """One ``artifact`` record of a W&B run's log: the Artifact's name, type and its files' paths."""
+
+    name: str
+    type: str
+    paths: list[str]
 
 
 class ClearMLEnvironment(BackendEnvironment):

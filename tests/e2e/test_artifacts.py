@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests.e2e.environments import own_mlflow_server
+from tests.e2e.environments import WandbEnvironment, own_mlflow_server
 from tests.e2e.framework import BackendConfig, MLflowServer, e2e_framework
 from tests.e2e.params import POSIX, environments
 from tracelet.testing import read_artifact_tree, read_run
@@ -177,6 +177,10 @@ def test_a_folder_of_a_thousand_files_is_one_event_and_lands_whole(
         assert {a.path: a.sha256 for a in record.artifacts} == {
             f"dataset/{relative}": _sha(data) for relative, data in files.items()
         }
+        if isinstance(config.store, WandbEnvironment):  # one store operation: one W&B Artifact
+            (logged,) = config.store.logged_artifacts(run_id)
+            assert (logged.name, logged.type) == (f"run-{run_id}-dataset", "unspecified")
+            assert sorted(logged.paths) == sorted(f"dataset/{relative}" for relative in files)
         fetched = read_artifact_tree(
             config.store.backend, run_id, "dataset/part-3", tmp_path / "back", **config.store.reader_options()
         )

@@ -3,8 +3,9 @@
 Mapping: ``project`` and ``exp_name`` are the W&B project and run name; params are
 the run config, and so are tracelet's own ``tracelet.*`` fields (versions, git: a W&B
 tag holds at most 64 characters); user tags are W&B tags spelled ``key=value`` (see
-:mod:`tracelet.backends.naming`); artifacts are files in the run's
-``files/`` folder at their relative path; images are ``wandb.Image`` values in history.
+:mod:`tracelet.backends.naming`); a logged file is a file in the run's ``files/`` folder
+at its relative path (``run.save``); a logged folder is one W&B Artifact (see
+:meth:`WandbBackend._save_folder`); images are ``wandb.Image`` values in history.
 
 Steps: W&B's own ``_step`` must only grow, and ``run.log(step=...)`` silently drops
 any point whose step is lower than the last one. This backend therefore never passes
@@ -26,6 +27,7 @@ import inspect
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -92,6 +94,20 @@ STEP_KEY = "tracelet/step"
 #: ``run.tags`` with one only warns and keeps the old tags, so we check first.
 MAX_TAG_LENGTH = 64
 
+#: The run folder's subfolder that holds the files of the folders logged as W&B Artifacts.
+FOLDER_ARTIFACTS = "tracelet-artifacts"
+
+
+def folder_artifact_name(run_id: str, artifact_path: str) -> str:
+    """``run-<run id>-<path>``, W&B's own name for a folder a run logs, in the characters W&B allows.
+
+    W&B's shorthand takes the folder's base name; tracelet's artifact path is the folder's
+    name in the run (``a/b`` becomes ``a-b``, and the root ``artifacts``).
+    """
+    path = re.sub(r"[^A-Za-z0-9._-]+", "-", artifact_path.strip("/")).strip("-.") or "artifacts"
+    return f"run-{run_id}-{path}"[:128]
+
+
 #: How long ``finish`` waits for wandb-core to write the run's exit record to disk.
 FINISH_FLUSH_TIMEOUT = 30.0
 
@@ -123,6 +139,7 @@ class WandbBackend(Backend):
         super().__init__(options)
         self._run: Any = None
         self._placement = Placement()
+        self._folders = 0  # folders logged as Artifacts so far: each gets its own subfolder
 
     def param_value_limit(self) -> int | None:
         """W&B config values have no documented length limit."""
@@ -210,6 +227,8 @@ class WandbBackend(Backend):
                     problems = self._add_tags(event.values)
                     if problems:
                         raise ValueError(f"W&B cannot take {'; '.join(problems)}")
+                elif isinstance(event, Artifact) and event.tree:
+                    self._save_folder(event)
                 elif isinstance(event, Artifact):
                     self._save_artifact(event)
                 # Status: a W&B run shows "running" until it finishes; its state is the exit code
@@ -221,16 +240,43 @@ class WandbBackend(Backend):
             raise
 
     def _save_artifact(self, event: Artifact) -> None:
-        """Each file (a folder: every file in it) linked into ``files/`` and saved; raises if any failed."""
+        """A file linked into ``files/`` and saved; raises if it could not be."""
+        try:
+            self._save_file(event)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"W&B could not take artifact {event.artifact_path!r}: {exc}") from exc
+
+    def _save_folder(self, event: Artifact) -> None:
+        """A folder is one W&B Artifact, as ``run.log_artifact(folder)`` makes it: one store operation.
+
+        Named and typed as W&B's own shorthand names a folder (``run-<run id>-<path>``, type
+        ``unspecified``), so W&B keeps its versions under one name. Its files are first put in
+        the run folder, under ``tracelet-artifacts/<n>/`` (the snapshots linked there: no second
+        copy), and added with ``policy="immutable"``: W&B then refers to them where they are
+        instead of copying them into its staging cache, and ``wandb sync`` uploads them from
+        there. Outside ``files/``, because W&B uploads that folder's every file as a run file
+        too. A new ``<n>`` for each folder logged: an earlier version keeps its own files.
+        """
+        import wandb
+
+        run = self._require_run()
+        if getattr(run, "disabled", False):  # mode="disabled": nothing is kept anywhere
+            return
+        self._folders += 1
+        root = Path(run.settings.sync_file).parent / FOLDER_ARTIFACTS / str(self._folders)
         problems = []
         for file in tree_files(event):
             try:
-                self._save_file(file)
+                self._placement.place(file, root.joinpath(*_safe_relative(file.artifact_path).parts))
             except (OSError, ValueError) as exc:
                 problems.append(f"artifact {file.artifact_path!r}: {exc}")
         if problems:
+            shutil.rmtree(root, ignore_errors=True)
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ValueError(f"W&B could not take {'; '.join(problems[:3])}{more}")
+        folder = wandb.Artifact(folder_artifact_name(run.id, event.artifact_path), type="unspecified")
+        folder.add_dir(os.fspath(root), policy="immutable")  # its paths: each file's artifact path
+        run.log_artifact(folder)
 
     def notes(self) -> list[str]:
         return self._placement.notes()

@@ -9,6 +9,7 @@ end of the file (a run still being written) is ignored, so a live run reads as "
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -77,11 +78,15 @@ def read_wandb_system_tags(run_id: str, wandb_dir: str | os.PathLike[str] | None
 
 
 def read_wandb_artifact(run_id: str, path: str, wandb_dir: str | os.PathLike[str] | None = None) -> bytes:
-    """The bytes of one file the offline run saved (``files/<path>`` of its newest session that has it)."""
+    """The bytes of one file the offline run saved: ``files/<path>`` of its newest session that has it,
+    else the file of that path in a folder it logged as a W&B Artifact."""
     for run_dir in reversed(_find_run_dirs(run_id, wandb_dir)):
         file = run_dir.joinpath("files", *path.split("/"))
         if file.is_file():
             return file.read_bytes()
+    in_folder = _replay(run_id, wandb_dir, only=("artifact",)).files.get(path)
+    if in_folder is not None and in_folder.is_file():
+        return in_folder.read_bytes()
     raise FileNotFoundError(f"W&B run {run_id!r} holds no file {path!r}")
 
 
@@ -90,27 +95,23 @@ def read_wandb_tree(
 ) -> int:
     """Every file the offline run saved at or under ``path``, copied into ``dest``.
 
-    A folder is found in the run folders' ``files/`` directly (the newest session's copy of
-    each file wins); the run's log is parsed only for ``path=""`` (W&B's own files and the
-    images are then left out, as :func:`read_wandb_run` leaves them out).
+    The files are found in the run folders' ``files/`` directly (the newest session's copy of
+    each file wins) and in the manifests of the folders logged as W&B Artifacts, the run's
+    log parsed for those records only; for ``path=""`` the whole log is parsed (W&B's own
+    files and the images are then left out, as :func:`read_wandb_run` leaves them out).
     """
-    run_dirs = _find_run_dirs(run_id, wandb_dir)
-    if path:
-        found: dict[str, Path] = {}
-        for run_dir in run_dirs:  # oldest first: a newer session's file replaces an older one
-            base = run_dir.joinpath("files", *path.split("/"))
-            files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-            for file in files:
-                found[f"{path}/{file.relative_to(base).as_posix()}" if file != base else path] = file
-    else:
-        record = read_wandb_run(run_id, wandb_dir)
-        found = {}
-        for artifact in record.artifacts:
-            for run_dir in run_dirs:
-                file = run_dir.joinpath("files", *artifact.path.split("/"))
-                if file.is_file():
-                    found[artifact.path] = file
-    return copy_stored_files(found, dest)
+    if not path:
+        return copy_stored_files(_replay(run_id, wandb_dir).stored_files(), dest)
+    found: dict[str, Path] = {}
+    for logged, file in _replay(run_id, wandb_dir, only=("artifact",)).files.items():
+        if logged == path or logged.startswith(f"{path}/"):
+            found[logged] = file
+    for run_dir in _find_run_dirs(run_id, wandb_dir):  # oldest first: a newer session's file wins
+        base = run_dir.joinpath("files", *path.split("/"))
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for file in files:
+            found[f"{path}/{file.relative_to(base).as_posix()}" if file != base else path] = file
+    return copy_stored_files({logged: file for logged, file in found.items() if file.is_file()}, dest)
 
 
 def _find_run_dirs(run_id: str, wandb_dir: str | os.PathLike[str] | None) -> list[Path]:
@@ -153,6 +154,7 @@ class _State:
         self.image_paths: set[str] = set()
         self.image_files: list[tuple[ImageRecord, Path]] = []
         self.not_read: dict[str, int] = {}
+        #: every file the run holds, by its path in the run: saved (``files/``) or in a logged folder
         self.files: dict[str, Path] = {}
 
     def apply(self, record: Any) -> None:
@@ -173,9 +175,43 @@ class _State:
             assert self.run_dir is not None
             for item in record.files.files:
                 if item.type != FILE_TYPE_WANDB:  # saved again later: the later bytes win
-                    self.files[item.path.replace(os.sep, "/")] = self.run_dir
+                    path = item.path.replace(os.sep, "/")
+                    self.files[path] = self.run_dir.joinpath("files", *path.split("/"))
+        elif kind == "artifact":
+            self._artifact(record.artifact)
         elif kind == "exit":
             self.exit_code = int(record.exit.exit_code)
+
+    def _artifact(self, artifact: Any) -> None:
+        """A logged W&B Artifact (a folder): each file of its manifest, where W&B will read it from.
+
+        Its paths are the files' paths in the run. A manifest too large for the record (over
+        100,000 files) is in a gzipped JSON-lines file the record names.
+        """
+        manifest = artifact.manifest
+        entries: list[tuple[str, str]] = [(e.path, e.local_path) for e in manifest.contents]
+        if manifest.manifest_file_path:
+            with gzip.open(manifest.manifest_file_path, "rt", encoding="utf-8") as lines:
+                for line in lines:
+                    entry = json.loads(line)
+                    entries.append((entry["path"], entry.get("local_path") or ""))
+        for path, local_path in entries:
+            if not local_path:  # a reference to another store (s3://...): not a file of this run
+                self._unread(f"W&B artifact references ({artifact.name!r})")
+                continue
+            self.files[path] = Path(local_path)
+
+    def stored_files(self) -> dict[str, Path]:
+        """The run's files that are on disk, by path, images left out."""
+        stored = {}
+        for path, file in self.files.items():
+            if path in self.image_paths:
+                continue
+            if not file.is_file():  # registered, but its bytes never landed
+                log.debug("W&B run %s: %s is registered but missing", self.run_id, file)
+                continue
+            stored[path] = file
+        return stored
 
     def _config(self, config: Any) -> None:
         for item in config.update:
@@ -241,15 +277,10 @@ class _State:
         for label in self.labels:
             key, value = label_to_tag(label)
             (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value
-        artifacts = []
-        for path, run_dir in self.files.items():
-            if path in self.image_paths:
-                continue
-            file = run_dir.joinpath("files", *path.split("/"))
-            if not file.is_file():  # registered, but its bytes never landed
-                log.debug("W&B run %s: %s is registered but missing", self.run_id, file)
-                continue
-            artifacts.append(ArtifactRecord(path, file.stat().st_size, sha256_of(file)))  # hashed in chunks
+        artifacts = [  # hashed in chunks, never read whole
+            ArtifactRecord(path, file.stat().st_size, sha256_of(file))
+            for path, file in self.stored_files().items()
+        ]
         return RunRecord(
             backend="wandb",
             run_id=self.run_id,
