@@ -225,6 +225,16 @@ def _native_wandb_run(env: BackendEnvironment, tmp_path: Path) -> str:
     model = Path(run.dir) / "model.bin"
     model.write_bytes(b"\x00\x01" * 5000)
     run.save(str(model), base_path=run.dir, policy="now")
+    # two W&B Artifacts of W&B's own: their files wait in its staging cache until synced; the second
+    # one's is gone from there, as after a sync, so the copy must say it is left behind
+    staged = []
+    for name in ("checkpoint", "synced"):
+        file = tmp_path / f"{name}.pt"
+        file.write_bytes(name.encode() * 1000)
+        artifact = wandb.Artifact(name, type="model")
+        artifact.add_file(str(file), name=f"{name}/{file.name}")
+        run.log_artifact(artifact)
+        staged += [Path(entry.local_path) for entry in artifact.manifest.entries.values()]
     run.finish()
     # finish() returns before wandb-core has flushed the run's log to disk (tracelet's W&B backend
     # waits for the exit record; a user's script does not): wait for it as `wandb sync` would need
@@ -232,6 +242,9 @@ def _native_wandb_run(env: BackendEnvironment, tmp_path: Path) -> str:
     while env.read(str(run.id)).status == "running":
         assert time.monotonic() < deadline, "W&B never wrote the run's exit record"
         time.sleep(0.1)
+    synced = [file for file in staged if "synced" in file.read_bytes().decode(errors="replace")]
+    assert len(synced) == 1, staged
+    synced[0].unlink()
     return str(run.id)
 
 
@@ -252,11 +265,16 @@ def test_a_run_of_the_stores_own_client_copies_to_local_and_back(
         code, lines, stderr = _copy(_source_address(store, run_id), f"local:{local}", tmp_path)
         assert code == 0, stderr
         left_behind = {
-            "mlflow": "MLflow nested runs (runs whose parent is this one): 1",
-            "wandb": "W&B table-file values ('preds'): 1",
+            "mlflow": ["MLflow nested runs (runs whose parent is this one): 1"],
+            "wandb": [
+                "W&B table-file values ('preds'): 1",
+                "W&B artifact files no longer on disk ('synced'): 1",
+            ],
         }[environment]
-        assert lines[0]["not_copied"] == [left_behind], lines[0]
-        assert left_behind in stderr  # said, not only in --json
+        assert lines[0]["not_copied"] == left_behind, lines[0]
+        assert all(line in stderr for line in left_behind)  # said, not only in --json
+        if environment == "wandb":  # the Artifact whose file is still staged is read, and copied
+            assert {a.path for a in native.artifacts} >= {"model.bin", "checkpoint/checkpoint.pt"}
         copied = read_run("local", lines[0]["target"].rpartition("#")[2], root=local)
         assert compare(native, copied) == []
         if environment == "mlflow":  # MLflow keeps each point's time: so does the copy

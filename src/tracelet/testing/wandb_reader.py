@@ -156,6 +156,8 @@ class _State:
         self.not_read: dict[str, int] = {}
         #: every file the run holds, by its path in the run: saved (``files/``) or in a logged folder
         self.files: dict[str, Path] = {}
+        #: the files that came with a logged W&B Artifact: the Artifact's name, by path
+        self.artifact_of: dict[str, str] = {}
 
     def apply(self, record: Any) -> None:
         kind = record.WhichOneof("record_type")
@@ -200,6 +202,7 @@ class _State:
                 self._unread(f"W&B artifact references ({artifact.name!r})")
                 continue
             self.files[path] = Path(local_path)
+            self.artifact_of[path] = artifact.name
 
     def stored_files(self) -> dict[str, Path]:
         """The run's files that are on disk, by path, images left out."""
@@ -277,10 +280,15 @@ class _State:
         for label in self.labels:
             key, value = label_to_tag(label)
             (system_tags if key.startswith(SYSTEM_TAG_PREFIX) else tags)[key] = value
+        stored = self.stored_files()
         artifacts = [  # hashed in chunks, never read whole
-            ArtifactRecord(path, file.stat().st_size, sha256_of(file))
-            for path, file in self.stored_files().items()
+            ArtifactRecord(path, file.stat().st_size, sha256_of(file)) for path, file in stored.items()
         ]
+        # An Artifact's files wait in W&B's staging cache until it is synced, and W&B deletes them
+        # there once uploaded: what the log names and the disk no longer holds is said, not dropped.
+        for path, name in self.artifact_of.items():
+            if path not in stored and path not in self.image_paths:
+                self._unread(f"W&B artifact files no longer on disk ({name!r})")
         return RunRecord(
             backend="wandb",
             run_id=self.run_id,
