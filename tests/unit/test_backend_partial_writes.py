@@ -18,7 +18,7 @@ import pytest
 from tracelet.backends.base import PartialWriteError, RunInfo
 from tracelet.backends.clearml import ClearMLBackend
 from tracelet.backends.wandb import WandbBackend, _leave_the_parents_service
-from tracelet.events import Event, Metric, Params
+from tracelet.events import Artifact, Event, Metric, Params
 
 
 class _FakeRun:
@@ -121,3 +121,52 @@ def test_the_agent_runs_wandb_in_a_core_of_its_own(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("WANDB_SERVICE", shared)
     _leave_the_parents_service()
     assert os.environ["WANDB_SERVICE"] == shared
+
+
+class _FakeFolderArtifact:
+    """``wandb.Artifact`` as far as a folder uses it: the files ``add_dir`` found, by their paths."""
+
+    def __init__(self, name: str, type: str) -> None:
+        self.name, self.type = name, type
+        self.paths: list[str] = []
+
+    def add_dir(self, local_path: str, policy: str) -> None:
+        assert policy == "immutable"  # referred to where they are: never copied to W&B's cache
+        root = Path(local_path)
+        self.paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_a_folder_w_and_b_refused_leaves_no_files_behind_and_the_retry_logs_it_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``log_artifact`` fails: the files placed for it are removed (they would hold the snapshots'
+    bytes on disk for good); the retry logs the folder once, as one Artifact."""
+    run = _FakeRun(fail_at=0)
+    run.settings = types.SimpleNamespace(sync_file=str(tmp_path / "run" / "run-fake.wandb"))  # type: ignore[attr-defined]
+    logged: list[_FakeFolderArtifact] = []
+    failures = [ConnectionResetError("connection reset by wandb-core")]
+
+    def log_artifact(artifact: _FakeFolderArtifact) -> None:
+        if failures:
+            raise failures.pop()
+        logged.append(artifact)
+
+    run.log_artifact = log_artifact  # type: ignore[attr-defined]
+    backend = _wandb_backend(monkeypatch, run)
+    sys.modules["wandb"].Artifact = _FakeFolderArtifact  # type: ignore[attr-defined]
+    folder = tmp_path / "ckpt"
+    for name in ("a.bin", "sub/b.bin"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode())
+    event = Artifact(str(folder), "checkpoints/last", "", 14, owned=True, tree=True)  # a folder snapshot
+    placed = tmp_path / "run" / "tracelet-artifacts"
+    with pytest.raises(ConnectionResetError):
+        backend.write([event])
+    assert not [p for p in placed.rglob("*") if p.is_file()]  # nothing left of the failed attempt
+    backend.write([event])  # the writer's retry
+    assert [(a.name, a.type) for a in logged] == [("run-fake-checkpoints-last", "unspecified")]
+    assert logged[0].paths == ["checkpoints/last/a.bin", "checkpoints/last/sub/b.bin"]
+    assert sorted(p.relative_to(placed).as_posix() for p in placed.rglob("*") if p.is_file()) == [
+        "2/checkpoints/last/a.bin",
+        "2/checkpoints/last/sub/b.bin",
+    ]

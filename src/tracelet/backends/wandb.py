@@ -274,9 +274,13 @@ class WandbBackend(Backend):
             shutil.rmtree(root, ignore_errors=True)
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ValueError(f"W&B could not take {'; '.join(problems[:3])}{more}")
-        folder = wandb.Artifact(folder_artifact_name(run.id, event.artifact_path), type="unspecified")
-        folder.add_dir(os.fspath(root), policy="immutable")  # its paths: each file's artifact path
-        run.log_artifact(folder)
+        try:
+            folder = wandb.Artifact(folder_artifact_name(run.id, event.artifact_path), type="unspecified")
+            folder.add_dir(os.fspath(root), policy="immutable")  # its paths: each file's artifact path
+            run.log_artifact(folder)
+        except BaseException:  # not logged: a retry places the files anew, and these links would hold
+            shutil.rmtree(root, ignore_errors=True)  # the snapshots' bytes on disk for good
+            raise
 
     def notes(self) -> list[str]:
         return self._placement.notes()
