@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,11 @@ from tracelet.backends.base import STATUSES, Backend, RunInfo
 from tracelet.backends.registry import get_backend_class
 from tracelet.events import Artifact, Event, Image, Metric, MetricClock, Params, Tags
 from tracelet.redaction import Redactor, strip_url_userinfo
-from tracelet.testing import read_artifact_tree, read_images, read_run, read_system_tags
+from tracelet.testing import RunPoints, read_artifact_tree, read_images, read_run_in_pieces, read_system_tags
+from tracelet.testing import points as points_module
 from tracelet.testing.equivalence import compare
 from tracelet.testing.record import RunRecord
-from tracelet.validation import check_name, safe_name
+from tracelet.validation import SYSTEM_PREFIX, check_name, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -219,90 +220,122 @@ def copy_run(
             f"source {src.public()}: names no run (add '#<run id>', or copy a project with copy_project)"
         )
     began = time.monotonic()
-    try:
-        record = read_run(src.store, src.run_id, **src.reader_options())
-    except FileNotFoundError as exc:
-        raise ValueError(f"source {src.public()}: {exc}") from None
-    if record.status not in STATUSES:
-        raise ValueError(f"source {src.public()}: the run is still {record.status!r}; copy it once it ended")
-    origin = src.public()
-    project = project or record.project
-    run_name = name or record.run_name
-    _check_names(record, dst, origin)
-    expected = _redacted(record, Redactor.from_env())  # what is written, and what the target must hold
-    points = _point_count(record)
-    with _one_copier(origin, dst), _target_environment(dst):
-        resume: RunRecord | None = None
-        for run_id in _find_copies(dst, origin, project):
-            try:
-                held = read_run(dst.store, run_id, **dst.reader_options())
-            except Exception as exc:  # a run the journal names, cut too short to read: removed
+    with tempfile.TemporaryDirectory(prefix="tracelet-copy-") as work, ExitStack() as kept:
+        # the source and every target run read are held on disk, per key: a copy needs memory for
+        # a chunk of points, whatever the run holds (tracelet.testing.read_run_in_pieces)
+        pieces = _Pieces(Path(work), kept)
+        try:
+            record, points = pieces.read(src)
+        except FileNotFoundError as exc:
+            raise ValueError(f"source {src.public()}: {exc}") from None
+        if record.status not in STATUSES:
+            raise ValueError(
+                f"source {src.public()}: the run is still {record.status!r}; copy it once it ended"
+            )
+        origin = src.public()
+        project = project or record.project
+        run_name = name or record.run_name
+        _check_names(record, points, dst, origin)
+        expected = _redacted(record, Redactor.from_env())  # what is written, and what the target must hold
+        with _one_copier(origin, dst), _target_environment(dst):
+            resume: tuple[RunRecord, RunPoints] | None = None
+            for run_id in _find_copies(dst, origin, project):
+                try:
+                    held, held_points = pieces.read(dst.with_run(run_id))
+                except Exception as exc:  # a run the journal names, cut too short to read: removed
+                    log.warning(
+                        "tracelet copy: an unfinished copy of %s (run %s) is removed: %r", origin, run_id, exc
+                    )
+                    _remove(dst, run_id)
+                    continue
+                differences = compare(expected, held, reference_points=points, other_points=held_points)
+                if not differences:
+                    log.info("tracelet copy: %s is already in %s as run %s", origin, dst.public(), run_id)
+                    _journal(dst).finished(origin)
+                    target_address = dst.with_run(run_id).public()
+                    return CopyResult(
+                        origin,
+                        target_address,
+                        points.total,
+                        len(record.artifacts),
+                        0,
+                        True,
+                        time.monotonic() - began,
+                    )
+                if held.status in STATUSES:
+                    table = "\n".join(f"  - {p}" for p in differences)
+                    raise CopyError(
+                        f"{dst.with_run(run_id).public()} is a finished copy of {origin} that differs "
+                        f"from it (left alone):\n{table}"
+                    )
+                if dst.store in RESUMABLE and resume is None and _holds_a_prefix(points, held_points):
+                    log.warning("tracelet copy: resuming the unfinished copy of %s (run %s)", origin, run_id)
+                    resume = held, held_points
+                    continue
                 log.warning(
-                    "tracelet copy: an unfinished copy of %s (run %s) is removed: %r", origin, run_id, exc
+                    "tracelet copy: an unfinished copy of %s (run %s) is removed, copied again",
+                    origin,
+                    run_id,
                 )
                 _remove(dst, run_id)
-                continue
-            if not compare(expected, held):
-                log.info("tracelet copy: %s is already in %s as run %s", origin, dst.public(), run_id)
-                _journal(dst).finished(origin)
-                target_address = dst.with_run(run_id).public()
-                return CopyResult(
-                    origin, target_address, points, len(record.artifacts), 0, True, time.monotonic() - began
-                )
-            if held.status in STATUSES:
-                differences = "\n".join(f"  - {p}" for p in compare(expected, held))
-                raise CopyError(
-                    f"{dst.with_run(run_id).public()} is a finished copy of {origin} that differs from it "
-                    f"(left alone):\n{differences}"
-                )
-            if dst.store in RESUMABLE and resume is None and _holds_a_prefix(expected, held):
-                log.warning("tracelet copy: resuming the unfinished copy of %s (run %s)", origin, run_id)
-                resume = held
-                continue
-            log.warning(
-                "tracelet copy: an unfinished copy of %s (run %s) is removed, copied again", origin, run_id
+            written = _write(
+                expected,
+                points,
+                src,
+                dst,
+                RunInfo(project, run_name, {**record.system_tags, COPIED_FROM: origin}),
+                resume,
+                progress or _no_progress,
             )
-            _remove(dst, run_id)
-        written = _write(
-            expected,
-            src,
-            dst,
-            RunInfo(project, run_name, {**record.system_tags, COPIED_FROM: origin}),
-            resume,
-            progress or _no_progress,
+            verified = False
+            if verify:
+                held, held_points = pieces.read(dst.with_run(written.run_id))
+                problems = compare(expected, held, reference_points=points, other_points=held_points)
+                if problems:
+                    table = "\n".join(f"  - {p}" for p in problems)
+                    raise CopyError(
+                        f"the copy of {origin} to {dst.with_run(written.run_id).public()} differs:\n{table}"
+                    )
+                verified = True
+            _journal(dst).finished(origin)
+        return CopyResult(
+            origin,
+            dst.with_run(written.run_id).public(),
+            points.total,
+            len(record.artifacts),
+            written.points,
+            verified,
+            time.monotonic() - began,
+            written.bytes,
+            written.not_copied,
         )
-        verified = False
-        if verify:
-            held = read_run(dst.store, written.run_id, **dst.reader_options())
-            problems = compare(expected, held)
-            if problems:
-                table = "\n".join(f"  - {p}" for p in problems)
-                raise CopyError(
-                    f"the copy of {origin} to {dst.with_run(written.run_id).public()} differs:\n{table}"
-                )
-            verified = True
-        _journal(dst).finished(origin)
-    return CopyResult(
-        origin,
-        dst.with_run(written.run_id).public(),
-        points,
-        len(record.artifacts),
-        written.points,
-        verified,
-        time.monotonic() - began,
-        written.bytes,
-        written.not_copied,
-    )
 
 
-def _check_names(record: RunRecord, dst: Address, origin: str) -> None:
+class _Pieces:
+    """Runs read in pieces into folders of one copy's work folder, each closed when the copy ends."""
+
+    def __init__(self, work: Path, kept: ExitStack) -> None:
+        self.work = work
+        self.kept = kept
+        self.reads = 0
+
+    def read(self, address: Address) -> tuple[RunRecord, RunPoints]:
+        assert address.run_id is not None
+        self.reads += 1
+        folder = self.work / f"points-{self.reads}"
+        record, points = read_run_in_pieces(address.store, address.run_id, folder, **address.reader_options())
+        self.kept.enter_context(points)
+        return record, points
+
+
+def _check_names(record: RunRecord, points: RunPoints, dst: Address, origin: str) -> None:
     """Every name and param value the target must hold, checked before anything is written.
 
     tracelet's names are those every store accepts (:func:`tracelet.validation.check_name`): a run
     written by a store's own client may hold others. The error says which, and what tracelet would
     map it to (:func:`tracelet.validation.safe_name`, as for TensorBoard tags).
     """
-    named = [("metric", key) for key in record.metrics]
+    named = [("metric", key) for key in points.workflow_keys()]
     named += [("param", key) for key in record.params] + [("tag", key) for key in record.tags]
     named += [("image", image.name) for image in record.images]
     for what, key in named:
@@ -327,12 +360,14 @@ def _check_names(record: RunRecord, dst: Address, origin: str) -> None:
 RESUMABLE = ("local", "mlflow")
 
 
-def _holds_a_prefix(expected: RunRecord, held: RunRecord) -> bool:
+def _holds_a_prefix(expected: RunPoints, held: RunPoints) -> bool:
     """True when each key the unfinished copy holds is the start of the source's series (steps)."""
-    for key, points in held.metrics.items():
-        source = expected.metrics.get(key)
-        if source is None or [s for s, _ in points] != [s for s, _ in source[: len(points)]]:
+    for key in held.all_keys():
+        if held.count(key) > expected.count(key):
             return False
+        for ours, theirs in zip(expected.points(key), held.points(key), strict=False):  # held's length
+            if ours.step != theirs.step:
+                return False
     return True
 
 
@@ -370,25 +405,22 @@ def _redacted(record: RunRecord, redactor: Redactor) -> RunRecord:
     )
 
 
-def _point_count(record: RunRecord) -> int:
-    return sum(len(series) for series in (*record.metrics.values(), *record.system_metrics.values()))
-
-
-def _ordered_points(record: RunRecord) -> Iterator[tuple[str, int, float, float]]:
+def _ordered_points(points: RunPoints) -> Iterator[tuple[str, int, float, float]]:
     """Every point with its timestamp, each key's in its order, merged by step: points of one step
     sit side by side (a W&B history row holds one step: interleaved keys make one row per step,
-    not one per point). A point whose store kept no time gets the copy's."""
+    not one per point). A point whose store kept no time gets the copy's. Each key is read a chunk
+    at a time, the chunks sharing :data:`tracelet.testing.points.CHUNK` points: the merge holds about
+    as many, however many keys the run has."""
     now = time.time()
+    # the workflow's keys first, then the source's own system/ series, as a whole read orders them
+    keys = sorted(points.all_keys(), key=lambda key: key.startswith(SYSTEM_PREFIX))
+    chunk = max(64, points_module.CHUNK // max(1, len(keys)))
 
-    def stream(key: str, series: list[tuple[int, float]]) -> Iterator[tuple[int, str, float, float]]:
-        times = record.timestamps.get(key) or []
-        if len(times) != len(series):
-            times = [now] * len(series)
-        for (step, value), when in zip(series, times, strict=True):
+    def stream(key: str) -> Iterator[tuple[int, str, float, float]]:
+        for step, value, when in points.points(key, chunk):
             yield step, key, value, when if when > 0 else now
 
-    series = {**record.metrics, **record.system_metrics}  # the source's system/ series are its own
-    merged = heapq.merge(*(stream(k, s) for k, s in series.items()), key=lambda point: point[0])
+    merged = heapq.merge(*(stream(key) for key in keys), key=lambda point: point[0])
     for step, key, value, when in merged:
         yield key, step, value, when
 
@@ -403,14 +435,15 @@ class _Written:
 
 def _write(
     record: RunRecord,
+    points: RunPoints,
     src: Address,
     dst: Address,
     info: RunInfo,
-    resume: RunRecord | None,
+    resume: tuple[RunRecord, RunPoints] | None,
     progress: Progress,
 ) -> _Written:
-    """Open the target run (or reopen ``resume``, an unfinished copy), send what ``record`` (the
-    source, redacted) holds and it lacks, close it with the source's status."""
+    """Open the target run (or reopen ``resume``, an unfinished copy), send what ``record`` and
+    ``points`` (the source, redacted) hold and it lacks, close it with the source's status."""
     backend_cls = get_backend_class(dst.store)
     backend_cls.ensure_installed()
     backend: Backend = backend_cls(dst.backend_options())
@@ -418,9 +451,11 @@ def _write(
         run_id = backend.start(info)
         _journal(dst).opened(info.system_tags[COPIED_FROM], run_id)
         held = RunRecord(dst.store, run_id, info.project, info.run_name, "running")
+        held_points: RunPoints | None = None
     else:
-        backend.attach(resume.run_id)
-        run_id, held = resume.run_id, resume
+        held, held_points = resume
+        backend.attach(held.run_id)
+        run_id = held.run_id
     not_copied = [f"{what}: {count}" for what, count in record.not_read.items()]
     if not_copied:
         log.warning(
@@ -440,12 +475,14 @@ def _write(
         # the source's times, made strictly increasing per key to the millisecond (MLflow keeps one
         # point per key, timestamp, step and value: two equal ones would be one); a resumed copy's
         # go on after what it holds
-        clock = MetricClock({k: round(t[-1] * 1000) for k, t in held.timestamps.items() if t})
-        skip = {key: len(points) for key, points in (*held.metrics.items(), *held.system_metrics.items())}
-        total = _point_count(record)
+        held_keys = held_points.all_keys() if held_points is not None else []
+        last_times = {k: held_points.last_timestamp(k) for k in held_keys} if held_points else {}
+        clock = MetricClock({k: round(t * 1000) for k, t in last_times.items() if t is not None})
+        skip = {key: held_points.count(key) for key in held_keys} if held_points else {}
+        total = points.total
         done = sum(skip.values())
         chunk: list[Event] = []
-        for key, step, value, when in _ordered_points(record):
+        for key, step, value, when in _ordered_points(points):
             if skip.get(key):
                 skip[key] -= 1
                 continue
@@ -669,12 +706,15 @@ def _source_runs(src: Address, project: str) -> list[str]:
     if src.run_id is not None:
         return [src.run_id]
     if src.store in ("wandb", "clearml"):  # a folder of runs: keep those of the project
-        return [
-            run_id
-            for run_id in _run_ids(src, None)
-            if read_run(src.store, run_id, **src.reader_options()).project == project
-        ]
+        return [run_id for run_id in _run_ids(src, None) if _project_of(src.with_run(run_id)) == project]
     return _run_ids(src, project)
+
+
+def _project_of(address: Address) -> str:
+    """The project of a run in a folder of runs (read in pieces, its points set aside and dropped)."""
+    with tempfile.TemporaryDirectory(prefix="tracelet-copy-") as work, ExitStack() as kept:
+        record, _ = _Pieces(Path(work), kept).read(address)
+        return record.project
 
 
 def summary_table(results: Sequence[CopyResult], failed: dict[str, str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,12 @@ from typing import Any
 import pytest
 
 import tracelet
+from tracelet.backends.base import RunInfo
+from tracelet.backends.registry import get_backend_class
 from tracelet.cli import main
 from tracelet.copying import COPIED_FROM, CopyError, copy_project, copy_run
+from tracelet.events import Metric
+from tracelet.testing import points as points_module
 from tracelet.testing import read_run
 from tracelet.testing.equivalence import compare
 
@@ -312,3 +317,39 @@ def test_a_second_copier_of_the_same_pair_waits_for_the_first(
     assert results["second"].new_points == 0
     assert results["second"].target == results["first"].target
     assert len(_runs(dst)) == 1
+
+
+def _big_local_run(root: Path, points: int, keys: int = 4) -> str:
+    """A finished local run of ``points`` points over ``keys`` keys, written by the local backend itself."""
+    backend = get_backend_class("local")({"root": str(root)})
+    run_id = backend.start(RunInfo("big", "big"))
+    for start in range(0, points, 1_000):
+        backend.write(
+            [Metric(f"k{i % keys}", i / 3, i // keys, 1.7e9 + i) for i in range(start, start + 1_000)]
+        )
+    backend.finish("finished")
+    return run_id
+
+
+def test_a_copy_holds_a_piece_of_the_run_in_memory_not_the_whole_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source and the target's read-back are kept on disk per key (``read_run_in_pieces``): the
+    copy's memory is bounded by the pieces (made small here), not by the run. Reading the same run
+    whole is the yardstick."""
+    monkeypatch.setattr(points_module, "BUFFERED", 1_000)
+    monkeypatch.setattr(points_module, "CHUNK", 1_000)
+    src = tmp_path / "src"
+    small, big = _big_local_run(src, 1_000), _big_local_run(src, 20_000)
+    copy_run(f"local:{src}#{small}", f"local:{tmp_path / 'warm'}")  # first-use imports: not measured
+    tracemalloc.start()
+    try:
+        read_run("local", big, root=src)
+        whole = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        result = copy_run(f"local:{src}#{big}", f"local:{tmp_path / 'dst'}")
+        in_pieces = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (result.new_points, result.verified) == (20_000, True)
+    assert in_pieces < whole / 2, f"the copy's peak {in_pieces:,} B against {whole:,} B to read the run whole"

@@ -8,6 +8,7 @@ between releases, the framing does not.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -32,53 +33,98 @@ def iter_log_records(data: bytes, offset: int = 0, source: str = "W&B transactio
     iteration; damage anywhere else raises ``ValueError``. Written here rather than
     borrowed from wandb, whose internal reader classes move between releases.
     """
-    pos = 0
-    if offset == 0:
-        if len(data) < LOG_HEADER.size:
-            return
-        ident, magic, version = LOG_HEADER.unpack_from(data)
-        if ident != LOG_IDENT or magic != LOG_MAGIC or version != 0:
-            raise ValueError(f"{source}: not a W&B transaction log (header {data[: LOG_HEADER.size]!r})")
-        pos = LOG_HEADER.size
-    elif offset % LOG_BLOCK_SIZE:
+    if offset % LOG_BLOCK_SIZE:
         raise ValueError(f"{source}: reading must start at a block boundary, not at byte {offset}")
-    pending: bytearray | None = None
-    resync = offset != 0  # skip the tail of a record that began before ``offset``
-    while pos < len(data):
-        room = LOG_BLOCK_SIZE - (offset + pos) % LOG_BLOCK_SIZE
-        if room < LOG_FRAGMENT_HEADER.size:  # a block trailer too short for a header: padding
-            pos += room
-            continue
-        if pos + LOG_FRAGMENT_HEADER.size > len(data):
+    start = _check_header(data, source) if offset == 0 else 0
+    if start is None:
+        return
+    yield from _Fragments(source, resync=offset != 0).feed(data, offset, start, last=True)
+
+
+def iter_log_file(path: str | os.PathLike[str], window_blocks: int = 64) -> Iterator[bytes]:
+    """The record payloads of the log at ``path``, read ``window_blocks`` blocks at a time.
+
+    What :func:`iter_log_records` yields for the whole file, without holding the file in memory: a
+    run's log grows with every point it holds (a gigabyte for some ten million points), and a reader
+    of such a run keeps a window of 2 MiB. Fragments never cross a block boundary, so a window of
+    whole blocks holds whole fragments; a record spanning windows is carried over.
+    """
+    source = os.fspath(path)
+    window = window_blocks * LOG_BLOCK_SIZE
+    with open(path, "rb") as f:
+        data = f.read(window)
+        start = _check_header(data, source)
+        if start is None:
             return
-        crc, length, kind = LOG_FRAGMENT_HEADER.unpack_from(data, pos)
-        where = offset + pos
-        if kind == ZERO and length == 0:  # zero fill: the rest of the block is empty
-            pos += room
-            continue
-        if length > room - LOG_FRAGMENT_HEADER.size:
-            raise ValueError(f"{source}: fragment at byte {where} overruns its block")
-        end = pos + LOG_FRAGMENT_HEADER.size + length
-        if end > len(data):
-            return
-        chunk = data[pos + LOG_FRAGMENT_HEADER.size : end]
-        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
-            if end == len(data):  # the last fragment, still being written
-                return
-            raise ValueError(f"{source}: bad checksum at byte {where}")
-        pos = end
-        if resync:
-            if kind in (MIDDLE, LAST):
+        fragments = _Fragments(source, resync=False)
+        offset = 0
+        while data:
+            following = f.read(window)  # read ahead: only the last window may end mid-fragment
+            yield from fragments.feed(data, offset, start, last=not following)
+            offset += len(data)
+            data, start = following, 0
+
+
+def _check_header(data: bytes, source: str) -> int | None:
+    """Where the first fragment starts (after the file header), or ``None`` for a log too short for one."""
+    if len(data) < LOG_HEADER.size:
+        return None
+    ident, magic, version = LOG_HEADER.unpack_from(data)
+    if ident != LOG_IDENT or magic != LOG_MAGIC or version != 0:
+        raise ValueError(f"{source}: not a W&B transaction log (header {data[: LOG_HEADER.size]!r})")
+    return LOG_HEADER.size
+
+
+class _Fragments:
+    """Fragments into records, fed one piece of the log at a time (a record may span pieces)."""
+
+    def __init__(self, source: str, *, resync: bool) -> None:
+        self.source = source
+        self.pending: bytearray | None = None
+        self.resync = resync  # skip the tail of a record that began before the first piece
+
+    def feed(self, data: bytes, offset: int, pos: int, *, last: bool) -> Iterator[bytes]:
+        """The records completed in ``data`` (file position ``offset``), from ``data[pos:]``.
+
+        ``last``: nothing follows ``data`` yet, so a fragment cut short there is one still being
+        written (the iteration ends) rather than damage.
+        """
+        source = self.source
+        while pos < len(data):
+            room = LOG_BLOCK_SIZE - (offset + pos) % LOG_BLOCK_SIZE
+            if room < LOG_FRAGMENT_HEADER.size:  # a block trailer too short for a header: padding
+                pos += room
                 continue
-            resync = False
-        if kind == FULL and pending is None:
-            yield chunk
-        elif kind == FIRST and pending is None:
-            pending = bytearray(chunk)
-        elif kind in (MIDDLE, LAST) and pending is not None:
-            pending += chunk
-            if kind == LAST:
-                yield bytes(pending)
-                pending = None
-        else:
-            raise ValueError(f"{source}: fragment of type {kind} out of place at byte {where}")
+            if pos + LOG_FRAGMENT_HEADER.size > len(data):
+                return
+            crc, length, kind = LOG_FRAGMENT_HEADER.unpack_from(data, pos)
+            where = offset + pos
+            if kind == ZERO and length == 0:  # zero fill: the rest of the block is empty
+                pos += room
+                continue
+            if length > room - LOG_FRAGMENT_HEADER.size:
+                raise ValueError(f"{source}: fragment at byte {where} overruns its block")
+            end = pos + LOG_FRAGMENT_HEADER.size + length
+            if end > len(data):
+                return
+            chunk = data[pos + LOG_FRAGMENT_HEADER.size : end]
+            if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
+                if end == len(data) and last:  # the last fragment, still being written
+                    return
+                raise ValueError(f"{source}: bad checksum at byte {where}")
+            pos = end
+            if self.resync:
+                if kind in (MIDDLE, LAST):
+                    continue
+                self.resync = False
+            if kind == FULL and self.pending is None:
+                yield chunk
+            elif kind == FIRST and self.pending is None:
+                self.pending = bytearray(chunk)
+            elif kind in (MIDDLE, LAST) and self.pending is not None:
+                self.pending += chunk
+                if kind == LAST:
+                    yield bytes(self.pending)
+                    self.pending = None
+            else:
+                raise ValueError(f"{source}: fragment of type {kind} out of place at byte {where}")

@@ -18,16 +18,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tracelet.testing.points import Point, RunPoints
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 __all__ = [
     "ArtifactRecord",
     "ImageRecord",
+    "Point",
+    "RunPoints",
     "RunRecord",
     "read_artifact",
     "read_artifact_tree",
     "read_images",
     "read_run",
+    "read_run_in_pieces",
     "read_system_tags",
 ]
 
@@ -58,6 +62,26 @@ def read_run(backend: str, run_id: str, **options: Any) -> RunRecord:
     """
     record: RunRecord = _reader(backend, "run")(run_id, **options)
     return record.set_aside_system_metrics()
+
+
+def read_run_in_pieces(
+    backend: str, run_id: str, folder: str | os.PathLike[str], **options: Any
+) -> tuple[RunRecord, RunPoints]:
+    """Read ``run_id`` as :func:`read_run` does, its metric points kept on disk instead of in memory.
+
+    Returns the record without its points (``record.metrics`` is empty) and a :class:`RunPoints`
+    holding them in ``folder`` (created; removed when the ``RunPoints`` is closed), one file per key,
+    each key's points in the order the store keeps them, ``system/`` series among them. Memory stays
+    bounded whatever the run holds (MLflow: one key at a time, as its history call returns a key
+    whole): what ``tracelet copy`` reads runs with. The options are :func:`read_run`'s.
+    """
+    points = RunPoints(Path(folder))
+    try:
+        record: RunRecord = _reader(backend, "run")(run_id, points=points, **options)
+    except BaseException:
+        points.close()
+        raise
+    return record, points
 
 
 def read_artifact(backend: str, run_id: str, path: str, **options: Any) -> bytes:

@@ -33,6 +33,7 @@ from typing import IO, Any
 from tracelet.backends.clearml import FOLDER_METADATA, PARAMS_SECTION, PROPERTIES_SECTION
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, join_clearml, label_to_tag
 from tracelet.images import png_size
+from tracelet.testing.points import PointSink, points_or_whole, with_points
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 #: ClearML task status -> tracelet status. Offline sessions carry no status unless
@@ -132,11 +133,13 @@ def _relative_data_path(uri: str, offline_folder: str, key: str | None = None) -
 
 
 def _events(session: _Session) -> Iterator[dict[str, Any]]:
+    """The session's events in order, ``metrics.jsonl`` read line by line (never whole)."""
     if not session.exists("metrics.jsonl"):
         return
-    for line in session.read("metrics.jsonl").decode("utf-8").splitlines():
-        if line.strip():
-            yield from json.loads(line)
+    with session.open("metrics.jsonl") as raw, io.TextIOWrapper(raw, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield from json.loads(line)
 
 
 def _stored_files(session: _Session, task: dict[str, Any]) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
@@ -211,13 +214,17 @@ def read_clearml_tree(
     return found
 
 
-def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = None) -> RunRecord:
+def read_clearml_run(
+    task_id: str, offline_dir: str | os.PathLike[str] | None = None, points: PointSink | None = None
+) -> RunRecord:
     """What ClearML stored offline for ``task_id``.
 
     ``offline_dir`` may be ClearML's offline folder (holding ``<task id>/`` and
     ``<task id>.zip``), the session folder itself, or the session's ``.zip``; by default
-    it is ClearML's offline folder under its cache dir.
+    it is ClearML's offline folder under its cache dir. ``points``: where the metric points go
+    instead of ``record.metrics`` (a run read in pieces: ``metrics.jsonl`` is read line by line).
     """
+    sink = points_or_whole(points)
     session = _Session(_locate(task_id, offline_dir))
     try:
         task = json.loads(session.read("task.json").decode("utf-8"))
@@ -246,8 +253,6 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
                 size, sha256 = _hash_stream(f)
             artifacts.append(ArtifactRecord(path=path, size=size, sha256=sha256))
 
-        metrics: dict[str, list[tuple[int, float]]] = {}
-        timestamps: dict[str, list[float]] = {}
         images: list[ImageRecord] = []
         not_read: dict[str, int] = {}
         for event in _events(session):
@@ -257,8 +262,8 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
                 not_read[what] = not_read.get(what, 0) + 1
             if kind == "training_stats_scalar":
                 name = join_clearml(event["metric"], event["variant"])
-                metrics.setdefault(name, []).append((int(event["iter"]), float(event["value"])))
-                timestamps.setdefault(name, []).append(float(event.get("timestamp") or 0) / 1000)
+                when = float(event.get("timestamp") or 0) / 1000
+                sink.add_point(name, int(event["iter"]), float(event["value"]), when)
             elif kind == "training_debug_image":
                 relative = _relative_data_path(event["url"], offline_folder, event.get("key"))
                 width, height = png_size(session.read(relative))
@@ -266,21 +271,20 @@ def read_clearml_run(task_id: str, offline_dir: str | os.PathLike[str] | None = 
                 images.append(ImageRecord(name=name, step=int(event["iter"]), width=width, height=height))
 
         status = STATUS_FROM_CLEARML.get(str(task.get("status") or "in_progress"), "running")
-        return RunRecord(
+        record = RunRecord(
             backend="clearml",
             run_id=task_id,
             project=str(task.get("project_name") or ""),
             run_name=str(task.get("name") or ""),
             status=status,
             params=params,
-            metrics=metrics,
             tags=tags,
             system_tags=system_tags,
             artifacts=artifacts,
             images=images,
-            timestamps=timestamps,
             not_read=not_read,
         )
+        return with_points(record, sink)
     finally:
         session.close()
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from tracelet.backends.naming import join_clearml, split_clearml
+from tracelet.testing.points import RunPoints
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 __all__ = ["INHERENT_DIFFERENCES", "InherentDifference", "compare", "record_from_json", "record_to_json"]
@@ -103,23 +104,58 @@ def _key_map(backends: Iterable[str]) -> Callable[[str], str]:
     return canonical
 
 
-def compare(reference: RunRecord, other: RunRecord, *, limit: int = 20) -> list[str]:
-    """Every difference between two records that no inherent difference explains (at most ``limit``)."""
+#: one key's points as :func:`compare` reads them: how many, and a way to read them in order
+_Series = tuple[int, Callable[[], Iterator[tuple[int, float]]]]
+
+
+def _whole(points: list[tuple[int, float]]) -> _Series:
+    return len(points), lambda: iter(points)
+
+
+def _on_disk(points: RunPoints, key: str) -> _Series:
+    return points.count(key), lambda: ((p.step, p.value) for p in points.points(key))
+
+
+def _series_of(record: RunRecord, points: RunPoints | None) -> dict[str, _Series]:
+    if points is None:
+        return {key: _whole(series) for key, series in record.metrics.items()}
+    return {key: _on_disk(points, key) for key in points.workflow_keys()}
+
+
+def compare(
+    reference: RunRecord,
+    other: RunRecord,
+    *,
+    limit: int = 20,
+    reference_points: RunPoints | None = None,
+    other_points: RunPoints | None = None,
+) -> list[str]:
+    """Every difference between two records that no inherent difference explains (at most ``limit``).
+
+    A record read in pieces (:func:`tracelet.testing.read_run_in_pieces`) is compared with its
+    points (``reference_points``, ``other_points``), one key at a time, a chunk at a time.
+    """
     found: list[str] = []
     a, b = reference.backend, other.backend
     canonical = _key_map({a, b})
-    ours = {canonical(k): v for k, v in reference.metrics.items()}
-    theirs = {canonical(k): v for k, v in other.metrics.items()}
+    ours = {canonical(k): v for k, v in _series_of(reference, reference_points).items()}
+    theirs = {canonical(k): v for k, v in _series_of(other, other_points).items()}
     for key in sorted(set(ours) ^ set(theirs)):
         found.append(f"metric {key!r} only in {a if key in ours else b}")
     for key in sorted(set(ours) & set(theirs)):
-        steps_a, steps_b = [s for s, _ in ours[key]], [s for s, _ in theirs[key]]
-        if steps_a != steps_b:
-            found.append(f"metric {key!r}: steps differ ({len(steps_a)} in {a}, {len(steps_b)} in {b})")
+        (count_a, read_a), (count_b, read_b) = ours[key], theirs[key]
+        steps_differ = f"metric {key!r}: steps differ ({count_a} in {a}, {count_b} in {b})"
+        if count_a != count_b:
+            found.append(steps_differ)
             continue
-        for (step, x), (_, y) in zip(ours[key], theirs[key], strict=True):
-            if not _values_agree(x, a, y, b):
-                found.append(f"metric {key!r} step {step}: {x!r} in {a}, {y!r} in {b}")
+        values: list[str] = []
+        for (step, x), (step_b, y) in zip(read_a(), read_b(), strict=True):
+            if step != step_b:  # the steps differ: that is the one difference this key reports
+                values = [steps_differ]
+                break
+            if not _values_agree(x, a, y, b) and len(values) < limit:
+                values.append(f"metric {key!r} step {step}: {x!r} in {a}, {y!r} in {b}")
+        found.extend(values)
     for name, mine, yours in (
         ("params", reference.params, other.params),
         ("tags", reference.tags, other.tags),

@@ -10,6 +10,7 @@ from typing import Any
 
 from tracelet.backends.local import local_root
 from tracelet.snapshots import sha256_of
+from tracelet.testing.points import PointSink, points_or_whole, with_points
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord, copy_stored_files
 
 
@@ -33,8 +34,14 @@ def read_local_artifact(run_id: str, path: str, root: str | os.PathLike[str] | N
     return found
 
 
-def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
-    """What ``<root>/<project>/<run_id>/`` holds (root: ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``)."""
+def read_local_run(
+    run_id: str, root: str | os.PathLike[str] | None = None, points: PointSink | None = None
+) -> RunRecord:
+    """What ``<root>/<project>/<run_id>/`` holds (root: ``TRACELET_LOCAL_DIR`` or ``./tracelet-runs``).
+
+    ``points``: where the metric points go instead of ``record.metrics`` (a run read in pieces).
+    """
+    sink = points_or_whole(points)
     run_dir = _run_dir(run_id, root)
     meta = json.loads((run_dir / "run.json").read_text())
     record = RunRecord(
@@ -47,8 +54,7 @@ def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> R
     for event in _events(run_dir):
         kind = event["kind"]
         if kind == "metric":
-            record.metrics.setdefault(event["name"], []).append((event["step"], event["value"]))
-            record.timestamps.setdefault(event["name"], []).append(event["timestamp"])
+            sink.add_point(event["name"], event["step"], event["value"], event["timestamp"])
         elif kind == "params":
             record.params.update(event["values"])
         elif kind == "tags":
@@ -62,7 +68,7 @@ def read_local_run(run_id: str, root: str | os.PathLike[str] | None = None) -> R
             record.images.append(ImageRecord(event["name"], event["step"], event["width"], event["height"]))
     record.artifacts.sort(key=lambda a: a.path)
     record.images.sort(key=lambda i: (i.name, i.step))
-    return record
+    return with_points(record, sink)
 
 
 def read_local_tree(run_id: str, path: str, dest: Path, root: str | os.PathLike[str] | None = None) -> int:

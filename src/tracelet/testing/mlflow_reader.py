@@ -12,25 +12,30 @@ from tracelet.backends.mlflow import proxied_artifacts_before_3_2
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX
 from tracelet.images import png_size
 from tracelet.snapshots import sha256_of
+from tracelet.testing.points import PointSink, points_or_whole, with_points
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord
 
 IMAGE_DIR = "tracelet-images"
 _STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
 
 
-def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
-    """What the MLflow store at ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``) holds for ``run_id``."""
+def read_mlflow_run(
+    run_id: str, tracking_uri: str | None = None, points: PointSink | None = None
+) -> RunRecord:
+    """What the MLflow store at ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``) holds for ``run_id``.
+
+    ``points``: where the metric points go instead of ``record.metrics`` (a run read in pieces:
+    MLflow's history call returns one key whole, so one key at a time is in memory).
+    """
+    sink = points_or_whole(points)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     run = client.get_run(run_id)
     experiment = client.get_experiment(run.info.experiment_id)
-    metrics: dict[str, list[tuple[int, float]]] = {}
-    timestamps: dict[str, list[float]] = {}
     for key in sorted(run.data.metrics):
-        history = client.get_metric_history(run_id, key)
-        metrics[key] = [(int(m.step), float(m.value)) for m in history]
-        timestamps[key] = [m.timestamp / 1000 for m in history]
+        for m in client.get_metric_history(run_id, key):
+            sink.add_point(key, int(m.step), float(m.value), m.timestamp / 1000)
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", SYSTEM_TAG_PREFIX))}
     system_tags = {k: v for k, v in run.data.tags.items() if k.startswith(SYSTEM_TAG_PREFIX)}
     artifacts: list[ArtifactRecord] = []
@@ -53,7 +58,7 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
                 images.append(ImageRecord(name, int(filename.removesuffix(".png")), width, height))
             else:
                 artifacts.append(ArtifactRecord(path, local.stat().st_size, sha256_of(local)))
-    return RunRecord(
+    record = RunRecord(
         not_read=_not_read(client, run),
         backend="mlflow",
         run_id=run_id,
@@ -61,13 +66,12 @@ def read_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
         run_name=run.info.run_name,
         status=_STATUS.get(run.info.status, run.info.status.lower()),
         params=dict(run.data.params),
-        metrics=metrics,
         tags=tags,
         system_tags=system_tags,
         artifacts=sorted(artifacts, key=lambda a: a.path),
         images=sorted(images, key=lambda i: (i.name, i.step)),
-        timestamps=timestamps,
     )
+    return with_points(record, sink)
 
 
 def read_mlflow_system_tags(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Read a W&B run back from its local ``run-<id>.wandb`` file, with no server and no wandb service.
 
 The file is what ``wandb sync`` uploads, so it is the ground truth of what W&B got.
-Its LevelDB-style framing is parsed by :func:`tracelet.backends.wandb_log.iter_log_records`
+Its LevelDB-style framing is parsed by :func:`tracelet.backends.wandb_log.iter_log_file`
 (the backend needs it too, to know when ``finish`` has reached the disk); only the
 payloads are decoded with wandb's own protobuf ``Record``. A record cut short at the
 end of the file (a run still being written) is ignored, so a live run reads as "running".
@@ -19,8 +19,9 @@ from typing import Any
 
 from tracelet.backends.naming import SYSTEM_TAG_PREFIX, label_to_tag, status_from_exit_code
 from tracelet.backends.wandb import STEP_KEY
-from tracelet.backends.wandb_log import iter_log_records
+from tracelet.backends.wandb_log import iter_log_file
 from tracelet.snapshots import sha256_of
+from tracelet.testing.points import PointSink, points_or_whole, with_points
 from tracelet.testing.record import ArtifactRecord, ImageRecord, RunRecord, copy_stored_files
 
 log = logging.getLogger(__name__)
@@ -29,28 +30,35 @@ log = logging.getLogger(__name__)
 FILE_TYPE_WANDB = 1
 
 
-def read_wandb_run(run_id: str, wandb_dir: str | os.PathLike[str] | None = None) -> RunRecord:
+def read_wandb_run(
+    run_id: str, wandb_dir: str | os.PathLike[str] | None = None, points: PointSink | None = None
+) -> RunRecord:
     """Everything the W&B SDK recorded for ``run_id`` under ``wandb_dir``.
 
     ``wandb_dir`` is what ``WANDB_DIR`` / ``dir=`` was (default: ``WANDB_DIR``, else the
     current directory); its ``wandb/`` (or ``.wandb/``) folder, the run folder itself, or
     the folder holding run folders are all accepted. A resumed run has one folder per
-    session; they are read oldest first, as one run.
+    session; they are read oldest first, as one run. ``points``: where the metric points go
+    instead of ``record.metrics`` (a run read in pieces: the log is read a window at a time).
     """
-    return _replay(run_id, wandb_dir).to_record()
+    sink = points_or_whole(points)
+    return with_points(_replay(run_id, wandb_dir, sink=sink).to_record(), sink)
 
 
 def _replay(
-    run_id: str, wandb_dir: str | os.PathLike[str] | None, only: tuple[str, ...] | None = None
+    run_id: str,
+    wandb_dir: str | os.PathLike[str] | None,
+    only: tuple[str, ...] | None = None,
+    sink: PointSink | None = None,
 ) -> _State:
-    """The run's records applied in order, every session's (``only``: records of those types alone)."""
+    """The run's records applied in order, every session's (``only``: records of those types alone;
+    ``sink``: where the points go, none kept when it is ``None``)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    state = _State(run_id)
+    state = _State(run_id, sink)
     for run_dir in _find_run_dirs(run_id, wandb_dir):
         state.run_dir = run_dir
-        path = run_dir / f"run-{run_id}.wandb"
-        for payload in iter_log_records(path.read_bytes(), 0, str(path)):
+        for payload in iter_log_file(run_dir / f"run-{run_id}.wandb"):
             record = pb.Record()  # type: ignore[attr-defined]  # protobuf classes are made at runtime
             record.ParseFromString(payload)
             if only is None or record.WhichOneof("record_type") in only:
@@ -138,8 +146,9 @@ def _folder_time(path: Path) -> str:
 class _State:
     """The run as the records build it up, one record at a time."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, sink: PointSink | None) -> None:
         self.run_id = run_id
+        self.sink = sink
         self.run_dir: Path | None = None
         self.project = ""
         self.run_name = ""
@@ -148,8 +157,6 @@ class _State:
         self.labels: list[str] = []
         self.system_fields: dict[str, str] = {}
         self.params: dict[str, str] = {}
-        self.metrics: dict[str, list[tuple[int, float]]] = {}
-        self.timestamps: dict[str, list[float]] = {}
         self.images: list[ImageRecord] = []
         self.image_paths: set[str] = set()
         self.image_files: list[tuple[ImageRecord, Path]] = []
@@ -251,8 +258,8 @@ class _State:
             if key == STEP_KEY or key.startswith("_"):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.metrics.setdefault(key, []).append((step, float(value)))
-                self.timestamps.setdefault(key, []).append(when)
+                if self.sink is not None:
+                    self.sink.add_point(key, step, float(value), when)
             elif isinstance(value, dict) and value.get("_type"):  # a media object kept whole
                 self._unread(f"W&B {value['_type']} values ({key!r})")
             elif value is not None:
@@ -296,12 +303,10 @@ class _State:
             run_name=self.run_name,
             status="running" if self.exit_code is None else status_from_exit_code(self.exit_code),
             params=self.params,
-            metrics=self.metrics,
             tags=tags,
             system_tags=system_tags,
             artifacts=artifacts,
             images=self.images,
-            timestamps=self.timestamps,
             not_read=self.not_read,
         )
 
