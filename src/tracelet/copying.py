@@ -416,12 +416,15 @@ def _ordered_points(points: RunPoints) -> Iterator[tuple[str, int, float, float]
     keys = sorted(points.all_keys(), key=lambda key: key.startswith(SYSTEM_PREFIX))
     chunk = max(64, points_module.CHUNK // max(1, len(keys)))
 
-    def stream(key: str) -> Iterator[tuple[int, str, float, float]]:
-        for step, value, when in points.points(key, chunk):
-            yield step, key, value, when if when > 0 else now
+    def stream(index: int, key: str) -> Iterator[tuple[int, int, str, float, float]]:
+        for piece in points.series(key, chunk):
+            for step, value, when in piece:
+                yield step, index, key, value, when if when > 0 else now
 
-    merged = heapq.merge(*(stream(key) for key in keys), key=lambda point: point[0])
-    for step, key, value, when in merged:
+    # (step, the key's place) orders the merge: it never compares past them, and of two points of
+    # one step the earlier key's comes first, as a stable merge keeps them
+    merged = heapq.merge(*(stream(index, key) for index, key in enumerate(keys)))
+    for step, _, key, value, when in merged:
         yield key, step, value, when
 
 

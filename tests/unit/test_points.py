@@ -40,13 +40,17 @@ def test_run_points_keep_each_keys_order_across_flushes_and_read_back_in_chunks(
                 point = (step, i / 7, 1_700_000_000.0 + i)
                 points.add_point(key, *point)
                 logged[key].append(point)
-        assert points.all_keys() == ["loss", "acc", "system/cpu"]
-        assert points.workflow_keys() == ["loss", "acc"]
-        assert (points.total, points.count("acc"), points.count("absent")) == (300, 100, 0)
+        bulk = [(step, step / 2, 1_800_000_000.0 + step) for step in range(25)]
+        points.add_points("bulk", bulk)  # a store that returns a key whole: split across flushes too
+        logged["bulk"] = bulk
+        assert points.all_keys() == ["loss", "acc", "system/cpu", "bulk"]
+        assert points.workflow_keys() == ["loss", "acc", "bulk"]
+        assert (points.total, points.count("acc"), points.count("absent")) == (325, 100, 0)
         assert points.last_timestamp("loss") == 1_700_000_099.0
+        assert points.last_timestamp("bulk") == 1_800_000_024.0
         for key, expected in logged.items():
             chunks = list(points.series(key, chunk=30))
-            assert [len(c) for c in chunks] == [30, 30, 30, 10]
+            assert [len(c) for c in chunks] == ([30, 30, 30, 10] if key != "bulk" else [25])
             assert [tuple(p) for c in chunks for p in c] == expected
         assert list(points.points("absent")) == []
     assert not (tmp_path / "points").exists(), "closing removes what was kept"

@@ -34,8 +34,8 @@ def read_mlflow_run(
     run = client.get_run(run_id)
     experiment = client.get_experiment(run.info.experiment_id)
     for key in sorted(run.data.metrics):
-        for m in client.get_metric_history(run_id, key):
-            sink.add_point(key, int(m.step), float(m.value), m.timestamp / 1000)
+        history = client.get_metric_history(run_id, key)
+        sink.add_points(key, [(int(m.step), float(m.value), m.timestamp / 1000) for m in history])
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", SYSTEM_TAG_PREFIX))}
     system_tags = {k: v for k, v in run.data.tags.items() if k.startswith(SYSTEM_TAG_PREFIX)}
     artifacts: list[ArtifactRecord] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -33,6 +33,10 @@ class PointSink(Protocol):
 
     def add_point(self, key: str, step: int, value: float, timestamp: float) -> None:
         """One point of ``key`` (``timestamp``: seconds since the epoch, 0 where the store kept none)."""
+
+    def add_points(self, key: str, points: Sequence[tuple[int, float, float]]) -> None:
+        """Points of ``key``, ``(step, value, timestamp)`` each, in order (a store that returns a key's
+        points together: one call, not one per point)."""
 
 
 def points_or_whole(points: PointSink | None) -> PointSink:
@@ -58,6 +62,10 @@ class MemoryPoints:
         self.metrics.setdefault(key, []).append((step, value))
         self.timestamps.setdefault(key, []).append(timestamp)
 
+    def add_points(self, key: str, points: Sequence[tuple[int, float, float]]) -> None:
+        self.metrics.setdefault(key, []).extend((step, value) for step, value, _ in points)
+        self.timestamps.setdefault(key, []).extend(when for _, _, when in points)
+
 
 class Point(NamedTuple):
     """One point of a key as :meth:`RunPoints.series` reads it back (a named tuple: made by the million)."""
@@ -79,27 +87,48 @@ class RunPoints:
         folder.mkdir(parents=True, exist_ok=False)  # its own folder: close() removes it whole
         self.folder = folder
         self._files: dict[str, Path] = {}
-        self._counts: dict[str, int] = {}
-        self._last_time: dict[str, float] = {}
+        self._written: dict[str, int] = {}  # points on disk, per key
+        self._last_time: dict[str, float] = {}  # of the points on disk, per key
         self._buffer: dict[str, list[tuple[int, float, float]]] = {}
         self._buffered = 0
 
+    def _new_key(self, key: str) -> list[tuple[int, float, float]]:
+        self._files[key] = self.folder / f"{len(self._files)}.points"
+        self._written[key] = 0
+        buffer: list[tuple[int, float, float]] = []
+        self._buffer[key] = buffer
+        return buffer
+
     def add_point(self, key: str, step: int, value: float, timestamp: float) -> None:
-        if key not in self._files:
-            self._files[key] = self.folder / f"{len(self._files)}.points"
-            self._counts[key] = 0
-        self._buffer.setdefault(key, []).append((step, value, timestamp))
-        self._counts[key] += 1
-        self._last_time[key] = timestamp
+        buffer = self._buffer.get(key)
+        if buffer is None:
+            buffer = self._new_key(key)
+        buffer.append((step, value, timestamp))
         self._buffered += 1
         if self._buffered >= BUFFERED:
             self._flush()
 
+    def add_points(self, key: str, points: Sequence[tuple[int, float, float]]) -> None:
+        for start in range(0, len(points), BUFFERED):  # a key of millions: still BUFFERED at a time
+            piece = points[start : start + BUFFERED]
+            buffer = self._buffer.get(key)
+            if buffer is None:
+                buffer = self._new_key(key)
+            buffer.extend(piece)
+            self._buffered += len(piece)
+            if self._buffered >= BUFFERED:
+                self._flush()
+
     def _flush(self) -> None:
+        pack = _POINT.pack
         for key, points in self._buffer.items():
+            if not points:
+                continue
             with open(self._files[key], "ab") as f:
-                f.write(b"".join(_POINT.pack(*point) for point in points))
-        self._buffer.clear()
+                f.write(b"".join([pack(*point) for point in points]))
+            self._written[key] += len(points)
+            self._last_time[key] = points[-1][2]
+            points.clear()
         self._buffered = 0
 
     def all_keys(self) -> list[str]:
@@ -112,16 +141,17 @@ class RunPoints:
 
     def count(self, key: str) -> int:
         """How many points ``key`` has (0 for a key the run does not hold)."""
-        return self._counts.get(key, 0)
+        return self._written.get(key, 0) + len(self._buffer.get(key, ()))
 
     @property
     def total(self) -> int:
         """How many points the run holds, every key's."""
-        return sum(self._counts.values())
+        return sum(self._written.values()) + self._buffered
 
     def last_timestamp(self, key: str) -> float | None:
         """When ``key``'s last point was logged (``None``: the key has none)."""
-        return self._last_time.get(key)
+        buffer = self._buffer.get(key)
+        return buffer[-1][2] if buffer else self._last_time.get(key)
 
     def series(self, key: str, chunk: int | None = None) -> Iterator[list[Point]]:
         """``key``'s points in their order, ``chunk`` (default :data:`CHUNK`) at a time.
