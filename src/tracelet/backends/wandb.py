@@ -264,22 +264,21 @@ class WandbBackend(Backend):
             return
         self._folders += 1
         root = Path(run.settings.sync_file).parent / FOLDER_ARTIFACTS / str(self._folders)
-        problems = []
-        for file in tree_files(event):
-            try:
-                self._placement.place(file, root.joinpath(*_safe_relative(file.artifact_path).parts))
-            except (OSError, ValueError) as exc:
-                problems.append(f"artifact {file.artifact_path!r}: {exc}")
-        if problems:
-            shutil.rmtree(root, ignore_errors=True)
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise ValueError(f"W&B could not take {'; '.join(problems[:3])}{more}")
-        try:
+        try:  # on any failure nothing stays: a retry places the files anew, and links left here
+            problems = []  # would hold the snapshots' bytes on disk for good
+            for file in tree_files(event):
+                try:
+                    self._placement.place(file, root.joinpath(*_safe_relative(file.artifact_path).parts))
+                except (OSError, ValueError) as exc:
+                    problems.append(f"artifact {file.artifact_path!r}: {exc}")
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                raise ValueError(f"W&B could not take {'; '.join(problems[:3])}{more}")
             folder = wandb.Artifact(folder_artifact_name(run.id, event.artifact_path), type="unspecified")
             folder.add_dir(os.fspath(root), policy="immutable")  # its paths: each file's artifact path
             run.log_artifact(folder)
-        except BaseException:  # not logged: a retry places the files anew, and these links would hold
-            shutil.rmtree(root, ignore_errors=True)  # the snapshots' bytes on disk for good
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
             raise
 
     def notes(self) -> list[str]:
